@@ -1,0 +1,24 @@
+# `make test` and `make demo` create .venv on first use and install flix into it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test demo bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+demo: $(STAMP)
+	$(PY) -m flix.bench layer --json bench_layer.json
+
+bench: $(STAMP)
+	$(PY) -m flix.bench layer --json bench_layer.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

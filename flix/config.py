@@ -1,0 +1,103 @@
+"""`FlixConfig`: which projections get featurized adapters, their scaling and compute strategy."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import math
+from typing import Literal
+
+from flix.features import FeatureSpace
+
+Strategy = Literal["auto", "masked", "gather", "ragged"]
+STRATEGIES = ("auto", "masked", "gather", "ragged")
+
+# Every projection of an encoder-decoder T5 that can carry an adapter, as "<block>.<projection>".
+ATTENTION_BLOCKS = ("encoder.attention", "decoder.self_attention",
+                    "decoder.encoder_decoder_attention")
+ATTENTION_PROJECTIONS = ("query", "key", "value", "out")
+MLP_BLOCKS = ("encoder.mlp", "decoder.mlp")
+MLP_PROJECTIONS = ("wi", "wi_0", "wi_1", "wo")  # "wi" exists only in the ReLU (original T5) MLP.
+ALL_TARGETS = tuple(f"{b}.{p}" for b in ATTENTION_BLOCKS for p in ATTENTION_PROJECTIONS) + tuple(
+    f"{b}.{p}" for b in MLP_BLOCKS for p in MLP_PROJECTIONS)
+
+# `auto` uses the dense masked strategy while every feature's rank fits in this many columns
+# (sum over types of F_t * r_t); beyond it, per-example gather. See `flix.layers`.
+MASKED_MAX_TABLE_RANK = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class FlixConfig:
+  """Featurized low-rank adapters for a network.
+
+  Attributes:
+    space: the feature space (types, values, ranks, shared rank).
+    alpha: scale numerator; each adapter's update is scaled by alpha / r (alpha / sqrt(r) with
+      `rslora`), r being that adapter's rank. None means alpha = r, i.e. scale 1.
+    rslora: rank-stabilised scaling.
+    targets: fnmatch patterns over `ALL_TARGETS` naming the adapted projections, e.g.
+      ("*",) for all, ("*.query", "*.value") for attention q/v, ("encoder.*",).
+    strategy: how featurized adapters are computed (`flix.layers`); "auto" picks per layer.
+    row_limit: if set, every feature table holds min(F_t, row_limit) rows: the compact tables of
+      `flix.rows`, which hold only the rows a batch uses.
+  """
+
+  space: FeatureSpace
+  alpha: float | None = None
+  rslora: bool = False
+  targets: tuple[str, ...] = ("*",)
+  strategy: Strategy = "auto"
+  row_limit: int | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "targets", tuple(self.targets))
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
+    if self.alpha is not None and not self.alpha > 0:
+      raise ValueError(f"alpha must be > 0 or None, got {self.alpha!r}")
+    if self.row_limit is not None and self.row_limit < 1:
+      raise ValueError(f"row_limit must be >= 1 or None, got {self.row_limit!r}")
+    for pattern in self.targets:
+      if not fnmatch.filter(ALL_TARGETS, pattern):
+        raise ValueError(f"target pattern {pattern!r} matches no projection; projections are "
+                         f"{list(ALL_TARGETS)}")
+
+  def adapts(self, target: str) -> bool:
+    """Whether the projection named `target` (one of ALL_TARGETS) gets adapters."""
+    if target not in ALL_TARGETS:
+      raise ValueError(f"unknown projection {target!r}; expected one of {list(ALL_TARGETS)}")
+    return any(fnmatch.fnmatchcase(target, p) for p in self.targets)
+
+  def scale(self, rank: int) -> float:
+    alpha = rank if self.alpha is None else self.alpha
+    return alpha / (math.sqrt(rank) if self.rslora else rank)
+
+  def table_rows(self, size: int) -> int:
+    return size if self.row_limit is None else min(size, self.row_limit)
+
+  @property
+  def table_rank(self) -> int:
+    """Columns of all feature tables side by side: sum over types of rows_t * r_t."""
+    return sum(self.table_rows(t.size) * t.rank for t in self.space.types)
+
+  def resolved_strategy(self) -> str:
+    if self.strategy != "auto":
+      return self.strategy
+    return "masked" if self.table_rank <= MASKED_MAX_TABLE_RANK else "gather"
+
+  def replace(self, **changes) -> "FlixConfig":
+    return dataclasses.replace(self, **changes)
+
+  # -- serialisation --------------------------------------------------------------------------
+  def to_json(self) -> str:
+    data = dataclasses.asdict(self)
+    data["space"] = json.loads(self.space.to_json())
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+  @classmethod
+  def from_json(cls, text: str) -> "FlixConfig":
+    data = json.loads(text)
+    data["space"] = FeatureSpace.from_json(json.dumps(data["space"]))
+    return cls(**data)
+

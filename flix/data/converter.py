@@ -1,0 +1,81 @@
+"""Feature converter that puts per-example feature ids into the encoder-decoder model batch.
+
+Model features: `encoder_input_tokens` `[batch, inputs_len]`, `decoder_target_tokens`,
+`decoder_input_tokens`, `decoder_loss_weights` `[batch, targets_len]` (as seqio's
+EncDecFeatureConverter) plus `feature_ids` `[batch, n_types]` int32, one row per example.
+Packing is refused: a packed row holds several examples but has only one id row.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+from flix.data.vocab import FEATURE_IDS
+
+_Spec = seqio.FeatureConverter.FeatureSpec
+
+
+class FlixEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """EncDecFeatureConverter that also carries `feature_ids` `[n_types]` through to the model.
+
+  `task_feature_lengths` may omit `feature_ids`; it is then `n_types`. Giving another length
+  is an error (padding would add id 0, a real feature value).
+  """
+
+  TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES,
+                   FEATURE_IDS: _Spec(dtype=tf.int32)}
+  MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                    FEATURE_IDS: _Spec(dtype=tf.int32)}
+
+  def __init__(self, n_types: int, pack: bool = False, **kwargs):
+    if pack:
+      raise ValueError(
+          "packing is not supported by FlixEncDecFeatureConverter: a packed row concatenates "
+          "several examples, but feature_ids hold one row [n_types] per example, so the ids of "
+          "packed examples would be mixed up; use pack=False")
+    if not isinstance(n_types, int) or n_types < 0:
+      raise ValueError(f"n_types must be an int >= 0, got {n_types!r}")
+    self._n_types = n_types
+    super().__init__(pack=False, **kwargs)
+
+  @property
+  def n_types(self) -> int:
+    return self._n_types
+
+  def __call__(self, ds: tf.data.Dataset,
+               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    lengths = dict(task_feature_lengths)
+    lengths.setdefault(FEATURE_IDS, self._n_types)
+    if lengths[FEATURE_IDS] != self._n_types:
+      raise ValueError(
+          f"task_feature_lengths[{FEATURE_IDS!r}] is {lengths[FEATURE_IDS]}, expected "
+          f"n_types={self._n_types} (one id per feature type)")
+    return super().__call__(ds, lengths)
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    n_types = self._n_types
+
+    def check(ex):
+      ids = ex[FEATURE_IDS]
+      tf.debugging.assert_equal(
+          tf.size(ids), n_types,
+          message=f"an example's {FEATURE_IDS} has the wrong number of ids; expected "
+          f"n_types={n_types} (was the task registered with another FeatureSpace?)")
+      return ex
+
+    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
+    return super()._convert_features(ds, task_feature_lengths)
+
+  def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+    d = dict(super()._convert_example(features))
+    d[FEATURE_IDS] = features[FEATURE_IDS]
+    return d
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+    lengths[FEATURE_IDS] = self._n_types
+    return lengths

@@ -1,0 +1,121 @@
+"""Registers the offline benchmark in seqio: one Task per present cell, mixtures, pretraining.
+
+Names (with `prefix`, default "flix_offline"):
+  `{prefix}.{task}.{lang}`  one Task per present cell; held-out cells have no train split.
+  `{prefix}.train`          Mixture over the trained (seen) pairs, at the configured rate.
+  `{prefix}.eval`           Mixture over every pair (validation/test), equal rates.
+  `{prefix}.pretrain`       span corruption over the train-split targets of every cell (held-out
+                            cells and unseen languages included; never validation/test values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import seqio
+import tensorflow as tf
+
+from flix.data import metrics, pairs
+from flix.data.offline import OfflineConfig, OfflineData, generate
+from flix.data.pairs import PairTask, RateKind
+from flix.data.span_corruption import span_corruption
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features
+from flix.features import FeatureSpace
+
+OFFLINE_METRICS = (metrics.sequence_accuracy, metrics.chrf, metrics.cer)
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineRegistration:
+  """What `register_offline` put in the seqio registries."""
+
+  data: OfflineData
+  space: FeatureSpace
+  prefix: str
+  tasks: tuple[PairTask, ...]
+  train_mixture: str
+  eval_mixture: str
+  pretrain_task: str
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return (self.train_mixture, self.eval_mixture, self.pretrain_task,
+            *(t.name for t in self.tasks))
+
+  @property
+  def task_feature_lengths(self) -> dict[str, int]:
+    """`{"inputs": ..., "targets": ...}` bytes incl. EOS, from the config."""
+    return {"inputs": self.data.config.input_length, "targets": self.data.config.target_length}
+
+  @property
+  def pretrain_feature_lengths(self) -> dict[str, int]:
+    """Corrupted texts are as long as the targets; the cut spans fit in half of that."""
+    return {"inputs": self.data.config.target_length,
+            "targets": self.data.config.target_length // 2}
+
+  def tasks_of_kind(self, kind: str) -> tuple[PairTask, ...]:
+    if kind not in pairs.SPLIT_KINDS:
+      raise ValueError(f"split kind {kind!r} unknown; expected one of {pairs.SPLIT_KINDS}")
+    return tuple(t for t in self.tasks if t.kind == kind)
+
+  def unregister(self) -> None:
+    pairs.unregister(self.names)
+
+
+def _register_pretrain(name: str, data: OfflineData, space: FeatureSpace,
+                       noise_density: float, mean_span_length: float) -> None:
+  texts = {split: [{"targets": t} for t in data.corpus(split)] for split in ("train",
+                                                                             "validation")}
+  ids = tf.constant(space.encode({}, unknown="drop"), tf.int32)  # Every type INACTIVE.
+  seqio.TaskRegistry.add(
+      name,
+      source=pairs.examples_source(texts, keys=("targets",)),
+      output_features=pair_output_features(space.n_types, BYTE_VOCAB),
+      preprocessors=[
+          seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+          span_corruption(noise_density, mean_span_length),
+          lambda ds: ds.map(lambda ex: {**ex, FEATURE_IDS: ids}),
+          seqio.preprocessors.append_eos_after_trim],
+      metric_fns=[],
+      shuffle_buffer_size=max(1, len(texts["train"])))
+
+
+def register_offline(config: OfflineConfig = OfflineConfig(),
+                     space: FeatureSpace | None = None,
+                     prefix: str = "flix_offline",
+                     rate: RateKind = "equal",
+                     temperature: float = 1.0,
+                     maximum: int | None = None,
+                     noise_density: float = 0.15,
+                     mean_span_length: float = 3.0) -> OfflineRegistration:
+  """Generates the benchmark for `config` and registers its Tasks and Mixtures.
+
+  Args:
+    config: the benchmark configuration.
+    space: the training FeatureSpace; default `data.feature_space(ranks=4)`. It must not know
+      the unseen languages (their pairs are encoded with the language INACTIVE).
+    prefix: name prefix; use a unique one per test.
+    rate, temperature, maximum: the training mixture's rate (see `pairs.mixing_rate`).
+    noise_density, mean_span_length: span corruption of the pretraining task.
+  """
+  data = generate(config)
+  space = space or data.feature_space(ranks=4)
+  if "lang" in space.names:
+    leaked = sorted(set(config.unseen_langs) & set(space.type("lang").values))
+    if leaked:
+      raise ValueError(f"the FeatureSpace has adapters for unseen languages {leaked}; build it "
+                       "with OfflineData.feature_space() so unseen languages stay unseen")
+  tasks = []
+  try:
+    for pair, examples in data.examples.items():
+      tasks.append(pairs.register_pair_task(
+          pair.task_name(prefix), pair, examples, space, data.holdout,
+          metric_fns=OFFLINE_METRICS))
+    pairs.register_pair_mixture(f"{prefix}.train", tasks, rate, temperature, maximum)
+    pairs.register_pair_mixture(f"{prefix}.eval", tasks, "equal", include_untrained=True)
+    _register_pretrain(f"{prefix}.pretrain", data, space, noise_density, mean_span_length)
+  except Exception:
+    pairs.unregister([f"{prefix}.train", f"{prefix}.eval", f"{prefix}.pretrain",
+                      *(t.name for t in tasks)])
+    raise
+  return OfflineRegistration(data, space, prefix, tuple(tasks), f"{prefix}.train",
+                             f"{prefix}.eval", f"{prefix}.pretrain")

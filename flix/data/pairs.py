@@ -1,0 +1,303 @@
+"""Task-language pairs as seqio Tasks that carry their features, and Mixtures over pairs.
+
+One seqio Task per (task, language) pair. The pair's features, e.g. `{"task": "ordinal",
+"lang": "fr"}`, are encoded here, once, with `FeatureSpace.encode`, and travel as the output
+feature `feature_ids` (int32 `[n_types]`) of every example. A `HoldOut` says which pairs are
+unseen in fine-tuning (zero-shot pairs) and which languages are unseen altogether; the
+registered Task of a held-out pair has no `train` split, and training mixtures leave it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Callable, Collection, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flix.features import INACTIVE, FeatureSpace, UnknownFeatureError
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features
+
+TRAIN = "train"
+SplitKind = Literal["seen_pair", "unseen_pair", "unseen_language"]
+SPLIT_KINDS: tuple[str, ...] = ("seen_pair", "unseen_pair", "unseen_language")
+RateKind = Literal["equal", "examples", "temperature"]
+RATE_KINDS = ("equal", "examples", "temperature")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Pair:
+  """A (task, language) cell of a benchmark."""
+
+  task: str
+  lang: str
+
+  def __post_init__(self):
+    for field, value in (("task", self.task), ("lang", self.lang)):
+      if not isinstance(value, str) or not _NAME_PART.match(value):
+        raise ValueError(f"pair {field} must be a non-empty string of letters, digits and '_' "
+                         f"(it becomes part of a seqio task name), got {value!r}")
+
+  @property
+  def features(self) -> dict[str, str]:
+    """The dataset features of this pair's examples."""
+    return {"task": self.task, "lang": self.lang}
+
+  def task_name(self, prefix: str) -> str:
+    """seqio task name `{prefix}.{task}.{lang}`."""
+    return f"{prefix}.{self.task}.{self.lang}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldOut:
+  """What fine-tuning never sees.
+
+  Attributes:
+    unseen_pairs: pairs whose task and language are both trained elsewhere, evaluated zero-shot.
+    unseen_langs: languages with no fine-tuning data at all; the training FeatureSpace has no
+      adapter for them, so their pairs are encoded with the language feature INACTIVE.
+    scheme: name of the rule that produced this hold-out (documentation only).
+  """
+
+  unseen_pairs: frozenset[Pair] = frozenset()
+  unseen_langs: frozenset[str] = frozenset()
+  scheme: str = "custom"
+
+  def __post_init__(self):
+    object.__setattr__(self, "unseen_pairs", frozenset(self.unseen_pairs))
+    object.__setattr__(self, "unseen_langs", frozenset(self.unseen_langs))
+    clash = sorted(p for p in self.unseen_pairs if p.lang in self.unseen_langs)
+    if clash:
+      raise ValueError(f"pairs {clash} are listed as unseen pairs but their language is an "
+                       f"unseen language; list them only through unseen_langs")
+
+  def kind(self, pair: Pair) -> SplitKind:
+    """'unseen_language', 'unseen_pair' or 'seen_pair'."""
+    if pair.lang in self.unseen_langs:
+      return "unseen_language"
+    if pair in self.unseen_pairs:
+      return "unseen_pair"
+    return "seen_pair"
+
+  def is_trained(self, pair: Pair) -> bool:
+    return self.kind(pair) == "seen_pair"
+
+  def check_covers(self, pairs: Iterable[Pair]) -> None:
+    """Raises ValueError unless every task and every seen language is trained in some pair."""
+    pairs = list(pairs)
+    trained = [p for p in pairs if self.is_trained(p)]
+    untrained_tasks = sorted({p.task for p in pairs} - {p.task for p in trained})
+    langs = {p.lang for p in pairs} - self.unseen_langs
+    untrained_langs = sorted(langs - {p.lang for p in trained})
+    if untrained_tasks or untrained_langs:
+      raise ValueError(
+          f"hold-out {self.scheme!r} leaves tasks {untrained_tasks} and languages "
+          f"{untrained_langs} without any training pair; every task and every seen language "
+          "must be trained somewhere for zero-shot composition")
+
+  def to_dict(self) -> dict:
+    return {"scheme": self.scheme,
+            "unseen_pairs": [[p.task, p.lang] for p in sorted(self.unseen_pairs)],
+            "unseen_langs": sorted(self.unseen_langs)}
+
+
+def encode_pair(space: FeatureSpace, pair: Pair, holdout: HoldOut | None = None) -> np.ndarray:
+  """The pair's feature ids, int32 `[space.n_types]`.
+
+  Only the space's types are used (a task-only space ignores `lang`). A language in
+  `holdout.unseen_langs` that the space does not know becomes INACTIVE (unknown='drop'); any
+  other unknown value is an error.
+  """
+  features = {k: v for k, v in pair.features.items() if k in space.names}
+  ids = space.encode(features, unknown="drop")
+  for col, t in enumerate(space.types):
+    if ids[col] != INACTIVE:
+      continue
+    if t.name == "lang" and holdout is not None and pair.lang in holdout.unseen_langs:
+      continue
+    if t.name not in features:
+      raise UnknownFeatureError(
+          f"feature type {t.name!r} of the space has no value in pair {pair} (pairs carry "
+          f"'task' and 'lang'); known types: {list(space.names)}")
+    space.encode(features, unknown="error")  # Raises with the space's own message.
+  return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class PairTask:
+  """A registered seqio Task for one pair."""
+
+  name: str
+  pair: Pair
+  kind: SplitKind
+  num_examples: Mapping[str, int]
+  feature_ids: tuple[int, ...]
+
+  @property
+  def trained(self) -> bool:
+    """True for a seen pair that has a train split (only those enter training mixtures)."""
+    return self.kind == "seen_pair" and self.num_examples.get(TRAIN, 0) > 0
+
+  @property
+  def task(self) -> seqio.Task:
+    return seqio.get_mixture_or_task(self.name)
+
+
+def _add_feature_ids(ids: np.ndarray) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+  const = tf.constant(ids, tf.int32)
+
+  def add_feature_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    return dataset.map(lambda ex: {**ex, FEATURE_IDS: const},
+                       num_parallel_calls=tf.data.AUTOTUNE)
+  return add_feature_ids
+
+
+def examples_source(examples: Mapping[str, Sequence[Mapping[str, str]]],
+                    keys: Sequence[str] = ("inputs", "targets")) -> seqio.DataSource:
+  """A FunctionDataSource over in-memory `{split: [{"inputs": str, "targets": str}, ...]}`.
+
+  `num_input_examples` is set, so `seqio.mixing_rate_num_examples` works without a cache.
+  """
+  columns = {}
+  for split, rows in examples.items():
+    cols = {k: [] for k in keys}
+    for i, row in enumerate(rows):
+      for key in cols:
+        value = row.get(key)
+        if not isinstance(value, str):
+          raise ValueError(f"split {split!r} example {i} needs a string {key!r}, got {value!r}")
+        cols[key].append(value)
+    columns[split] = cols
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    del shuffle_files, seed  # One in-memory "file"; seqio shuffles examples.
+    if split not in columns:
+      raise ValueError(f"split {split!r} not available; this source has {sorted(columns)}")
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.constant(v, dtype=tf.string, shape=[len(v)]) for k, v in columns[split].items()})
+
+  return seqio.FunctionDataSource(
+      dataset_fn, splits=list(columns),
+      num_input_examples={s: len(examples[s]) for s in columns})
+
+
+def register_pair_task(
+    name: str,
+    pair: Pair,
+    examples: Mapping[str, Sequence[Mapping[str, str]]],
+    space: FeatureSpace,
+    holdout: HoldOut | None = None,
+    metric_fns: Sequence[Callable] = (),
+    postprocess_fn: Callable | None = None,
+    vocabulary: seqio.Vocabulary = BYTE_VOCAB,
+    shuffle_buffer_size: int | None = None,
+) -> PairTask:
+  """Registers one seqio Task for `pair` over in-memory examples.
+
+  Args:
+    name: seqio task name (must not be registered yet).
+    pair: the pair; its features are encoded with `space` (see `encode_pair`).
+    examples: `{split: [{"inputs": str, "targets": str}, ...]}`. For a pair that `holdout`
+      does not train, the `train` split is dropped, so no training dataset can contain it.
+    space: the FeatureSpace of the model that will train/evaluate on this task.
+    holdout: which pairs/languages are unseen; None trains every pair.
+    metric_fns, postprocess_fn: as in seqio.TaskRegistry.add.
+    shuffle_buffer_size: default: the largest split, i.e. a full shuffle. (seqio shuffles after
+      repeating, so a buffer much larger than the split makes the first batches of a mixture
+      process buffer-many examples of every task.)
+
+  Returns:
+    A PairTask describing the registration.
+  """
+  holdout = holdout or HoldOut()
+  kind = holdout.kind(pair)
+  if kind != "seen_pair":
+    examples = {s: v for s, v in examples.items() if s != TRAIN}
+  if not examples:
+    raise ValueError(f"pair {pair} ({kind}) has no usable split; got none besides {TRAIN!r}")
+  ids = encode_pair(space, pair, holdout)
+  source = examples_source(examples)
+  if shuffle_buffer_size is None:
+    shuffle_buffer_size = max(1, max(len(v) for v in examples.values()))
+  seqio.TaskRegistry.add(
+      name,
+      source=source,
+      output_features=pair_output_features(space.n_types, vocabulary),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                     _add_feature_ids(ids), seqio.preprocessors.append_eos_after_trim],
+      postprocess_fn=postprocess_fn,
+      metric_fns=list(metric_fns),
+      shuffle_buffer_size=shuffle_buffer_size)
+  return PairTask(name, pair, kind, {s: len(v) for s, v in examples.items()},
+                  tuple(int(i) for i in ids))
+
+
+def mixing_rate(kind: RateKind = "equal", temperature: float = 1.0,
+                maximum: int | None = None) -> float | Callable[[seqio.Task], float]:
+  """A seqio mixing rate.
+
+  `equal`: 1 per task; `examples`: proportional to the task's train examples (capped at
+  `maximum`); `temperature`: (examples, capped at `maximum`) ** (1 / temperature).
+  """
+  if kind not in RATE_KINDS:
+    raise ValueError(f"mixing rate kind {kind!r} unknown; expected one of {RATE_KINDS}")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  if kind == "equal":
+    return 1.0
+  if kind == "examples":
+    temperature = 1.0
+  return functools.partial(seqio.mixing_rate_num_examples, maximum=maximum,
+                           temperature=temperature)
+
+
+def register_pair_mixture(
+    name: str,
+    tasks: Sequence[PairTask],
+    rate: RateKind = "equal",
+    temperature: float = 1.0,
+    maximum: int | None = None,
+    include_untrained: bool = False,
+) -> list[PairTask]:
+  """Registers a seqio Mixture over pair tasks; returns the tasks it contains.
+
+  Training mixtures (the default) contain only trained (seen) pairs; set `include_untrained`
+  for evaluation mixtures (use rate='equal' then: untrained pairs have no train split).
+  """
+  chosen = [t for t in tasks if include_untrained or t.trained]
+  if not chosen:
+    raise ValueError(f"mixture {name!r} would be empty: none of the {len(tasks)} given tasks "
+                     "is a trained pair (pass include_untrained=True for evaluation mixtures)")
+  if rate != "equal" and any(not t.trained for t in chosen):
+    raise ValueError(f"mixture {name!r}: rate {rate!r} needs train-split sizes, but untrained "
+                     f"pairs {[t.name for t in chosen if not t.trained]} have none; use 'equal'")
+  r = mixing_rate(rate, temperature, maximum)
+  seqio.MixtureRegistry.add(name, [(t.name, r) for t in chosen])
+  return chosen
+
+
+def expected_rates(tasks: Sequence[PairTask], rate: RateKind = "equal", temperature: float = 1.0,
+                   maximum: int | None = None) -> dict[str, float]:
+  """The normalized sampling probability of each task's examples under a rate, by task name."""
+  raw = {}
+  for t in tasks:
+    n = float(t.num_examples.get(TRAIN, 0))
+    if maximum is not None:
+      n = min(n, maximum)
+    raw[t.name] = 1.0 if rate == "equal" else n ** (1.0 / (1.0 if rate == "examples" else
+                                                            temperature))
+  total = sum(raw.values())
+  return {k: v / total for k, v in raw.items()}
+
+
+def unregister(names: Collection[str]) -> None:
+  """Removes seqio Tasks/Mixtures by name (missing names are ignored)."""
+  for n in names:
+    if n in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove(n)
+    if n in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.remove(n)

@@ -1,0 +1,72 @@
+"""T5-style span corruption for pretraining on unlabelled text (byte-level).
+
+A fraction `noise_density` of a text's tokens, in `n_spans ~ noise / mean_span_length` spans,
+is cut out. inputs = kept tokens with one sentinel per cut span; targets = each sentinel
+followed by the tokens it replaced. Sentinels count down from id 258 (byte 0xFF under
+ByteVocabulary); ids 248..258 are bytes 0xF5..0xFF, which never occur in UTF-8 text, so at most
+MAX_SPANS spans are used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+FIRST_SENTINEL = 258
+MAX_SPANS = 11
+
+
+def _segment(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
+  """Random split of `total` items into `n` positive lengths `[n]`."""
+  cuts = np.sort(rng.choice(np.arange(1, total), size=n - 1, replace=False)) if n > 1 else []
+  return np.diff(np.concatenate([[0], cuts, [total]])).astype(np.int64)
+
+
+def span_corrupt(tokens: np.ndarray, rng: np.random.Generator, noise_density: float = 0.15,
+                 mean_span_length: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+  """Corrupts int tokens `[n]` (no EOS) into (inputs `[m]`, targets `[k]`), int32."""
+  tokens = np.asarray(tokens, np.int32)
+  n = tokens.shape[0]
+  if n < 2:
+    return tokens, np.zeros((0,), np.int32)
+  n_noise = int(np.clip(round(n * noise_density), 1, n - 1))
+  n_spans = int(np.clip(round(n_noise / mean_span_length), 1, min(MAX_SPANS, n_noise, n - n_noise)))
+  noise = _segment(n_noise, n_spans, rng)
+  keep = _segment(n - n_noise, n_spans, rng)
+  inputs, targets, pos = [], [], 0
+  for i in range(n_spans):
+    sentinel = FIRST_SENTINEL - i
+    inputs.extend(tokens[pos:pos + keep[i]])
+    pos += keep[i]
+    inputs.append(sentinel)
+    targets.append(sentinel)
+    targets.extend(tokens[pos:pos + noise[i]])
+    pos += noise[i]
+  return np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
+
+
+def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0):
+  """A seqio preprocessor: tokenized `targets` -> corrupted `inputs` and `targets`.
+
+  Runs after tokenization and before `append_eos_after_trim`; per-example randomness comes from
+  seqio's seeds, so a seeded `get_dataset` is deterministic.
+  """
+  if not 0.0 < noise_density < 1.0:
+    raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
+  if not mean_span_length >= 1.0:
+    raise ValueError(f"mean_span_length must be >= 1, got {mean_span_length}")
+
+  def corrupt_np(tokens, seed):
+    rng = np.random.default_rng(np.asarray(seed, np.int64) & 0xFFFFFFFF)
+    return span_corrupt(tokens, rng, noise_density, mean_span_length)
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def corrupt(features, seed):
+    inputs, targets = tf.numpy_function(corrupt_np, [features["targets"], seed],
+                                        [tf.int32, tf.int32], stateful=False)
+    inputs.set_shape([None])
+    targets.set_shape([None])
+    return {**features, "inputs": inputs, "targets": targets}
+
+  return corrupt

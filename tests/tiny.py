@@ -1,0 +1,74 @@
+"""Small, seeded building blocks shared by the tests."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flix.config import FlixConfig
+from flix.features import FeatureSpace
+from flix.models.t5 import T5, T5Config, init_params
+
+TASKS = ("cardinal", "ordinal", "currency")
+LANGS = ("en", "fr", "de", "fi")
+
+
+def space(shared_rank: int = 2) -> FeatureSpace:
+  return FeatureSpace.build({"task": TASKS, "lang": LANGS}, {"task": 4, "lang": 2},
+                            shared_rank=shared_rank)
+
+
+def t5_config(**overrides) -> T5Config:
+  sizes = dict(vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
+               num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+  sizes.update(overrides)
+  return T5Config(**sizes)
+
+
+def randomize_adapters(params, seed: int = 0, scale: float = 0.3):
+  """Plain params with every adapter leaf (B included) set to random values."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.unbox(params))
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  out = [scale * jax.random.normal(k, v.shape, v.dtype) if str(p[-1].key).startswith("lora_")
+         else v for k, (p, v) in zip(keys, leaves)]
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def strip_adapters(params):
+  """The base-model part of a param tree."""
+  if isinstance(params, dict):
+    return {k: strip_adapters(v) for k, v in params.items() if not k.startswith("lora_")}
+  return params
+
+
+def batch(seed: int = 0, size: int = 6, in_len: int = 7, out_len: int = 5, vocab: int = 64):
+  """Encoder tokens `[size, in_len]` with ragged padding, decoder inputs `[size, out_len]`."""
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(3, vocab, (size, in_len))
+  for i in range(size):
+    enc[i, in_len - (i % 3):] = 0
+  dec = rng.randint(3, vocab, (size, out_len))
+  dec[:, 0] = 0
+  return jnp.asarray(enc, jnp.int32), jnp.asarray(dec, jnp.int32)
+
+
+MIXED_IDS = np.array([[0, 0], [1, 2], [2, -1], [-1, 3], [-1, -1], [1, 0]], np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply(model, params, enc, dec, ids):
+  """Teacher-forced logits, compiled once per model and shape."""
+  return model.apply({"params": params}, enc, dec, ids)
+
+
+@functools.lru_cache(maxsize=None)
+def _init(model: T5, seed: int):
+  return init_params(model, jax.random.key(seed))
+
+
+def model_and_params(flix_cfg: FlixConfig | None, seed: int = 0, **overrides):
+  """A tiny T5 and its (cached, boxed) fresh params."""
+  model = T5(t5_config(**overrides), flix_cfg)
+  return model, _init(model, seed)
