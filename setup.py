@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "gin-config==0.5.0",
     "clu==0.0.12",
+    "tensorboard==2.21.0",
     "numpy==2.4.6",
     "num2words==0.5.14",
     "babel==2.18.0",
@@ -24,7 +25,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
     # torch==2.13.0 is the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
-    "hf": ["torch==2.13.0", "transformers", "peft", "safetensors"],
+    "hf": ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "safetensors==0.8.0"],
 }
 
 setuptools.setup(

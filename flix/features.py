@@ -108,6 +108,19 @@ class FeatureSpace:
     """Plain LoRA: only the always-on shared adapter."""
     return cls((), shared_rank=rank)
 
+  def with_ranks(self, ranks: Mapping[str, int] | int, shared_rank: int | None = None
+                 ) -> "FeatureSpace":
+    """The same types and values (so the same ids) with other ranks."""
+    if isinstance(ranks, int):
+      ranks = {t.name: ranks for t in self.types}
+    unknown = sorted(set(ranks) - set(self.names))
+    if unknown:
+      raise UnknownFeatureError(f"ranks given for unknown feature types {unknown}; known types: "
+                                f"{list(self.names)}")
+    return FeatureSpace(tuple(FeatureType(t.name, t.values, ranks.get(t.name, t.rank))
+                              for t in self.types),
+                        self.shared_rank if shared_rank is None else shared_rank)
+
   # -- structure ----------------------------------------------------------------------------
   @property
   def n_types(self) -> int:

@@ -23,6 +23,10 @@ from flix.features import FeatureSpace
 
 OFFLINE_METRICS = (metrics.sequence_accuracy, metrics.chrf, metrics.cer)
 
+# prefix -> (arguments, registration): registering a prefix again with the same arguments
+# returns the existing registration; with other arguments it replaces it.
+_REGISTERED: dict[str, tuple[tuple, "OfflineRegistration"]] = {}
+
 
 @dataclasses.dataclass(frozen=True)
 class OfflineRegistration:
@@ -93,10 +97,20 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
     config: the benchmark configuration.
     space: the training FeatureSpace; default `data.feature_space(ranks=4)`. It must not know
       the unseen languages (their pairs are encoded with the language INACTIVE).
-    prefix: name prefix; use a unique one per test.
+    prefix: name prefix; registering it again with the same arguments returns the existing
+      registration, with other arguments replaces it.
     rate, temperature, maximum: the training mixture's rate (see `pairs.mixing_rate`).
     noise_density, mean_span_length: span corruption of the pretraining task.
   """
+  arguments = (config, space, rate, temperature, maximum, noise_density, mean_span_length)
+  if prefix in _REGISTERED:
+    previous_arguments, previous = _REGISTERED.pop(prefix)
+    if previous_arguments == arguments and all(
+        name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names()
+        for name in previous.names):
+      _REGISTERED[prefix] = (arguments, previous)
+      return previous
+    previous.unregister()
   data = generate(config)
   space = space or data.feature_space(ranks=4)
   if "lang" in space.names:
@@ -117,5 +131,7 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
     pairs.unregister([f"{prefix}.train", f"{prefix}.eval", f"{prefix}.pretrain",
                       *(t.name for t in tasks)])
     raise
-  return OfflineRegistration(data, space, prefix, tuple(tasks), f"{prefix}.train",
-                             f"{prefix}.eval", f"{prefix}.pretrain")
+  registration = OfflineRegistration(data, space, prefix, tuple(tasks), f"{prefix}.train",
+                                     f"{prefix}.eval", f"{prefix}.pretrain")
+  _REGISTERED[prefix] = (arguments, registration)
+  return registration

@@ -95,8 +95,14 @@ def relative_position_buckets(q_positions: np.ndarray, k_positions: np.ndarray, 
   else:
     n = np.maximum(n, 0)
   max_exact = num_buckets // 2
-  large = max_exact + (np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
-                       np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(n.dtype)
+  # float32 throughout and no eps, as mesh-tensorflow and transformers compute it: T5X's
+  # `+ eps` (and float64 promotion under numpy 2) moves a few positions to another bucket in
+  # some (num_buckets, max_distance) settings. n < max_exact is replaced below, so log(0) is
+  # never used (np.maximum keeps it finite).
+  f32 = np.float32
+  large = max_exact + (np.log(np.maximum(n, 1).astype(f32) / f32(max_exact)) /
+                       f32(np.log(max_distance / max_exact)) * f32(num_buckets - max_exact)
+                       ).astype(n.dtype)
   large = np.minimum(large, num_buckets - 1)
   return bucket + np.where(n < max_exact, n, large)
 
@@ -334,6 +340,11 @@ class T5(nn.Module):
                                                     ("vocab", "embed")))
     self.encoder = Encoder(cfg, self.token_embedder, self.flix)
     self.decoder = Decoder(cfg, self.token_embedder, self.flix)
+
+  @property
+  def n_types(self) -> int:
+    """Feature types this model's adapters read (0: no feature ids needed)."""
+    return self.flix.space.n_types if self.flix is not None else 0
 
   def encode(self, encoder_input_tokens, feature_ids=None, *, enable_dropout: bool = False):
     """`[b, in_len]` tokens -> encoded `[b, in_len, emb]`."""

@@ -1,0 +1,205 @@
+"""Model checkpoints: orbax arrays plus the JSON that says what they are.
+
+A checkpoint is a directory:
+
+    model.json      T5Config
+    flix.json       FlixConfig (only when the model has adapters; holds the feature space)
+    features.json   the FeatureSpace alone, for tools that need only the ids
+    params/         orbax PyTree checkpoint of the (plain, unboxed) parameters
+    base.json       adapter-only checkpoints: {"base_checkpoint": ABSOLUTE_PATH}; params/ then
+                    holds only adapter leaves and the base is read from that path
+    ...             the trainer adds config.gin and train_state/ (see flix.training.checkpointer)
+
+Writes are atomic: everything goes to a temporary sibling directory that is renamed into
+place when complete, so a crash never leaves a directory that `load_model` would pick up
+half-written, and an existing checkpoint is never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flix.config import FlixConfig
+from flix.models.t5 import T5Config
+
+MODEL_JSON = "model.json"
+FLIX_JSON = "flix.json"
+FEATURES_JSON = "features.json"
+BASE_JSON = "base.json"
+PARAMS = "params"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that is missing, incomplete or inconsistent."""
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temporary directory that becomes `path` only if the block completes."""
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  try:
+    yield tmp
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.rename(path, os.path.join(old, "x"))
+      os.rename(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def save_pytree(path: str, tree: Any) -> None:
+  """Writes a pytree of arrays with orbax (blocking)."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(path), tree)
+  checkpointer.wait_until_finished()
+
+
+def restore_pytree(path: str, target: Any = None) -> Any:
+  """Reads a pytree; `target` (arrays or jax.ShapeDtypeStruct with shardings) fixes layout."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"no orbax checkpoint at {path}")
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path), target)
+
+
+def adapter_leaves(params) -> dict:
+  """The adapter-only subtree of `params` (empty branches removed)."""
+  def keep(node, path=()):
+    if isinstance(node, dict):
+      out = {k: keep(v, path + (k,)) for k, v in node.items()}
+      return {k: v for k, v in out.items() if not (v is None or isinstance(v, dict) and not v)}
+    return node if path and path[-1].startswith("lora_") else None
+  return keep(nn.unbox(params))
+
+
+def graft(base, adapters) -> dict:
+  """`base` with the leaves of `adapters` added or replaced (same nesting)."""
+  if not isinstance(adapters, dict):
+    return adapters
+  out = dict(base)
+  for k, v in adapters.items():
+    out[k] = graft(base.get(k, {}), v) if isinstance(v, dict) else v
+  return out
+
+
+def save_model(path: str, params, model_config: T5Config, flix: FlixConfig | None = None, *,
+               base_checkpoint: str | None = None, overwrite: bool = False,
+               extra_files: dict[str, str] | None = None,
+               extra_trees: dict[str, Any] | None = None) -> str:
+  """Writes a checkpoint directory (atomically); returns its absolute path.
+
+  With `base_checkpoint`, only adapter leaves are written and the base is referenced by path.
+  `extra_files` maps file names to text written next to the JSON (e.g. "config.gin");
+  `extra_trees` maps directory names to pytrees written with orbax (e.g. "train_state").
+  """
+  params = nn.unbox(params)
+  if base_checkpoint is not None:
+    if flix is None:
+      raise ValueError("an adapter-only checkpoint needs the model's FlixConfig")
+    base_checkpoint = os.path.abspath(base_checkpoint)
+    if not os.path.isfile(os.path.join(base_checkpoint, MODEL_JSON)):
+      raise CheckpointError(f"base checkpoint {base_checkpoint} has no {MODEL_JSON}")
+    params = adapter_leaves(params)
+  with atomic_directory(path, overwrite) as tmp:
+    _write(tmp, MODEL_JSON, model_config.to_json())
+    if flix is not None:
+      _write(tmp, FLIX_JSON, flix.to_json())
+      _write(tmp, FEATURES_JSON, flix.space.to_json())
+    if base_checkpoint is not None:
+      _write(tmp, BASE_JSON, json.dumps({"base_checkpoint": base_checkpoint}, indent=2))
+    for name, text in (extra_files or {}).items():
+      _write(tmp, name, text)
+    save_pytree(os.path.join(tmp, PARAMS), params)
+    for name, tree in (extra_trees or {}).items():
+      save_pytree(os.path.join(tmp, name), tree)
+  return os.path.abspath(path)
+
+
+def load_configs(path: str) -> tuple[T5Config, FlixConfig | None]:
+  """The model and adapter configs saved in checkpoint `path`."""
+  model_json = os.path.join(path, MODEL_JSON)
+  if not os.path.isfile(model_json):
+    raise CheckpointError(f"{path} is not a flix checkpoint: {MODEL_JSON} is missing")
+  model_config = T5Config.from_json(_read(model_json))
+  flix_json = os.path.join(path, FLIX_JSON)
+  flix = FlixConfig.from_json(_read(flix_json)) if os.path.isfile(flix_json) else None
+  return model_config, flix
+
+
+def restore_params(path: str, target: Any = None) -> Any:
+  """Params of checkpoint `path` laid out like `target` (plain tree of arrays or
+  jax.ShapeDtypeStruct with shardings); an adapter-only checkpoint reads its base too."""
+  base_json = os.path.join(path, BASE_JSON)
+  if not os.path.isfile(base_json):
+    return restore_pytree(os.path.join(path, PARAMS), target)
+  base_path = json.loads(_read(base_json))["base_checkpoint"]
+  adapters_target = None if target is None else adapter_leaves(target)
+  base_target = None if target is None else strip_adapters(target)
+  return graft(restore_params(base_path, base_target),
+               restore_pytree(os.path.join(path, PARAMS), adapters_target))
+
+
+def strip_adapters(params) -> dict:
+  """`params` without adapter leaves."""
+  if isinstance(params, dict):
+    return {k: strip_adapters(v) for k, v in params.items() if not k.startswith("lora_")}
+  return params
+
+
+def load_model(path: str) -> tuple[T5Config, FlixConfig | None, dict]:
+  """(model config, adapter config or None, plain params); follows base.json references."""
+  model_config, flix = load_configs(path)
+  params = restore_pytree(os.path.join(path, PARAMS))
+  base_json = os.path.join(path, BASE_JSON)
+  if os.path.isfile(base_json):
+    base_path = json.loads(_read(base_json))["base_checkpoint"]
+    base_config, _, base_params = load_model(base_path)
+    if base_config != model_config:
+      raise CheckpointError(f"adapter checkpoint {path} was trained on a {model_config} base, but "
+                            f"its base_checkpoint {base_path} holds a {base_config}")
+    params = graft(base_params, params)
+  return model_config, flix, jax.tree.map(np.asarray, params)
+
+
+def check_feature_space(path: str, saved, configured) -> None:
+  """Names the feature values that the run uses but the checkpoint's feature space lacks."""
+  saved_types = {t.name: t for t in saved.types}
+  for t in configured.types:
+    if t.name not in saved_types:
+      raise CheckpointError(
+          f"feature type {t.name!r} is not in the feature space saved with {path} "
+          f"(types {list(saved_types)})")
+    old = saved_types[t.name]
+    if t.values != old.values:
+      absent = [v for v in t.values if v not in old.values]
+      raise CheckpointError(
+          f"feature values {absent or list(t.values)} of type {t.name!r} differ from the feature "
+          f"space saved with {path} ({list(old.values)}); ids would mean other features")
+
+
+def _write(directory: str, name: str, text: str) -> None:
+  with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def _read(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
+    return f.read()

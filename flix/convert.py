@@ -1,0 +1,132 @@
+"""Command line conversions between flix checkpoints and Hugging Face formats (no network).
+
+    python -m flix.convert from-hf --hf_dir DIR --out CKPT [--dropout_rate R] [--overwrite]
+        A local transformers T5 / mT5 / ByT5 (gated-GELU, untied) or original T5 (ReLU, tied)
+        directory (config.json + model.safetensors or pytorch_model.bin) -> a flix checkpoint
+        without adapters (flix.checkpoints format), usable as a base / initial checkpoint.
+        CKPT/model.gin holds `T5Config.<field> = <value>` bindings for the model.
+
+    python -m flix.convert to-hf --checkpoint CKPT [--features task=X,lang=Y] --out DIR
+        The base model, or the base with one feature combination merged exactly, as a
+        transformers directory (config.json + model.safetensors) for
+        T5ForConditionalGeneration.from_pretrained.
+
+    python -m flix.convert export-peft --checkpoint CKPT --features task=X,lang=Y --out DIR
+        One feature combination as a PEFT LoRA adapter (adapter_config.json +
+        adapter_model.safetensors) on top of the `to-hf` base: rank = the active features'
+        ranks + the shared rank, r = lora_alpha (PEFT scale 1), per-feature scales folded
+        into lora_B.
+
+--features names one value per feature type ("task=ordinal,lang=fr"); a type left out is
+inactive (e.g. a zero-shot unseen language). Errors exit with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from flix import hf
+from flix.checkpoints import CheckpointError, load_model, save_model
+from flix.features import UnknownFeatureError
+
+MODEL_GIN = "model.gin"
+
+
+def from_hf(hf_dir: str, out: str, *, dropout_rate: float | None = None,
+            overwrite: bool = False) -> str:
+  """Converts a local transformers T5 directory to a flix checkpoint; returns its path."""
+  if not os.path.isdir(hf_dir):
+    raise hf.HFConversionError(f"--hf_dir {hf_dir} is not a directory")
+  config, params = hf.load_hf(hf_dir, dropout_rate=dropout_rate)
+  return save_model(out, params, config, overwrite=overwrite,
+                    extra_files={MODEL_GIN: hf.gin_bindings(config, os.path.abspath(hf_dir))})
+
+
+def _combination(flix, features: str | None):
+  if features is None:
+    return None
+  if flix is None:
+    raise hf.HFConversionError("--features given, but the checkpoint has no adapters "
+                               "(no flix.json)")
+  return hf.combination_ids(flix.space, features)
+
+
+def to_hf(checkpoint: str, out: str, *, features: str | None = None,
+          overwrite: bool = False) -> str:
+  """Writes the checkpoint's base (or base + merged `features`) as a transformers directory."""
+  config, flix, params = load_model(checkpoint)
+  ids = _combination(flix, features)
+  if ids is None:
+    params = hf.base_params(params)
+  else:
+    params = hf.merge_params(params, flix, ids)
+  return hf.save_hf(out, params, config, overwrite=overwrite)
+
+
+def export_peft(checkpoint: str, features: str, out: str, *,
+                base_model_name_or_path: str | None = None, overwrite: bool = False) -> str:
+  """Writes combination `features` of the checkpoint as a PEFT LoRA adapter directory."""
+  config, flix, params = load_model(checkpoint)
+  ids = _combination(flix, features)
+  if ids is None:
+    raise hf.HFConversionError("export-peft needs --features")
+  return hf.save_peft(out, params, config, flix, ids,
+                      base_model_name_or_path=base_model_name_or_path, overwrite=overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m flix.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("from-hf", help="transformers T5 directory -> flix checkpoint")
+  p.add_argument("--hf_dir", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--dropout_rate", type=float, default=None,
+                 help="T5Config.dropout_rate (default: the HF config's dropout_rate)")
+  p.add_argument("--overwrite", action="store_true")
+
+  p = sub.add_parser("to-hf", help="flix checkpoint (+ merged features) -> transformers directory")
+  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--features", default=None, help='e.g. "task=ordinal,lang=fr"')
+  p.add_argument("--out", required=True)
+  p.add_argument("--overwrite", action="store_true")
+
+  p = sub.add_parser("export-peft", help="one feature combination -> PEFT LoRA adapter")
+  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--features", required=True, help='e.g. "task=ordinal,lang=fr"')
+  p.add_argument("--out", required=True)
+  p.add_argument("--base_model_name_or_path", default=None,
+                 help="recorded in adapter_config.json (e.g. the to-hf output directory)")
+  p.add_argument("--overwrite", action="store_true")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    if args.command == "from-hf":
+      path = from_hf(args.hf_dir, args.out, dropout_rate=args.dropout_rate,
+                     overwrite=args.overwrite)
+      print(f"wrote flix checkpoint {path} (model gin: {os.path.join(path, MODEL_GIN)})")
+    elif args.command == "to-hf":
+      path = to_hf(args.checkpoint, args.out, features=args.features, overwrite=args.overwrite)
+      print(f"wrote transformers model {path}")
+    else:
+      path = export_peft(args.checkpoint, args.features, args.out,
+                         base_model_name_or_path=args.base_model_name_or_path,
+                         overwrite=args.overwrite)
+      print(f"wrote PEFT adapter {path}")
+  except FileExistsError as e:
+    print(f"flix.convert {args.command}: error: {e} (command line: --overwrite)", file=sys.stderr)
+    return 2
+  except (hf.HFConversionError, UnknownFeatureError, CheckpointError, ValueError) as e:
+    print(f"flix.convert {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,445 @@
+"""Evaluation over task-language pairs: seqio.Evaluator, flix.decoding, per-pair and aggregates.
+
+Each pair is a seqio Task (`flix.data.pairs`), so `seqio.Evaluator` with the
+`FlixEncDecFeatureConverter` gives the metrics per pair: it caches each pair's examples once,
+hands our predict function the converted (`feature_ids`-carrying) batches, detokenises the
+predicted ids with the targets' vocabulary, applies the task's postprocessor and metric_fns.
+
+The predict function runs fixed-size batches: the last, short batch of a pair is padded with
+empty rows (PAD tokens, INACTIVE feature ids) whose outputs are dropped, so one compiled decode
+serves every batch. Predictions come from `flix.decoding.decode` (greedy by default) or from any
+`BatchPredictor` (e.g. `target_predictor`, an oracle that checks the metric path).
+
+Written under `out_dir`:
+  predictions/{seqio task name}.jsonl   one line per example: index, inputs, target, prediction
+                                        (as the metrics see it), features, feature_ids, score.
+  report.json                           per-pair metrics and pair info, and the aggregates
+                                        by_task / by_lang / by_kind / overall (flix.data.aggregate).
+  report.md                             the same as markdown tables.
+
+Use `PairEvaluator` to evaluate repeatedly (the trainer: datasets are cached once) and
+`evaluate` for a one-off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+import seqio
+from seqio import metrics as seqio_metrics
+
+from flix import decoding
+from flix.data.aggregation import aggregate, as_pair
+from flix.data.converter import FlixEncDecFeatureConverter
+from flix.data.pairs import SPLIT_KINDS, HoldOut
+from flix.data.vocab import FEATURE_IDS
+from flix.features import INACTIVE
+from flix.models.t5 import T5
+
+PREDICTIONS_DIR = "predictions"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+# A model batch (fixed `batch_size` rows: encoder_input_tokens, decoder_target_tokens,
+# feature_ids, ...) -> predicted ids `[batch_size, (n,) length]`, or a DecodeResult (its scores
+# are written to the predictions file).
+BatchPredictor = Callable[[Mapping[str, np.ndarray]], "np.ndarray | decoding.DecodeResult"]
+
+
+# -- reports ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Report:
+  """Metrics of one evaluation.
+
+  Attributes:
+    split: the evaluated split.
+    step: training step, if given.
+    per_pair: `{seqio task name: {metric: value}}`.
+    pairs: `{seqio task name: {"task", "lang", "kind", "n_examples", "feature_ids"}}`.
+    by_task, by_lang, by_kind, overall: `flix.data.aggregate` groups
+      (`{group: {metric: mean, "n_pairs": n}}`); by_kind keys are SPLIT_KINDS present.
+  """
+
+  split: str
+  step: int | None
+  per_pair: dict[str, dict[str, float]]
+  pairs: dict[str, dict[str, Any]]
+  by_task: dict[str, dict[str, float]]
+  by_lang: dict[str, dict[str, float]]
+  by_kind: dict[str, dict[str, float]]
+  overall: dict[str, dict[str, float]]
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False)
+
+  def to_markdown(self) -> str:
+    title = f"# Evaluation on `{self.split}`" + (f" at step {self.step}" if self.step is not None
+                                                 else "")
+    metrics = sorted({m for d in self.per_pair.values() for m in d})
+    parts = [title, "",
+             _table("By split kind", "kind", self.by_kind, metrics, ("n_pairs",)),
+             _table("By task", "task", self.by_task, metrics, ("n_pairs",)),
+             _table("By language", "lang", self.by_lang, metrics, ("n_pairs",)),
+             _table("Overall", "", self.overall, metrics, ("n_pairs",))]
+    per_pair = {name: {**m, "kind": self.pairs[name]["kind"],
+                       "n_examples": self.pairs[name]["n_examples"]}
+                for name, m in self.per_pair.items()}
+    parts.append(_table("Per pair", "pair", per_pair, metrics, ("kind", "n_examples")))
+    return "\n".join(parts)
+
+  def write(self, out_dir: str) -> None:
+    """Writes report.json and report.md into `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, REPORT_JSON), "w", encoding="utf-8") as f:
+      f.write(self.to_json() + "\n")
+    with open(os.path.join(out_dir, REPORT_MD), "w", encoding="utf-8") as f:
+      f.write(self.to_markdown())
+
+
+def _cell(v) -> str:
+  if isinstance(v, float):
+    return f"{v:.2f}"
+  return str(v)
+
+
+def _table(title: str, key: str, rows: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
+           info: Sequence[str]) -> str:
+  columns = [*info, *metrics]
+  lines = [f"## {title}", "", "| " + " | ".join([key, *columns]) + " |",
+           "|" + "---|" * (len(columns) + 1)]
+  for name, row in rows.items():
+    lines.append("| " + " | ".join([name, *(_cell(row.get(c, "")) for c in columns)]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _plain(value) -> float:
+  value = getattr(value, "value", value)  # seqio.metrics.Scalar
+  if isinstance(value, (np.generic, np.ndarray)):
+    value = value.item()
+  return value
+
+
+def build_report(per_pair: Mapping[str, Mapping[str, Any]], holdout: HoldOut | None = None, *,
+                 split: str, step: int | None = None,
+                 pairs: Mapping[str, Mapping[str, Any]] | None = None) -> Report:
+  """A Report from per-pair metrics keyed by seqio task name `{prefix}.{task}.{lang}`.
+
+  Args:
+    per_pair: `{task name: {metric: value}}` (seqio Scalars are unwrapped).
+    holdout: which pairs/languages are unseen (decides the split kinds); None: all seen.
+    split, step: recorded in the report.
+    pairs: extra per-pair info (n_examples, feature_ids), merged into `Report.pairs`.
+  """
+  holdout = holdout or HoldOut()
+  if not per_pair:
+    raise ValueError("no per-pair metrics to report: did every task lack the split or metrics?")
+  plain = {name: {m: _plain(v) for m, v in sorted(metrics.items())}
+           for name, metrics in sorted(per_pair.items())}
+  info = {}
+  for name in plain:
+    pair = as_pair(name)
+    info[name] = {"task": pair.task, "lang": pair.lang, "kind": holdout.kind(pair),
+                  **dict((pairs or {}).get(name, {}))}
+  groups = aggregate(plain, holdout)
+  return Report(split=split, step=step, per_pair=plain, pairs=info, by_task=groups["by_task"],
+                by_lang=groups["by_lang"], by_kind=groups["by_kind"], overall=groups["overall"])
+
+
+# -- predictors ---------------------------------------------------------------------------------
+def model_predictor(model: T5, params, *, max_length: int,
+                    decode_kwargs: Mapping[str, Any] | None = None) -> BatchPredictor:
+  """Decodes a model batch with `flix.decoding.decode` (greedy unless decode_kwargs say else).
+
+  A sampling `rng` in decode_kwargs is folded with a running batch counter, so batches get
+  different (but reproducible) samples.
+  """
+  kwargs = dict(decode_kwargs or {})
+  if "max_length" in kwargs:
+    raise ValueError("pass max_length through feature_lengths['targets'] (or max_length=), not "
+                     "decode_kwargs")
+  rng = kwargs.pop("rng", None)
+  options = decoding.DecodeOptions(max_length=max_length, **kwargs)
+  if options.method == "sample" and rng is None:
+    raise ValueError("decode_kwargs method='sample' needs rng=jax.random.key(seed)")
+  counter = [0]
+
+  def predict(batch: Mapping[str, np.ndarray]) -> decoding.DecodeResult:
+    key = None if rng is None else jax.random.fold_in(rng, counter[0])
+    counter[0] += 1
+    ids = batch[FEATURE_IDS] if model.n_types else None  # LoRA / full: ids not used.
+    return decoding.decode_with_options(model, params, batch["encoder_input_tokens"], ids,
+                                        options, key)
+  return predict
+
+
+def target_predictor(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Oracle: predicts each example's target ids (metrics then report perfect scores)."""
+  return batch["decoder_target_tokens"]
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def _pad_batch(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads every feature to `size` rows: PAD (0) tokens and INACTIVE feature ids."""
+  out = {}
+  for key, value in batch.items():
+    missing = size - value.shape[0]
+    fill = INACTIVE if key == FEATURE_IDS else 0
+    pad = np.full((missing,) + value.shape[1:], fill, value.dtype)
+    out[key] = np.concatenate([value, pad]) if missing else value
+  return out
+
+
+def _infer_n_types(task: seqio.Task, split: str) -> int:
+  spec = task.get_dataset(sequence_length=None, split=split, shuffle=False,
+                          num_epochs=1).element_spec
+  if FEATURE_IDS not in spec:
+    raise ValueError(f"task {task.name!r} has no {FEATURE_IDS!r} feature; register it with "
+                     "flix.data.register_pair_task (or register_offline)")
+  n = spec[FEATURE_IDS].shape[0]
+  if n is None:
+    raise ValueError(f"task {task.name!r}: {FEATURE_IDS} has no static length; pass n_types")
+  return int(n)
+
+
+class PairEvaluator:
+  """Evaluates models on every task-language pair of seqio tasks/mixtures, repeatedly.
+
+  Construction resolves the tasks, builds one seqio.Evaluator per given name (which caches the
+  split's examples) and fixes the batch shape; `evaluate` decodes, scores and writes reports.
+  """
+
+  def __init__(self, tasks: str | Sequence[str], *, feature_lengths: Mapping[str, int],
+               batch_size: int, holdout: HoldOut | None = None, split: str = "validation",
+               n_types: int | None = None, num_examples: int | None = None):
+    """
+    Args:
+      tasks: seqio mixture and/or task names (pair tasks named `{prefix}.{task}.{lang}`).
+      feature_lengths: `{"inputs": ..., "targets": ...}` token lengths incl. EOS; examples are
+        trimmed to them, and `targets` is the decoded length.
+      batch_size: rows per decode call (short batches are padded to it).
+      holdout: unseen pairs/languages, for the split kinds of the report; None: all seen.
+      split: the split to evaluate ("validation" or "test").
+      n_types: feature types per example; default: read from the first task's dataset.
+      num_examples: evaluate only the first this-many examples of each pair.
+    """
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not names:
+      raise ValueError("no tasks to evaluate: pass a seqio mixture or task name (or a list)")
+    for key in ("inputs", "targets"):
+      if not isinstance(feature_lengths.get(key), int) or feature_lengths[key] < 1:
+        raise ValueError(f"feature_lengths needs an int {key!r} >= 1, got {dict(feature_lengths)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    self.split = split
+    self.batch_size = batch_size
+    self.holdout = holdout or HoldOut()
+    self.feature_lengths = {"inputs": feature_lengths["inputs"],
+                            "targets": feature_lengths["targets"]}
+    subtasks = []
+    for name in names:
+      subtasks.extend(seqio.get_subtasks(seqio.get_mixture_or_task(name)))
+    seen = [t.name for t in subtasks]
+    dupes = sorted({n for n in seen if seen.count(n) > 1})
+    if dupes:
+      raise ValueError(f"tasks {dupes} are reached more than once through {names}; pass each "
+                       "pair once")
+    valid = seqio.evaluation.get_valid_eval_tasks(subtasks, split)
+    if not valid:
+      raise ValueError(f"none of the {len(subtasks)} tasks of {names} has a {split!r} split and "
+                       "metric_fns")
+    skipped = sorted(set(seen) - {t.name for t in valid})
+    if skipped:
+      logging.warning("not evaluated on %r (no such split or no metrics): %s", split, skipped)
+    for task in valid:
+      others = [m for m in task.metric_objs
+                if m.model_output_type != seqio_metrics.ModelOutputType.PREDICTION]
+      if others:
+        raise ValueError(f"task {task.name!r} has metrics needing "
+                         f"{sorted({m.model_output_type.name for m in others})}; only "
+                         "prediction metrics are supported")
+      as_pair(task.name)  # Loud now, not after decoding, if a name is not a pair name.
+    self.n_types = _infer_n_types(valid[0], split) if n_types is None else n_types
+    converter = FlixEncDecFeatureConverter(self.n_types)
+    self._evaluators = []
+    for name in names:
+      self._evaluators.append(seqio.Evaluator(
+          name, converter, eval_split=split, sequence_length=self.feature_lengths,
+          num_examples=num_examples, shuffle=False, use_memory_cache=True,
+          async_compute_metrics=False))
+    self.task_names = tuple(t.name for e in self._evaluators for t in e.eval_tasks)
+
+  def evaluate(self, model: T5, params, *, out_dir: str | None, step: int | None = None,
+               decode_kwargs: Mapping[str, Any] | None = None) -> Report:
+    """Decodes every pair with `model` (greedy by default) and reports; see `evaluate`."""
+    n_model = model.n_types
+    if n_model and n_model != self.n_types:
+      raise ValueError(f"the model's FeatureSpace has {n_model} feature types "
+                       f"{list(model.flix.space.names)} but the tasks carry {self.n_types} "
+                       "feature ids per example; evaluate with the space the tasks were "
+                       "registered with")
+    predictor = model_predictor(model, params, max_length=self.feature_lengths["targets"],
+                                decode_kwargs=decode_kwargs)
+    return self.evaluate_predictor(predictor, out_dir=out_dir, step=step)
+
+  def evaluate_predictor(self, predictor: BatchPredictor, *, out_dir: str | None,
+                         step: int | None = None) -> Report:
+    """Runs `predictor` over every pair, computes seqio metrics, writes and returns the report.
+
+    Args:
+      predictor: model batch `[batch_size, ...]` -> ids `[batch_size, (n,) length]` or a
+        DecodeResult.
+      out_dir: where predictions and reports go; None writes nothing.
+      step: recorded in the report.
+    """
+    per_pair, info = {}, {}
+    for evaluator in self._evaluators:
+      names = {id(ds): name for name, ds in evaluator.cached_model_datasets.items()}
+      scores: dict[str, dict[int, Any]] = {}
+
+      def predict_fn(ds, names=names, scores=scores):
+        name = names[id(ds)]
+        out, scores[name] = self._predict(ds, predictor)
+        return out
+
+      metrics, outputs = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
+      metrics = metrics.result()
+      for task in evaluator.eval_tasks:
+        per_pair[task.name] = metrics[task.name]
+        tokens = outputs[task.name][seqio_metrics.ModelOutputType.PREDICTION]
+        records = self._records(task, evaluator.cached_task_datasets[task.name], tokens,
+                                scores.get(task.name, {}))
+        info[task.name] = {"n_examples": len(records),
+                           "feature_ids": records[0]["feature_ids"] if records else None}
+        if out_dir is not None:
+          _write_jsonl(os.path.join(out_dir, PREDICTIONS_DIR, f"{task.name}.jsonl"), records)
+    report = build_report(per_pair, self.holdout, split=self.split, step=step, pairs=info)
+    if out_dir is not None:
+      report.write(out_dir)
+    return report
+
+  def _predict(self, ds, predictor: BatchPredictor):
+    """[(index, ids)] for an enumerated model dataset, and {index: score} when available."""
+    out, scores = [], {}
+    for indices, batch in ds.batch(self.batch_size).as_numpy_iterator():
+      n = len(indices)
+      result = predictor(_pad_batch(batch, self.batch_size))
+      tokens, batch_scores = (result.tokens, result.scores) if isinstance(
+          result, decoding.DecodeResult) else (result, None)
+      tokens = np.asarray(tokens)
+      if tokens.ndim not in (2, 3) or tokens.shape[0] != self.batch_size:
+        raise ValueError(f"the predictor must return ids [batch_size={self.batch_size}, (n,) "
+                         f"length], got shape {tokens.shape}")
+      for j in range(n):
+        out.append((int(indices[j]), tokens[j].tolist()))
+        if batch_scores is not None:
+          scores[int(indices[j])] = np.asarray(batch_scores[j]).tolist()
+    return out, scores
+
+  def _records(self, task: seqio.Task, task_ds, tokens, scores: Mapping[int, Any]) -> list[dict]:
+    """One JSON-ready dict per example, in dataset order (= seqio's index order)."""
+    vocab = task.output_features["targets"].vocabulary
+    pair = as_pair(task.name)
+    records = []
+    for i, ex in enumerate(task_ds.as_numpy_iterator()):
+      ids = np.asarray(tokens[i])
+      text = ([vocab.decode(row.tolist()) for row in ids] if ids.ndim == 2
+              else vocab.decode(ids.tolist()))
+      if task.postprocess_fn is not None:
+        text = task.postprocess_fn(text, example=ex, is_target=False)
+      record = {"index": i, "inputs": _text(ex.get("inputs_pretokenized")),
+                "target": _text(ex.get("targets_pretokenized")), "prediction": text,
+                "features": pair.features,
+                "feature_ids": np.asarray(ex[FEATURE_IDS]).tolist()}
+      if i in scores:
+        record["score"] = scores[i]
+      records.append(record)
+    if len(records) != len(tokens):
+      raise ValueError(f"task {task.name!r}: {len(tokens)} predictions for {len(records)} "
+                       "examples")
+    return records
+
+
+def _text(value) -> str | None:
+  if value is None:
+    return None
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _json_default(value):
+  if isinstance(value, (np.generic, np.ndarray)):
+    return value.tolist()
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  return str(value)
+
+
+def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def evaluate(model: T5, params, tasks: str | Sequence[str], *, out_dir: str | None,
+             feature_lengths: Mapping[str, int], batch_size: int,
+             holdout: HoldOut | None = None, split: str = "validation",
+             decode_kwargs: Mapping[str, Any] | None = None, step: int | None = None,
+             num_examples: int | None = None) -> Report:
+  """Evaluates `model` on every pair of `tasks` once (build a PairEvaluator to repeat).
+
+  Args:
+    model, params: a flix T5 and its params.
+    tasks: seqio mixture/task names of pair tasks, e.g. `reg.eval_mixture`.
+    out_dir: predictions/*.jsonl, report.json and report.md go here (None: nothing written).
+    feature_lengths: `{"inputs": ..., "targets": ...}`, e.g. `reg.task_feature_lengths`.
+    batch_size: decode batch rows (short batches padded).
+    holdout: e.g. `reg.data.holdout`, for seen pair / unseen pair / unseen language kinds.
+    split: "validation" or "test".
+    decode_kwargs: `flix.decoding.decode` options (method, num_beams, alpha, temperature,
+      top_k, rng, num_samples); default greedy.
+    step, num_examples: see PairEvaluator.
+
+  Returns:
+    The Report (per_pair, by_task, by_lang, by_kind, overall).
+  """
+  evaluator = PairEvaluator(tasks, feature_lengths=feature_lengths, batch_size=batch_size,
+                            holdout=holdout, split=split, num_examples=num_examples)
+  return evaluator.evaluate(model, params, out_dir=out_dir, step=step,
+                            decode_kwargs=decode_kwargs)
+
+
+@gin.configurable
+def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
+                        mixture_or_task_name: str = gin.REQUIRED,
+                        task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                        registration: Any = None, batch_size: int = 32,
+                        split: str = "validation",
+                        decode_kwargs: Mapping[str, Any] | None = None):
+  """Evaluates `checkpoint_path` on `mixture_or_task_name`; returns the Report."""
+  from flix import checkpoints
+  from flix.training.loop import check_task
+  check_task(mixture_or_task_name)
+  model_config, flix, params = checkpoints.load_model(checkpoint_path)
+  model = T5(model_config, flix)
+  if model.n_types and registration is not None:
+    checkpoints.check_feature_space(checkpoint_path, flix.space, registration.space)
+  holdout = getattr(getattr(registration, "data", None), "holdout", None)
+  report = evaluate(model, params, mixture_or_task_name, out_dir=output_dir,
+                               feature_lengths=task_feature_lengths, batch_size=batch_size,
+                               holdout=holdout, split=split, decode_kwargs=decode_kwargs)
+  print(report.to_markdown())
+  return report
+
+
+__all__ = ["BatchPredictor", "PairEvaluator", "Report", "SPLIT_KINDS", "build_report",
+           "evaluate", "evaluate_checkpoint", "model_predictor", "target_predictor"]

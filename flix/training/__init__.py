@@ -1,0 +1,1 @@
+"""T5X-style training: partitioning, train state, steps, checkpoints and the loop."""

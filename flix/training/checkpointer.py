@@ -1,0 +1,94 @@
+"""Periodic train-state checkpoints in MODEL_DIR: keep-N, atomic, adapter-only, exact resume.
+
+MODEL_DIR/checkpoint_<step>/ is a `flix.checkpoints` model checkpoint plus
+  train_state/       orbax: {"opt_state": ..., "rng": uint32 [2]}
+  train_state.json   {"step": int, "data_position": batches consumed}
+  config.gin         the operative gin config
+Adapter-only checkpoints (when training starts from a base checkpoint and the base is frozen)
+hold adapter leaves only and reference the base checkpoint by path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import jax
+
+from flix import checkpoints
+from flix.config import FlixConfig
+from flix.models.t5 import T5Config
+from flix.training.state import TrainState
+
+_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
+TRAIN_STATE = "train_state"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+def step_dirs(model_dir: str) -> list[tuple[int, str]]:
+  """Complete checkpoints in `model_dir`, oldest first (temporary directories never match)."""
+  if not os.path.isdir(model_dir):
+    return []
+  found = []
+  for name in os.listdir(model_dir):
+    m = _STEP_DIR.match(name)
+    path = os.path.join(model_dir, name)
+    if m and os.path.isfile(os.path.join(path, TRAIN_STATE_JSON)):
+      found.append((int(m.group(1)), path))
+  return sorted(found)
+
+
+def latest(model_dir: str) -> str | None:
+  dirs = step_dirs(model_dir)
+  return dirs[-1][1] if dirs else None
+
+
+class Checkpointer:
+  """Saves and restores TrainStates under `model_dir`."""
+
+  def __init__(self, model_dir: str, model_config: T5Config, flix: FlixConfig | None, *,
+               keep: int = 3, base_checkpoint: str | None = None, gin_config: str = ""):
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1, got {keep}")
+    self.model_dir = os.path.abspath(model_dir)
+    self.model_config, self.flix = model_config, flix
+    self.keep, self.base_checkpoint, self.gin_config = keep, base_checkpoint, gin_config
+
+  def save(self, state: TrainState, data_position: int) -> str:
+    step = int(jax.device_get(state.step))
+    path = os.path.join(self.model_dir, f"checkpoint_{step}")
+    meta = json.dumps({"step": step, "data_position": int(data_position)}, indent=2)
+    checkpoints.save_model(
+        path, state.params, self.model_config, self.flix, base_checkpoint=self.base_checkpoint,
+        overwrite=True, extra_files={TRAIN_STATE_JSON: meta, "config.gin": self.gin_config},
+        extra_trees={TRAIN_STATE: {"opt_state": state.opt_state, "rng": state.rng}})
+    for _, old in step_dirs(self.model_dir)[:-self.keep]:
+      shutil.rmtree(old, ignore_errors=True)
+    return path
+
+  def restore(self, path: str, target: TrainState) -> tuple[TrainState, int]:
+    """The state saved at `path`, laid out (shapes, shardings) like `target`; and data position."""
+    model_config, flix = checkpoints.load_configs(path)
+    if model_config != self.model_config:
+      raise checkpoints.CheckpointError(
+          f"{path} holds a model {model_config}, but this run configures {self.model_config}")
+    if flix is not None and self.flix is not None:
+      checkpoints.check_feature_space(path, flix.space, self.flix.space)
+    if flix != self.flix:
+      raise checkpoints.CheckpointError(
+          f"{path} was trained with adapters {flix}, but this run configures {self.flix} "
+          "(feature values, ranks or targets differ)")
+    with open(os.path.join(path, TRAIN_STATE_JSON), encoding="utf-8") as f:
+      meta = json.load(f)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    params = checkpoints.restore_params(path, abstract.params)
+    rest = checkpoints.restore_pytree(os.path.join(path, TRAIN_STATE),
+                                      {"opt_state": abstract.opt_state, "rng": abstract.rng})
+    state = TrainState(step=jax.device_put(jax.numpy.int32(meta["step"]),
+                                           target.step.sharding),
+                       params=params, opt_state=rest["opt_state"], rng=rest["rng"])
+    return state, meta["data_position"]
+

@@ -1,0 +1,50 @@
+"""Optimizers and learning-rate schedules (gin-configurable), T5X defaults."""
+
+from __future__ import annotations
+
+import gin
+import optax
+
+OPTIMIZERS = ("adafactor", "adamw")
+SCHEDULES = ("constant", "rsqrt", "linear", "cosine")
+
+
+@gin.configurable
+def learning_rate_schedule(base: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
+                           decay_steps: int = 10_000, final_fraction: float = 0.0
+                           ) -> optax.Schedule:
+  """Linear warmup to `base`, then constant, rsqrt (T5X: base * sqrt(warmup / step)), linear or
+  cosine decay to `final_fraction * base` over `decay_steps`."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+  if schedule == "constant":
+    after = optax.constant_schedule(base)
+  elif schedule == "rsqrt":
+    start = max(warmup_steps, 1)
+    after = lambda step: base * (start / (step + start)) ** 0.5
+  elif schedule == "linear":
+    after = optax.linear_schedule(base, base * final_fraction, decay_steps)
+  else:
+    after = optax.cosine_decay_schedule(base, decay_steps, final_fraction)
+  if not warmup_steps:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup_steps), after],
+                              [warmup_steps])
+
+
+@gin.configurable
+def make_optimizer(name: str = "adafactor", learning_rate: optax.ScalarOrSchedule | None = None,
+                   clip_norm: float | None = 1.0, weight_decay: float = 0.0,
+                   adafactor_decay_rate: float = 0.8, b1: float = 0.9, b2: float = 0.999
+                   ) -> optax.GradientTransformation:
+  """Adafactor (T5X fine-tuning default: decay 0.8, no momentum) or AdamW, after global-norm
+  gradient clipping (None: no clipping)."""
+  if name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+  lr = learning_rate if learning_rate is not None else learning_rate_schedule()
+  if name == "adafactor":
+    opt = optax.adafactor(lr, decay_rate=adafactor_decay_rate, multiply_by_parameter_scale=False,
+                          weight_decay_rate=weight_decay or None)
+  else:
+    opt = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt

@@ -1,0 +1,234 @@
+"""The training entry point on a seconds-scale offline benchmark: checkpoints, exact resume,
+sharding, adapter-only checkpoints, and every robustness case."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from flix import checkpoints, gin_utils
+from flix import train as train_entry
+from flix.models.t5 import T5, init_params
+from flix.training.checkpointer import latest, step_dirs
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
+GIN = os.path.join(GIN_DIR, "tiny_offline.gin")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_train(model_dir, *bindings):
+  """Runs `python -m flix.train` in this process; returns the exit code."""
+  gin.clear_config()
+  argv = [f"--gin_search_paths={GIN_DIR}", f"--gin_file={GIN}", f"--gin.MODEL_DIR='{model_dir}'",
+          *bindings]
+  with pytest.raises(SystemExit) as exit_info:
+    gin_utils.run(train_entry.main, argv)
+  return exit_info.value.code
+
+
+def spawn_train(model_dir, *bindings):
+  argv = [sys.executable, "-m", "flix.train", f"--gin_search_paths={GIN_DIR}", f"--gin_file={GIN}",
+          f"--gin.MODEL_DIR='{model_dir}'", *bindings]
+  return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def wait_for(predicate, proc, timeout=240):
+  start = time.time()
+  while not predicate():
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+    if time.time() - start > timeout:
+      proc.kill()
+      raise AssertionError("timed out")
+    time.sleep(0.05)
+
+
+def saved_state(path):
+  _, _, params = checkpoints.load_model(path)
+  rest = checkpoints.restore_pytree(os.path.join(path, "train_state"))
+  return params, rest
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  assert run_train(straight) == 0
+  proc = spawn_train(killed, "--gin.TRAIN_STEPS=1000")
+  wait_for(lambda: latest(str(killed)) is not None, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  first = latest(str(killed))
+  assert first.endswith("checkpoint_4"), first
+  assert run_train(killed) == 0  # Resumes from checkpoint_4 and trains to step 8.
+  a, b = saved_state(straight / "checkpoint_8"), saved_state(killed / "checkpoint_8")
+  assert_trees_equal(a, b)
+  meta = json.loads((killed / "checkpoint_8" / "train_state.json").read_text())
+  assert meta == {"step": 8, "data_position": 8}
+  losses = [json.loads(l)["loss"] for l in (straight / "metrics.jsonl").read_text().splitlines()]
+  assert len(losses) == 4 and losses[-1] < losses[0]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(straight / "train"))
+
+
+def test_mesh_data4_model2_matches_one_device(tmp_path):
+  one, many = tmp_path / "one", tmp_path / "many"
+  steps = ["--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=3"]
+  assert run_train(one, *steps, "--gin.MESH_SHAPE=(1, 1)") == 0
+  assert run_train(many, *steps, "--gin.MESH_SHAPE=(4, 2)") == 0
+  (pa, ra), (pb, rb) = saved_state(one / "checkpoint_3"), saved_state(many / "checkpoint_3")
+  # Sharded reductions reorder float32 sums; Adafactor rescales updates, so allow 1e-5.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), pa, pb)
+  la = [json.loads(l)["loss"] for l in (one / "metrics.jsonl").read_text().splitlines()]
+  lb = [json.loads(l)["loss"] for l in (many / "metrics.jsonl").read_text().splitlines()]
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  assert not np.array_equal(pa["decoder"]["layers_0"]["mlp"]["wo"]["lora_b_task"], 0)
+
+
+def _dir_bytes(path):
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_adapter_only_checkpoint_holds_adapters_and_references_base(tmp_path):
+  base_dir, tuned = tmp_path / "base", tmp_path / "tuned"
+  wide = ["--gin.TRAIN_STEPS=2", "--gin.T5Config.emb_dim=256", "--gin.T5Config.mlp_dim=512"]
+  assert run_train(base_dir, "--gin.METHOD='full'", *wide) == 0
+  base = str(base_dir / "checkpoint_2")
+  assert run_train(tuned, f"--gin.INITIAL_CHECKPOINT_PATH='{base}'", *wide) == 0
+  ckpt = tuned / "checkpoint_2"
+  assert json.loads((ckpt / "base.json").read_text()) == {"base_checkpoint": base}
+  model_config, flix, params = checkpoints.load_model(str(ckpt))
+  _, _, base_params = checkpoints.load_model(base)
+  adapters = checkpoints.adapter_leaves(params)
+  n_adapter = sum(v.size for v in jax.tree.leaves(adapters))
+  n_base = sum(v.size for v in jax.tree.leaves(base_params))
+  size = _dir_bytes(ckpt / "params")
+  # float32 values, plus orbax's per-array metadata (~6 KB an array here); orbax's OCDBT store
+  # may also keep the process-local copy of the data next to the merged one (up to 2x).
+  overhead = 8_000 * len(jax.tree.leaves(adapters))
+  assert n_adapter * 4 <= size <= 2 * n_adapter * 4 + overhead, (size, n_adapter)
+  assert size < n_base * 4 / 3, (size, n_base)
+  assert_trees_equal(checkpoints.strip_adapters(params), base_params)  # Frozen base.
+  assert any(np.any(v) for v in jax.tree.leaves(checkpoints.adapter_leaves(params)))
+
+
+def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
+  proc = spawn_train(tmp_path, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000")
+  metrics = tmp_path / "metrics.jsonl"
+  wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  (step, path), = step_dirs(str(tmp_path))
+  assert 2 <= step < 100000
+  assert f"stopped by SIGTERM; checkpoint saved at {path}" in err
+  saved_state(path)  # Complete and readable.
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=4") == 0
+  good = saved_state(tmp_path / "checkpoint_4")
+  code = run_train(tmp_path, "--gin.train.step_config=@StepConfig()", "--gin.StepConfig.z_loss=1e39")
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1
+  assert re.match(r"error: NonFiniteLossError: loss is (nan|inf) at step 6;", err[-1]), err[-1]
+  assert err[-1].endswith(f"Last good checkpoint: {tmp_path / 'checkpoint_4'}")
+  assert [s for s, _ in step_dirs(str(tmp_path))] == [4]
+  assert_trees_equal(saved_state(tmp_path / "checkpoint_4"), good)
+
+
+@pytest.mark.parametrize("bindings, message", [
+    (["--gin.train.foo=3"], "Configurable 'train' doesn't have a parameter named 'foo'"),
+    (["--gin.MIXTURE_OR_TASK_NAME='nope'"], "unknown mixture or task 'nope'; registered:"),
+    (["--gin.METHOD='adapters'"], "unknown method 'adapters'; expected one of"),
+    (["--gin.MESH_SHAPE=(3, 2)"], "BATCH_SIZE 8 is not divisible by the mesh's data axis (3)"),
+    (["--gin.MESH_SHAPE=(16, 1)"], "mesh_shape (16, 1) needs 16 devices, 8 are available"),
+])
+def test_user_errors_are_one_clear_line(tmp_path, capsys, bindings, message):
+  assert run_train(tmp_path, *bindings) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert message in err[-1], err[-1]
+  assert not step_dirs(str(tmp_path))
+
+
+def test_missing_required_macro(capsys):
+  gin.clear_config()
+  with pytest.raises(SystemExit) as exit_info:
+    gin_utils.run(train_entry.main, [f"--gin_search_paths={GIN_DIR}", f"--gin_file={GIN}"])
+  assert exit_info.value.code == 1
+  assert "MODEL_DIR" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_feature_values_absent_from_saved_space_are_refused(tmp_path, capsys):
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=4") == 0
+  code = run_train(tmp_path, "--gin.OfflineConfig.langs=('en', 'es', 'de')")
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert code == 1
+  assert "feature values ['es'] of type 'lang' differ from the feature space saved with" in err
+
+
+def test_interrupted_write_leaves_no_checkpoint(tmp_path):
+  params = {"w": np.ones((2, 2), np.float32)}
+  target = tmp_path / "checkpoint_1"
+  with pytest.raises(RuntimeError, match="disk full"):
+    with checkpoints.atomic_directory(str(target)) as tmp:
+      checkpoints.save_pytree(os.path.join(tmp, "params"), params)
+      raise RuntimeError("disk full")
+  assert os.listdir(tmp_path) == []
+  os.makedirs(tmp_path / ".checkpoint_2.tmp-abc" / "params")  # A crashed writer's leftovers.
+  assert latest(str(tmp_path)) is None
+
+
+def run_entry(module, gin_file, *bindings):
+  gin.clear_config()
+  with pytest.raises(SystemExit) as exit_info:
+    gin_utils.run(module.main, [f"--gin_search_paths={GIN_DIR}", f"--gin_file={gin_file}",
+                                *bindings])
+  return exit_info.value.code
+
+
+def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
+  from flix import eval as eval_entry, infer as infer_entry
+  model_dir = tmp_path / "run"
+  assert run_train(model_dir, "--gin.TRAIN_STEPS=4") == 0
+  assert run_train(model_dir, "--gin.TRAIN_STEPS=8") == 0  # Resumes at step 4.
+  assert [s for s, _ in step_dirs(str(model_dir))] == [4, 8]
+  ckpt = str(model_dir / "checkpoint_8")
+
+  out = tmp_path / "eval"
+  assert run_entry(eval_entry, os.path.join(GIN_DIR, "tiny_eval.gin"),
+                   f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.OUTPUT_DIR='{out}'") == 0
+  report = json.loads((out / "report.json").read_text())
+  assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
+  predictions = sorted(os.listdir(out / "predictions"))
+  assert len(predictions) == 6  # 2 tasks x 3 languages.
+  lines = (out / "predictions" / predictions[0]).read_text().splitlines()
+  assert len(lines) == 4 and "prediction" in json.loads(lines[0])
+  assert (out / "report.md").read_text().startswith("#")
+
+  requests = tmp_path / "requests.jsonl"
+  requests.write_text("\n".join(json.dumps(r) for r in [
+      {"inputs": "ordinal fr: 12", "features": {"task": "ordinal", "lang": "fr"}},
+      {"inputs": "cardinal de: 7", "features": {"task": "cardinal", "lang": "de"}}]) + "\n")
+  infer_args = [f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.INPUT_FILE='{requests}'",
+                f"--gin.OUTPUT_FILE='{tmp_path / 'out.jsonl'}'",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}"]
+  infer_gin = "runs/infer.gin"
+  # 'de' is the unseen language: unknown to the checkpoint's feature space.
+  assert run_entry(infer_entry, infer_gin, *infer_args) == 1
+  assert "unknown value 'de' for feature type 'lang'" in capsys.readouterr().err
+  assert not (tmp_path / "out.jsonl").exists()
+  assert run_entry(infer_entry, infer_gin, *infer_args, "--gin.UNKNOWN_FEATURES='drop'") == 0
+  results = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert [r["inputs"] for r in results] == ["ordinal fr: 12", "cardinal de: 7"]
+  assert all(isinstance(r["prediction"], str) and r["score"] <= 0 for r in results)
