@@ -113,10 +113,10 @@ def test_adapter_only_checkpoint_holds_adapters_and_references_base(tmp_path):
   n_adapter = sum(v.size for v in jax.tree.leaves(adapters))
   n_base = sum(v.size for v in jax.tree.leaves(base_params))
   size = _dir_bytes(ckpt / "params")
-  # float32 values, plus orbax's per-array metadata (~6 KB an array here); orbax's OCDBT store
-  # may also keep the process-local copy of the data next to the merged one (up to 2x).
+  # float32 values (compressed: rows of features absent from 2 steps are still zero in B), plus
+  # orbax's per-array metadata.
   overhead = 8_000 * len(jax.tree.leaves(adapters))
-  assert n_adapter * 4 <= size <= 2 * n_adapter * 4 + overhead, (size, n_adapter)
+  assert n_adapter * 4 / 2 <= size <= n_adapter * 4 + overhead, (size, n_adapter)
   assert size < n_base * 4 / 3, (size, n_base)
   assert_trees_equal(checkpoints.strip_adapters(params), base_params)  # Frozen base.
   assert any(np.any(v) for v in jax.tree.leaves(checkpoints.adapter_leaves(params)))
