@@ -15,7 +15,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
-	$(PY) -m flix.bench layer --json bench_layer.json
+	$(PY) -m flix.demo --out out/demo-$$(date +%Y%m%d-%H%M%S)
 
 bench: $(STAMP)
 	$(PY) -m flix.bench layer --json bench_layer.json

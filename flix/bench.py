@@ -1,5 +1,7 @@
 """Microbenchmarks: `python -m flix.bench <command> [flags]`.
 
+`train`: whole train steps of the tiny T5 per method, optimizer and path (`flix.bench_train`).
+
 `layer`: forward+backward time of one T5-small-like `FlixDense` projection (d_in = d_out = 512,
 batch 32 x 128 tokens, float32, rank 8 per feature, two feature types `task` and `lang` with F/2
 values each, every example with one task and one language) for every compute strategy and
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flix import bench_train
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.layers import FlixDense
@@ -330,7 +333,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m flix.bench", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   add_layer_parser(sub)
+  bench_train.add_train_parser(sub, int_list)
   args = parser.parse_args(argv)
+  if args.command == "train":
+    bench_train.check_train_args(parser, args)
   if args.command == "layer":
     args.F = sorted(set(args.F))
     if args.repeats < 1 or args.settle < 0:

@@ -4,7 +4,8 @@ A feature table holds F_t rows, but a batch of B examples touches at most min(B,
 `take_rows` gathers those rows into compact tables `[U_t, ...]` (U_t = min(B, F_t)) and
 `compact_ids` renumbers the batch's ids into them; a model built with
 `flix.replace(row_limit=B)` then runs on the compact tables, and its gradients are compact too.
-`put_rows` writes compact rows back. Nothing F-sized is touched per step except by `put_rows`'s
+`put_rows` writes compact rows back (`take_state_rows` / `put_state_rows` do the same for
+optimizer state). Nothing F-sized is touched per step except by `put_rows`'s
 in-place row writes, so the cost of a step no longer grows with F.
 
 Padding rows (when a batch has fewer than U_t distinct values) have id F_t: they gather as
@@ -64,3 +65,83 @@ def put_rows(full, compact, flix: FlixConfig, rows) -> dict:
     return small if r is None else big.at[r].set(small, mode="drop")
 
   return jax.tree_util.tree_map_with_path(put, nn.unbox(full), compact)
+
+
+# -- optimizer state ------------------------------------------------------------------------------
+def _table_key(path, index: dict) -> str | None:
+  """The last dict key on `path` naming a feature table (state leaves live under param paths)."""
+  for entry in reversed(path):
+    key = getattr(entry, "key", None)
+    if isinstance(key, str) and key in index:
+      return key
+  return None
+
+
+def take_state_rows(state, flix: FlixConfig, rows) -> dict:
+  """Optimizer state with every table's leaves (leading `[F_t]` axis) cut to rows `rows`.
+
+  A leaf belongs to a table when a dict key on its path names it (optax states mirror the param
+  tree); other leaves (global step counts, non-table params' state) are kept whole.
+  """
+  index = _row_index(flix, rows)
+
+  def take(path, leaf):
+    key = _table_key(path, index)
+    if key is None:
+      return leaf
+    if not getattr(leaf, "ndim", 0):
+      raise ValueError(f"optimizer state leaf {jax.tree_util.keystr(path)} of table {key} is a "
+                       "scalar, so it is not row-indexable")
+    return jnp.take(leaf, index[key], axis=0, mode="fill", fill_value=0)
+
+  return jax.tree_util.tree_map_with_path(take, state)
+
+
+def put_state_rows(full, compact, flix: FlixConfig, rows):
+  """`full` with table leaves' rows `rows` overwritten by `compact`'s; other leaves from `compact`."""
+  index = _row_index(flix, rows)
+
+  def put(path, big, small):
+    key = _table_key(path, index)
+    return small if key is None else big.at[index[key]].set(small, mode="drop")
+
+  return jax.tree_util.tree_map_with_path(put, full, compact)
+
+
+def check_row_indexable(init, params, flix: FlixConfig) -> None:
+  """Raises ValueError unless every optimizer-state leaf of a feature table is indexed by row.
+
+  `init` is the optimizer's init; it is traced (abstractly) for `params` and for params whose
+  tables have one more row: a table's state leaves must grow by exactly one leading row, and all
+  other state leaves must not change shape (e.g. optax.adafactor's column statistics `v_col`
+  of a `[F, d_in, r]` table average over rows and fail this check).
+  """
+  sizes = {}
+  for t in flix.space.types:
+    sizes[a_name(t.name)] = sizes[b_name(t.name)] = t.size
+
+  def grow(path, leaf):
+    n = sizes.get(str(path[-1].key))
+    shape = tuple(leaf.shape)
+    if n is not None:
+      if shape[0] != n:
+        raise ValueError(f"table {jax.tree_util.keystr(path)} has {shape[0]} rows, expected {n}")
+      shape = (n + 1,) + shape[1:]
+    return jax.ShapeDtypeStruct(shape, leaf.dtype)
+
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(params))
+  before = jax.tree_util.tree_flatten_with_path(jax.eval_shape(init, abstract))[0]
+  after = jax.tree_util.tree_flatten_with_path(
+      jax.eval_shape(init, jax.tree_util.tree_map_with_path(grow, abstract)))[0]
+  for (path, x), (_, y) in zip(before, after):
+    key = _table_key(path, sizes)
+    name = jax.tree_util.keystr(path)
+    if key is None and x.shape != y.shape:
+      raise ValueError(f"optimizer state leaf {name} {x.shape} depends on a table's row count "
+                       "but is not stored under that table; it cannot be updated row by row")
+    if key is not None and (len(x.shape) == 0 or x.shape[0] != sizes[key]
+                            or y.shape != (sizes[key] + 1,) + x.shape[1:]):
+      raise ValueError(
+          f"optimizer state leaf {name} {x.shape} of table {key} [{sizes[key]}, ...] is not "
+          "indexed by row (its statistics mix rows), so row-sparse steps cannot update it "
+          "lazily; use a row-separable optimizer (make_optimizer.per_row = True)")

@@ -31,6 +31,7 @@ from flix.training.optimizers import make_optimizer
 from flix.training.partitioning import Partitioner
 from flix.training.progress import MetricsLogger
 from flix.training.state import TrainState
+from flix.training.sparse_step import make_row_sparse_train_step
 from flix.training.step import StepConfig, make_train_step
 
 
@@ -84,17 +85,27 @@ def check_task(name: str) -> None:
 
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                   batch_size: int, n_types: int, seed: int, skip: int):
-  """Endless numpy batches for this host, starting after `skip` batches (exact resume)."""
+  """Endless numpy batches of this host's rows, starting after `skip` batches (exact resume).
+
+  Every host reads the same stream of global batches and keeps its contiguous slice of rows
+  (host i: rows [i, i + 1) * batch_size / hosts, the rows its devices hold on the 'data' axis).
+  So the global batch is the same for any number of hosts: a 2-host run trains on exactly the
+  batches of a 1-host run (scripts/multihost_cpu.sh checks it), and resume does not depend on
+  the host count. The price is that each host runs the whole input pipeline (cheap for the
+  offline benchmarks; sharding the dataset by host would change the batches with the host
+  count).
+  """
   check_task(mixture_or_task_name)
-  if batch_size % jax.process_count():
-    raise ValueError(f"batch_size {batch_size} is not divisible by {jax.process_count()} hosts")
+  hosts, host = jax.process_count(), jax.process_index()
+  if batch_size % hosts:
+    raise ValueError(f"batch_size {batch_size} is not divisible by {hosts} hosts")
   ds = seqio.get_dataset(
       mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True,
-      num_epochs=None, seed=seed, use_cached=False,
-      shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+      num_epochs=None, seed=seed, use_cached=False, shard_info=seqio.ShardInfo(0, 1),
       feature_converter=FlixEncDecFeatureConverter(n_types))
-  ds = ds.batch(batch_size // jax.process_count(), drop_remainder=True).skip(skip)
-  return ds.as_numpy_iterator()
+  ds = ds.batch(batch_size, drop_remainder=True).skip(skip)
+  rows = slice(host * batch_size // hosts, (host + 1) * batch_size // hosts)
+  return ({k: v[rows] for k, v in batch.items()} for batch in ds.as_numpy_iterator())
 
 
 def initial_params(model: T5, rng: jax.Array, initial_checkpoint_path: str | None) -> dict:
@@ -208,7 +219,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     state, data_position = checkpointer.restore(resume_from, state)
 
   mask = trainable_mask(state.params, adapters.method)
-  step_fn = jax.jit(make_train_step(model, optimizer, mask, step_config),
+  make_step = make_row_sparse_train_step if step_config.row_sparse else make_train_step
+  step_fn = jax.jit(make_step(model, optimizer, mask, step_config),
                     in_shardings=(state_shardings, partitioner.batch_sharding()),
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
   batches = train_batches(mixture_or_task_name, task_feature_lengths, batch_size, n_types,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gin
 import optax
 
+from flix.training.per_row import per_row as per_row_transform
+
 OPTIMIZERS = ("adafactor", "adamw")
 SCHEDULES = ("constant", "rsqrt", "linear", "cosine")
 
@@ -35,16 +37,39 @@ def learning_rate_schedule(base: float = 1e-3, schedule: str = "constant", warmu
 @gin.configurable
 def make_optimizer(name: str = "adafactor", learning_rate: optax.ScalarOrSchedule | None = None,
                    clip_norm: float | None = 1.0, weight_decay: float = 0.0,
-                   adafactor_decay_rate: float = 0.8, b1: float = 0.9, b2: float = 0.999
-                   ) -> optax.GradientTransformation:
+                   adafactor_decay_rate: float = 0.8, b1: float = 0.9, b2: float = 0.999,
+                   per_row: bool = False) -> optax.GradientTransformation:
   """Adafactor (T5X fine-tuning default: decay 0.8, no momentum) or AdamW, after global-norm
-  gradient clipping (None: no clipping)."""
+  gradient clipping (None: no clipping).
+
+  per_row: row-separable form (`flix.training.per_row`): the second-moment/momentum part runs per
+  leaf and per feature-table row, so that lazy row-sparse steps (`StepConfig.row_sparse`) can
+  update a batch's rows only. AdamW is then AdamW with per-row step counts; Adafactor factors
+  each table row as its own matrix and clips each row's update by its own RMS. Learning rate,
+  weight decay and global-norm clipping are unchanged.
+  """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
   lr = learning_rate if learning_rate is not None else learning_rate_schedule()
-  if name == "adafactor":
+  if per_row:
+    opt = _per_row_optimizer(name, lr, weight_decay, adafactor_decay_rate, b1, b2)
+  elif name == "adafactor":
     opt = optax.adafactor(lr, decay_rate=adafactor_decay_rate, multiply_by_parameter_scale=False,
                           weight_decay_rate=weight_decay or None)
   else:
     opt = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
   return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
+
+
+def _per_row_optimizer(name: str, lr: optax.ScalarOrSchedule, weight_decay: float,
+                       decay_rate: float, b1: float, b2: float) -> optax.GradientTransformation:
+  """The chains of optax.adamw / optax.adafactor (as configured above), statistics per row."""
+  if name == "adamw":
+    return optax.chain(per_row_transform(optax.scale_by_adam(b1=b1, b2=b2)),
+                       optax.add_decayed_weights(weight_decay),
+                       optax.scale_by_learning_rate(lr))
+  rows = per_row_transform(optax.chain(optax.scale_by_factored_rms(decay_rate=decay_rate),
+                                       optax.clip_by_block_rms(1.0)))
+  tail = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+  return optax.chain(rows, optax.scale_by_learning_rate(lr, flip_sign=False), *tail,
+                     optax.scale(-1))

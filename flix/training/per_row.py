@@ -1,0 +1,64 @@
+"""Row-separable optimizers: every feature-table row is its own parameter.
+
+A feature table `[F, d_in, r]` (or `[F, r, d_out]`) holds F independent adapters. `per_row(inner)`
+applies the optax transformation `inner` to each leaf on its own, and to each *row* of a feature
+table on its own (`jax.vmap` over the leading feature axis), so that:
+  * every optimizer-state leaf of a table has a leading `[F]` axis, step counts included (a row's
+    count advances only when the row is updated);
+  * a row's update reads only that row's gradient, parameters and state.
+That is what makes lazy row updates (`flix.training.sparse_step`) possible: rows absent from a
+batch keep their parameters and state untouched.
+
+For Adam this is plain Adam (elementwise) with per-row bias-correction counts. For Adafactor each
+row is its own `[d_in, r]` matrix: factored when both dims are >= min_dim_size_to_factor (128;
+with adapter ranks < 128 the per-row second moment is unfactored, `[F, d_in, r]` like Adam's nu),
+and update clipping (`clip_by_block_rms`) uses that row's RMS. Global-norm gradient clipping,
+weight decay and the learning-rate schedule stay outside `per_row` (they use the global step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+
+class PerLeafState(NamedTuple):
+  """inner: a tree like the params whose leaves are `inner`'s state for that leaf (per row on
+  feature tables: every leaf of it has a leading `[F]` axis)."""
+
+  inner: Any
+
+
+def is_table_param(path, leaf) -> bool:
+  """Whether a param leaf is a feature table: `lora_a_<type>` / `lora_b_<type>`, 3-D."""
+  name = str(getattr(path[-1], "key", ""))
+  return (name.startswith("lora_") and not name.endswith("_shared")
+          and getattr(leaf, "ndim", 0) == 3)
+
+
+def per_row(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` per leaf, and per row (vmapped over axis 0) on feature tables (`is_table_param`)."""
+
+  def leaf_fn(path, leaf, fn):
+    return jax.vmap(fn) if is_table_param(path, leaf) else fn
+
+  def init(params):
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    states = [leaf_fn(p, v, inner.init)(v) for p, v in leaves]
+    return PerLeafState(jax.tree_util.tree_unflatten(treedef, states))
+
+  def update(updates, state, params=None):
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    states = treedef.flatten_up_to(state.inner)
+    plain = (treedef.flatten_up_to(params) if params is not None else [None] * len(leaves))
+    new_updates, new_states = [], []
+    for (path, g), s, p in zip(leaves, states, plain):
+      u, s = leaf_fn(path, g, inner.update)(g, s, p)
+      new_updates.append(u)
+      new_states.append(s)
+    return (jax.tree_util.tree_unflatten(treedef, new_updates),
+            PerLeafState(jax.tree_util.tree_unflatten(treedef, new_states)))
+
+  return optax.GradientTransformation(init, update)
