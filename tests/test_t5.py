@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from flix import merge
+from flix.checkpoints import strip_adapters
 from flix.config import FlixConfig
 from flix.features import FeatureSpace, feature_dropout
 from flix.models.t5 import T5, expand_for_beams
@@ -31,7 +32,7 @@ def test_fresh_flix_t5_equals_base_t5_exactly():
     model, params = tiny.model_and_params(FlixConfig(tiny.space(), strategy=strategy))
     base = T5(model.config, None)
     plain = nn.unbox(params)
-    expected = logits(base, tiny.strip_adapters(plain), None, enc, dec)
+    expected = logits(base, strip_adapters(plain), None, enc, dec)
     np.testing.assert_array_equal(logits(model, plain, tiny.MIXED_IDS, enc, dec), expected)
 
 
@@ -40,7 +41,7 @@ def test_mixed_batch_equals_each_example_alone():
   params = tiny.randomize_adapters(params)
   enc, dec = tiny.batch()
   together = logits(model, params, tiny.MIXED_IDS, enc, dec)
-  base = logits(T5(model.config, None), tiny.strip_adapters(params), None, enc, dec)
+  base = logits(T5(model.config, None), strip_adapters(params), None, enc, dec)
   for i in range(len(tiny.MIXED_IDS)):
     alone = logits(model, params, tiny.MIXED_IDS[i:i + 1], enc[i:i + 1], dec[i:i + 1])
     np.testing.assert_allclose(together[i:i + 1], alone, **TOL)
@@ -111,7 +112,7 @@ def test_feature_dropout_keeps_shared_adapter():
   dropped = feature_dropout(jnp.asarray(tiny.MIXED_IDS), jax.random.key(0), 1.0)
   out = logits(model, params, dropped, enc, dec)
   np.testing.assert_array_equal(out, logits(model, params, np.full((6, 2), -1), enc, dec))
-  base = logits(T5(model.config, None), tiny.strip_adapters(params), None, enc, dec)
+  base = logits(T5(model.config, None), strip_adapters(params), None, enc, dec)
   assert np.abs(out - base).min(axis=-1).max() > 0, "shared adapter must still contribute"
   assert np.abs(out - base).max() > 1e-2
 

@@ -36,13 +36,6 @@ def randomize_adapters(params, seed: int = 0, scale: float = 0.3):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def strip_adapters(params):
-  """The base-model part of a param tree."""
-  if isinstance(params, dict):
-    return {k: strip_adapters(v) for k, v in params.items() if not k.startswith("lora_")}
-  return params
-
-
 def batch(seed: int = 0, size: int = 6, in_len: int = 7, out_len: int = 5, vocab: int = 64):
   """Encoder tokens `[size, in_len]` with ragged padding, decoder inputs `[size, out_len]`."""
   rng = np.random.RandomState(seed)
