@@ -34,14 +34,13 @@ import sys
 import time
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
-from flix.models.t5 import T5, T5Config
+from flix.models.t5 import T5, T5Config, abstract_params
 from flix.trainable import freeze_base, trainable_mask
 from flix.training.optimizers import make_optimizer
 from flix.training.sparse_step import make_row_sparse_train_step
@@ -116,11 +115,7 @@ def make_batch(cfg: T5Config, flix: FlixConfig | None, args) -> dict[str, jax.Ar
 def synthetic_params(model: T5, seed: int) -> dict:
   """Plain float32 params of `model` drawn with numpy (flax's op-by-op init costs seconds per
   model on 2 cores): kernels fan-in scaled normal, norms 1, LoRA A uniform, LoRA B zero."""
-  n_types = model.n_types
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32),
-      jnp.zeros((1, n_types), jnp.int32))["params"])
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(model))
   rng = np.random.default_rng(seed)
   out = []
   for path, leaf in leaves:

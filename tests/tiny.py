@@ -9,7 +9,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
-from flix.models.t5 import T5, T5Config, init_params
+from flix.models.t5 import T5, T5Config, abstract_params, init_params
 
 TASKS = ("cardinal", "ordinal", "currency")
 LANGS = ("en", "fr", "de", "fi")
@@ -73,11 +73,7 @@ def random_params(model: T5, seed: int = 0, adapter_scale: float = 0.3):
   Much cheaper than `init_params` on CPU (one abstract trace, numpy draws): for tests that
   need some random model, not flax's initialisers.
   """
-  n_types = model.flix.space.n_types if model.flix is not None else 0
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32),
-      jnp.zeros((1, n_types), jnp.int32))["params"])
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(model))
   rng = np.random.RandomState(seed)
   out = []
   for path, leaf in leaves:

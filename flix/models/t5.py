@@ -380,6 +380,11 @@ def init_params(model: T5, rng: jax.Array, batch: int = 1, input_length: int = 8
   return model.init(rng, enc, dec, ids)["params"]
 
 
+def abstract_params(model: T5) -> dict:
+  """Plain param shapes of `model` (jax.ShapeDtypeStruct leaves), traced without initialising."""
+  return nn.unbox(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
+
+
 def param_count(params, include: Sequence[str] | None = None) -> int:
   """Number of values in `params`, optionally only leaves whose name is in `include`."""
   flat = jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]

@@ -16,7 +16,6 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import seqio
 
@@ -24,7 +23,7 @@ from flix import checkpoints
 from flix.config import FlixConfig
 from flix.data.converter import FlixEncDecFeatureConverter
 from flix.features import FeatureSpace
-from flix.models.t5 import T5, T5Config, init_params
+from flix.models.t5 import T5, T5Config, abstract_params, init_params
 from flix.trainable import METHODS, freeze_base, trainable_mask
 from flix.training.checkpointer import Checkpointer, latest
 from flix.training.optimizers import make_optimizer
@@ -191,7 +190,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   flix = adapters.flix_config(data_space) if data_space is not None else (
       adapters.flix_config(FeatureSpace.lora(adapters.lora_rank)))
   model = T5(model_config, flix)
-  optimizer = freeze_base(optimizer or make_optimizer(), _plain_shapes(model),
+  optimizer = freeze_base(optimizer or make_optimizer(), abstract_params(model),
                           adapters.method)
   step_config = dataclasses.replace(step_config, feature_dropout=adapters.feature_dropout)
   os.makedirs(model_dir, exist_ok=True)
@@ -253,7 +252,3 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   logger.close()
   return state
 
-
-def _plain_shapes(model: T5) -> Any:
-  """Abstract plain params of `model` (for optimizer masks without initialising twice)."""
-  return nn.unbox(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
