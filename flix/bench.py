@@ -2,6 +2,13 @@
 
 `train`: whole train steps of the tiny T5 per method, optimizer and path (`flix.bench_train`).
 
+`peft`: transformers + PEFT LoRA (torch) vs flix LoRA and FLix: training tokens/s and
+heterogeneous-batch inference with 1, 4 and 16 adapters per batch (`flix.bench_peft`; needs the
+`hf` extra).
+
+`decode`: greedy KV-cache decode tokens/s of a heterogeneous FLix batch vs one combination merged
+into the base vs the base model alone (`flix.bench_decode`).
+
 `layer`: forward+backward time of one T5-small-like `FlixDense` projection (d_in = d_out = 512,
 batch 32 x 128 tokens, float32, rank 8 per feature, two feature types `task` and `lang` with F/2
 values each, every example with one task and one language) for every compute strategy and
@@ -31,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix import bench_train
+from flix import bench_decode, bench_peft, bench_train
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.layers import FlixDense
@@ -334,9 +341,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   sub = parser.add_subparsers(dest="command", required=True)
   add_layer_parser(sub)
   bench_train.add_train_parser(sub, int_list)
+  bench_peft.add_peft_parser(sub, int_list)
+  bench_decode.add_decode_parser(sub)
   args = parser.parse_args(argv)
   if args.command == "train":
     bench_train.check_train_args(parser, args)
+  if args.command == "peft":
+    bench_peft.check_peft_args(parser, args)
+  if args.command == "decode":
+    bench_decode.check_decode_args(parser, args)
   if args.command == "layer":
     args.F = sorted(set(args.F))
     if args.repeats < 1 or args.settle < 0:

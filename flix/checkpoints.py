@@ -13,6 +13,11 @@ A checkpoint is a directory:
 Writes are atomic: everything goes to a temporary sibling directory that is renamed into
 place when complete, so a crash never leaves a directory that `load_model` would pick up
 half-written, and an existing checkpoint is never overwritten unless asked.
+
+Multi-process (jax.distributed): every process calls `save_model` with the same path; all of
+them write their shards of the arrays (orbax), process 0 alone writes the JSON files and renames
+the directory into place, and barriers keep the processes in step (see `atomic_directory`).
+Every process reads the checkpoint on restore.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from flix.config import FlixConfig
 from flix.models.t5 import T5Config
@@ -43,44 +49,94 @@ class CheckpointError(ValueError):
   """A checkpoint directory that is missing, incomplete or inconsistent."""
 
 
+def is_primary() -> bool:
+  """Whether this process writes what all processes share (files, renames): process 0."""
+  return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across all processes (a no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
-  """Yields a temporary directory that becomes `path` only if the block completes."""
+  """Yields a temporary directory that becomes `path` only if the block completes.
+
+  One process: a fresh, randomly named sibling (`.NAME.tmp-XXXX`); removed if the block fails.
+  Several processes: all of them get the same sibling `.NAME.tmp-shared` (orbax needs one path
+  for the shards of every process). Process 0 creates it (removing a crashed save's leftovers),
+  then, once every process has finished the block, renames it into place; barriers before the
+  block, before the rename and after it, so no process returns (or reads) a half-written
+  directory. Inside the block, only process 0 should write single files (`is_primary`). If the
+  block fails in one process, the others wait at the barrier until jax.distributed ends the
+  job; the temporary directory is never taken for a checkpoint (a later save to `path`
+  replaces it).
+  """
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True)")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  try:
-    yield tmp
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-      os.rename(path, os.path.join(old, "x"))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  except BaseException:
+  parent, name = os.path.dirname(path), os.path.basename(path)
+  if jax.process_count() == 1:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+      yield tmp
+      _replace(tmp, path)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    return
+  tmp = os.path.join(parent, f".{name}.tmp-shared")
+  if is_primary():
+    os.makedirs(parent, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    os.makedirs(tmp)
+  sync_processes(f"flix atomic_directory {path}: created")
+  yield tmp
+  sync_processes(f"flix atomic_directory {path}: written")
+  if is_primary():
+    _replace(tmp, path)
+  sync_processes(f"flix atomic_directory {path}: renamed")
+
+
+def _replace(tmp: str, path: str) -> None:
+  """Renames `tmp` to `path`, replacing an existing `path` (moved aside first)."""
+  if os.path.exists(path):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+    os.rename(path, os.path.join(old, "x"))
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, path)
 
 
 def save_pytree(path: str, tree: Any) -> None:
   """Writes a pytree of arrays with orbax (blocking), one compressed array store per leaf.
 
   (OCDBT's single store can keep a process-local copy of the data next to the merged one,
-  doubling the size of small checkpoints.)
+  doubling the size of small checkpoints.) Multi-process: every process calls it with the same
+  path and writes its shards; orbax's own temporary directory and barriers make it atomic.
   """
   checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=False))
   checkpointer.save(os.path.abspath(path), args=ocp.args.StandardSave(tree))
 
 
 def restore_pytree(path: str, target: Any = None) -> Any:
-  """Reads a pytree; `target` (arrays or jax.ShapeDtypeStruct with shardings) fixes layout."""
+  """Reads a pytree; `target` (arrays or jax.ShapeDtypeStruct with shardings) fixes layout.
+
+  Without `target`, numpy arrays: readable whatever devices and processes saved them (orbax
+  refuses to lay arrays out as saved on another topology, e.g. by a multi-process run).
+  """
   if not os.path.isdir(path):
     raise CheckpointError(f"no orbax checkpoint at {path}")
-  return ocp.StandardCheckpointer().restore(os.path.abspath(path), target)
+  checkpointer = ocp.StandardCheckpointer()
+  path = os.path.abspath(path)
+  if target is None:
+    metadata = checkpointer.metadata(path).item_metadata.tree
+    target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), metadata)
+  return checkpointer.restore(path, target)
 
 
 def adapter_leaves(params) -> dict:
@@ -107,7 +163,8 @@ def save_model(path: str, params, model_config: T5Config, flix: FlixConfig | Non
                base_checkpoint: str | None = None, overwrite: bool = False,
                extra_files: dict[str, str] | None = None,
                extra_trees: dict[str, Any] | None = None) -> str:
-  """Writes a checkpoint directory (atomically); returns its absolute path.
+  """Writes a checkpoint directory (atomically); returns its absolute path. Multi-process: all
+  processes call it (see the module docstring).
 
   With `base_checkpoint`, only adapter leaves are written and the base is referenced by path.
   `extra_files` maps file names to text written next to the JSON (e.g. "config.gin");
@@ -122,14 +179,15 @@ def save_model(path: str, params, model_config: T5Config, flix: FlixConfig | Non
       raise CheckpointError(f"base checkpoint {base_checkpoint} has no {MODEL_JSON}")
     params = adapter_leaves(params)
   with atomic_directory(path, overwrite) as tmp:
-    _write(tmp, MODEL_JSON, model_config.to_json())
-    if flix is not None:
-      _write(tmp, FLIX_JSON, flix.to_json())
-      _write(tmp, FEATURES_JSON, flix.space.to_json())
-    if base_checkpoint is not None:
-      _write(tmp, BASE_JSON, json.dumps({"base_checkpoint": base_checkpoint}, indent=2))
-    for name, text in (extra_files or {}).items():
-      _write(tmp, name, text)
+    if is_primary():
+      _write(tmp, MODEL_JSON, model_config.to_json())
+      if flix is not None:
+        _write(tmp, FLIX_JSON, flix.to_json())
+        _write(tmp, FEATURES_JSON, flix.space.to_json())
+      if base_checkpoint is not None:
+        _write(tmp, BASE_JSON, json.dumps({"base_checkpoint": base_checkpoint}, indent=2))
+      for name, text in (extra_files or {}).items():
+        _write(tmp, name, text)
     save_pytree(os.path.join(tmp, PARAMS), params)
     for name, tree in (extra_trees or {}).items():
       save_pytree(os.path.join(tmp, name), tree)

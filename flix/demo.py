@@ -45,6 +45,11 @@ class DemoConfig:
   batch_size: int
   feature_rank: int  # Per feature type; LoRA gets 2x (task + lang).
   feature_dropout: float
+  pretrain_objective: str = "reconstruction"  # flix.data.span_corruption.OBJECTIVES
+  pretrain_fields: tuple[str, ...] = ("inputs", "targets")  # Unpaired texts of the corpus.
+  pretrain_optimizer: str = "adafactor"
+  pretrain_schedule: str = "rsqrt"
+  finetune_optimizer: str = "adamw"
   eval_split: str = "test"
   eval_batch_size: int = 64
   seed: int = 0
@@ -52,6 +57,9 @@ class DemoConfig:
   def pretrain_key(self) -> str:
     keyed = {"offline": dataclasses.asdict(self.offline), "model": dataclasses.asdict(self.model),
              "steps": self.pretrain_steps, "lr": self.pretrain_learning_rate,
+             "objective": self.pretrain_objective, "fields": list(self.pretrain_fields),
+             "optimizer": self.pretrain_optimizer,
+             "schedule": self.pretrain_schedule,
              "batch": self.batch_size, "seed": self.seed}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -90,15 +98,17 @@ def pretrain(cfg: DemoConfig, reg, cache_dir: str) -> str:
   if os.path.isdir(path):
     stage(f"pretraining: reusing {path}")
     return path
-  stage(f"pretraining the base ({cfg.pretrain_steps} steps, span corruption) -> {model_dir}")
-  schedule = optimizers.learning_rate_schedule(cfg.pretrain_learning_rate, "rsqrt",
-                                               warmup_steps=max(cfg.pretrain_steps // 10, 1))
+  stage(f"pretraining the base ({cfg.pretrain_steps} steps, {cfg.pretrain_objective}) -> "
+        f"{model_dir}")
+  schedule = optimizers.learning_rate_schedule(cfg.pretrain_learning_rate, cfg.pretrain_schedule,
+                                               warmup_steps=max(cfg.pretrain_steps // 10, 1),
+                                               decay_steps=cfg.pretrain_steps)
   loop.train(model_dir=model_dir, mixture_or_task_name=reg.pretrain_task,
              task_feature_lengths=reg.pretrain_feature_lengths, train_steps=cfg.pretrain_steps,
              batch_size=cfg.batch_size, model_config=cfg.model, registration=reg,
              adapters=loop.AdapterSettings(method="full"),
-             optimizer=optimizers.make_optimizer("adafactor", schedule),
-             checkpoint_period=cfg.pretrain_steps, log_period=max(cfg.pretrain_steps // 10, 1),
+             optimizer=optimizers.make_optimizer(cfg.pretrain_optimizer, schedule),
+             checkpoint_period=cfg.pretrain_steps, log_period=max(cfg.pretrain_steps // 20, 1),
              random_seed=cfg.seed, gin_config=f"# flix.demo pretraining: {cfg}\n")
   return path
 
@@ -118,7 +128,8 @@ def finetune(cfg: DemoConfig, reg, base: str, method: str, model_dir: str,
              task_feature_lengths=reg.task_feature_lengths, train_steps=cfg.finetune_steps,
              batch_size=cfg.batch_size, model_config=cfg.model, registration=reg,
              adapters=adapters, initial_checkpoint_path=base,
-             optimizer=optimizers.make_optimizer("adafactor", cfg.finetune_learning_rate),
+             optimizer=optimizers.make_optimizer(cfg.finetune_optimizer,
+                                                cfg.finetune_learning_rate),
              checkpoint_period=cfg.finetune_steps, log_period=max(cfg.finetune_steps // 10, 1),
              random_seed=cfg.seed, gin_config=f"# flix.demo {method}: {cfg}\n")
   path = os.path.join(model_dir, f"checkpoint_{cfg.finetune_steps}")
@@ -198,7 +209,9 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
   start = time.time()
   os.makedirs(out, exist_ok=True)
   stage("generating the offline benchmark")
-  reg = register_offline(cfg.offline, prefix="flix_demo")
+  reg = register_offline(cfg.offline, prefix="flix_demo",
+                         pretrain_objective=cfg.pretrain_objective,
+                         pretrain_fields=cfg.pretrain_fields)
   print(f"{len(reg.tasks)} cells; absent: "
         f"{sorted(f'{p.task}-{p.lang}' for p in reg.data.absent)}; unseen pairs: "
         f"{sorted(f'{p.task}-{p.lang}' for p in reg.data.holdout.unseen_pairs)}; unseen "

@@ -146,16 +146,27 @@ class FlixDense(nn.Module):
       ids = feature_ids.astype(jnp.int32)
       x3 = x2.reshape(batch, -1, d_in)
       compute = STRATEGY_FNS[self.flix.resolved_strategy()]
-      delta = compute(x3, ids, tables)
-      delta = jnp.where(bad[:, None, None], jnp.nan, delta)
-      y = y + delta.reshape(-1, d_out)
+      y = y + compute(x3, ids, tables, bad).reshape(-1, d_out)
     return y.reshape(*lead, d_out)
 
 
 Tables = Sequence[tuple[jax.Array, jax.Array, float]]  # per type: (A [F,d_in,r], B [F,r,d_out], s)
 
+# Every strategy maps (x3 `[B, T, d_in]`, ids `[B, n_types]`, tables, poison `[B]` bool) to the
+# featurized delta `[B, T, d_out]`; examples marked `poison` (bad ids under jit) come out NaN.
 
-def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables) -> jax.Array:
+
+def example_scales(ids: jax.Array, col: int, scale: float, poison: jax.Array,
+                   dtype) -> jax.Array:
+  """Per-example adapter scale `[B]` of type `col`: s if active, 0 if INACTIVE, NaN if poisoned.
+
+  Poisoning through this `[B]` vector (and not the `[B, T, d_out]` output) costs nothing per token.
+  """
+  scales = jnp.where(ids[:, col] >= 0, scale, 0.0).astype(dtype)
+  return jnp.where(poison, jnp.nan, scales).astype(dtype)
+
+
+def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array) -> jax.Array:
   """All tables as one wide LoRA with inactive columns zeroed. x3 `[B, T, d_in]` -> `[B, T, d_out]`."""
   batch, length, d_in = x3.shape
   a_cols, b_rows, coefs = [], [], []
@@ -163,29 +174,30 @@ def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables) -> jax.Array:
     n, _, r = a.shape
     a_cols.append(jnp.transpose(a, (1, 0, 2)).reshape(d_in, n * r))
     b_rows.append(b.reshape(n * r, b.shape[-1]))
-    onehot = jax.nn.one_hot(ids[:, col], n, dtype=x3.dtype) * scale  # -1 -> all zeros.
-    coefs.append(jnp.repeat(onehot, r, axis=1))
+    onehot = jax.nn.one_hot(ids[:, col], n, dtype=x3.dtype)  # -1 -> all zeros.
+    scales = example_scales(ids, col, scale, poison, x3.dtype)
+    coefs.append(jnp.repeat(onehot * scales[:, None], r, axis=1))
   a_all, b_all = jnp.concatenate(a_cols, 1), jnp.concatenate(b_rows, 0)
   coef = jnp.concatenate(coefs, 1)  # [B, sum F r]
   h = (x3.reshape(-1, d_in) @ a_all).reshape(batch, length, -1) * coef[:, None, :]
   return (h.reshape(batch * length, -1) @ b_all).reshape(batch, length, -1)
 
 
-def gather_delta(x3: jax.Array, ids: jax.Array, tables: Tables) -> jax.Array:
+def gather_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array) -> jax.Array:
   """Per-example gather of active rows + batched matmuls. x3 `[B, T, d_in]` -> `[B, T, d_out]`."""
   a_cols, b_rows, coefs = [], [], []
   for col, (a, b, scale) in enumerate(tables):
-    active = ids[:, col] >= 0
-    safe = jnp.where(active, ids[:, col], 0)
-    a_cols.append(jnp.take(a, safe, axis=0))  # [B, d_in, r]
-    b_rows.append(jnp.take(b, safe, axis=0))  # [B, r, d_out]
-    coefs.append(jnp.repeat((active * scale)[:, None], a.shape[-1], axis=1).astype(x3.dtype))
+    safe = jnp.clip(ids[:, col], 0, a.shape[0] - 1)  # Inactive and bad ids: scale 0 or NaN.
+    a_cols.append(jnp.take(a, safe, axis=0, mode="clip"))  # [B, d_in, r]
+    b_rows.append(jnp.take(b, safe, axis=0, mode="clip"))  # [B, r, d_out]
+    scales = example_scales(ids, col, scale, poison, x3.dtype)
+    coefs.append(jnp.repeat(scales[:, None], a.shape[-1], axis=1))
   a_ex, b_ex = jnp.concatenate(a_cols, 2), jnp.concatenate(b_rows, 1)
   h = jnp.einsum("btd,bdr->btr", x3, a_ex) * jnp.concatenate(coefs, 1)[:, None, :]
   return jnp.einsum("btr,bro->bto", h, b_ex)
 
 
-def ragged_delta(x3: jax.Array, ids: jax.Array, tables: Tables) -> jax.Array:
+def ragged_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array) -> jax.Array:
   """Tokens grouped by feature value, `jax.lax.ragged_dot` per type. `[B, T, d_in] -> [B, T, d_out]`."""
   batch, length, d_in = x3.shape
   x2 = x3.reshape(-1, d_in)
@@ -200,7 +212,7 @@ def ragged_delta(x3: jax.Array, ids: jax.Array, tables: Tables) -> jax.Array:
     y_sorted = jax.lax.ragged_dot(h, b, group_sizes)
     y = jnp.zeros_like(y_sorted).at[order].set(y_sorted, unique_indices=True)
     out = y if out is None else out + y
-  return out.reshape(batch, length, -1)
+  return jnp.where(poison[:, None, None], jnp.nan, out.reshape(batch, length, -1))
 
 
 STRATEGY_FNS = {"masked": masked_delta, "gather": gather_delta, "ragged": ragged_delta}

@@ -181,3 +181,34 @@ def test_span_corrupt_numbers():
   assert len(targets) - 2 == 6 and len(inputs) - 2 == 34  # round(40 * 0.15) noise tokens.
   again = span_corruption.span_corrupt(tokens, np.random.default_rng(0), 0.15, 3.0)
   np.testing.assert_array_equal(inputs, again[0])
+
+
+def test_reconstruction_objective_targets_the_whole_text():
+  tokens = np.arange(10, 50, dtype=np.int32)
+  inputs, targets = span_corruption.span_corrupt(tokens, np.random.default_rng(0), 0.15, 3.0,
+                                                 "reconstruction")
+  span_inputs, _ = span_corruption.span_corrupt(tokens, np.random.default_rng(0), 0.15, 3.0)
+  np.testing.assert_array_equal(targets, tokens)
+  np.testing.assert_array_equal(inputs, span_inputs)  # Same corruption, other targets.
+  with pytest.raises(ValueError, match="unknown pretraining objective 'bert'"):
+    span_corruption.span_corruption(objective="bert")
+
+
+def test_reconstruction_pretraining_task_restores_corpus_texts():
+  reg = offline_tasks.register_offline(SMALL, prefix=f"t_rec_{uuid.uuid4().hex[:8]}",
+                                       pretrain_objective="reconstruction")
+  try:
+    lengths = reg.pretrain_feature_lengths
+    assert lengths["targets"] == SMALL.target_length
+    conv = converter.FlixEncDecFeatureConverter(reg.space.n_types)
+    ds = seqio.get_dataset(reg.pretrain_task, lengths, conv, dataset_split="train",
+                           shuffle=False, seed=5)
+    corpus = set(reg.data.corpus("train"))
+    examples = list(ds.take(10).as_numpy_iterator())
+    assert len(examples) == 10
+    for ex in examples:
+      targets = [t for t in ex["decoder_target_tokens"].tolist() if t > 1]
+      assert vocab.BYTE_VOCAB.decode(targets) in corpus
+      assert any(t >= 248 for t in ex["encoder_input_tokens"].tolist())  # Corrupted inputs.
+  finally:
+    reg.unregister()

@@ -90,8 +90,9 @@ def test_lora_a_init_matches_peft_bound():
   assert a.shape == (3, 16, 4) and np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
 
 
-def test_out_of_range_ids_raise_eagerly_and_poison_under_jit():
-  layer, p = layer_and_params(FlixConfig(tiny.space()))
+@pytest.mark.parametrize("strategy", ["masked", "gather", "ragged"])
+def test_out_of_range_ids_raise_eagerly_and_poison_under_jit(strategy):
+  layer, p = layer_and_params(FlixConfig(tiny.space(), strategy=strategy))
   x, ids = x_and_ids()
   bad = ids.at[2, 1].set(4)  # lang has 4 values: 0..3.
   with pytest.raises(ValueError, match=r"feature id 4 in column 1 \(example 2\).*0\.\.3"):

@@ -265,9 +265,14 @@ class OfflineData:
     return FeatureSpace.build({"task": self.config.tasks, "lang": self.config.seen_langs},
                               ranks, shared_rank)
 
-  def corpus(self, split: str = "train") -> list[str]:
-    """Unlabelled texts: the targets of `split` in every present cell, held-out ones included."""
-    return [ex["targets"] for cell in self.examples.values() for ex in cell[split]]
+  def corpus(self, split: str = "train", fields: Sequence[str] = ("targets",)) -> list[str]:
+    """Unlabelled texts: `fields` ("inputs", "targets") of `split` in every present cell, held-out
+    ones included, each text on its own (input-target pairing is not kept)."""
+    unknown = [f for f in fields if f not in ("inputs", "targets")]
+    if unknown or not fields:
+      raise ValueError(f"corpus fields must be a non-empty subset of ('inputs', 'targets'), "
+                       f"got {tuple(fields)}")
+    return [ex[f] for f in fields for cell in self.examples.values() for ex in cell[split]]
 
 
 def _stable_seed(*parts) -> int:

@@ -4,8 +4,10 @@ Names (with `prefix`, default "flix_offline"):
   `{prefix}.{task}.{lang}`  one Task per present cell; held-out cells have no train split.
   `{prefix}.train`          Mixture over the trained (seen) pairs, at the configured rate.
   `{prefix}.eval`           Mixture over every pair (validation/test), equal rates.
-  `{prefix}.pretrain`       span corruption over the train-split targets of every cell (held-out
-                            cells and unseen languages included; never validation/test values).
+  `{prefix}.pretrain`       span corruption (or reconstruction, `pretrain_objective`) over the
+                            train-split targets (optionally also inputs, unpaired) of every
+                            cell (held-out cells and unseen languages included; never
+                            validation/test values).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class OfflineRegistration:
   train_mixture: str
   eval_mixture: str
   pretrain_task: str
+  pretrain_objective: str = "span_corruption"
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -52,9 +55,11 @@ class OfflineRegistration:
 
   @property
   def pretrain_feature_lengths(self) -> dict[str, int]:
-    """Corrupted texts are as long as the targets; the cut spans fit in half of that."""
-    return {"inputs": self.data.config.target_length,
-            "targets": self.data.config.target_length // 2}
+    """Corrupted texts are as long as the targets; cut spans fit in half of that, whole texts
+    (reconstruction) need the full target length."""
+    length = self.data.config.target_length
+    return {"inputs": length,
+            "targets": length if self.pretrain_objective == "reconstruction" else length // 2}
 
   def tasks_of_kind(self, kind: str) -> tuple[PairTask, ...]:
     if kind not in pairs.SPLIT_KINDS:
@@ -66,9 +71,10 @@ class OfflineRegistration:
 
 
 def _register_pretrain(name: str, data: OfflineData, space: FeatureSpace,
-                       noise_density: float, mean_span_length: float) -> None:
-  texts = {split: [{"targets": t} for t in data.corpus(split)] for split in ("train",
-                                                                             "validation")}
+                       noise_density: float, mean_span_length: float, objective: str,
+                       fields: tuple[str, ...]) -> None:
+  texts = {split: [{"targets": t} for t in data.corpus(split, fields)]
+           for split in ("train", "validation")}
   ids = tf.constant(space.encode({}, unknown="drop"), tf.int32)  # Every type INACTIVE.
   seqio.TaskRegistry.add(
       name,
@@ -76,7 +82,7 @@ def _register_pretrain(name: str, data: OfflineData, space: FeatureSpace,
       output_features=pair_output_features(space.n_types, BYTE_VOCAB),
       preprocessors=[
           seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-          span_corruption(noise_density, mean_span_length),
+          span_corruption(noise_density, mean_span_length, objective),
           lambda ds: ds.map(lambda ex: {**ex, FEATURE_IDS: ids}),
           seqio.preprocessors.append_eos_after_trim],
       metric_fns=[],
@@ -90,7 +96,9 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
                      temperature: float = 1.0,
                      maximum: int | None = None,
                      noise_density: float = 0.15,
-                     mean_span_length: float = 3.0) -> OfflineRegistration:
+                     mean_span_length: float = 3.0,
+                     pretrain_objective: str = "span_corruption",
+                     pretrain_fields: tuple[str, ...] = ("targets",)) -> OfflineRegistration:
   """Generates the benchmark for `config` and registers its Tasks and Mixtures.
 
   Args:
@@ -100,9 +108,14 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
     prefix: name prefix; registering it again with the same arguments returns the existing
       registration, with other arguments replaces it.
     rate, temperature, maximum: the training mixture's rate (see `pairs.mixing_rate`).
-    noise_density, mean_span_length: span corruption of the pretraining task.
+    noise_density, mean_span_length, pretrain_objective: the pretraining task's corruption
+      and its targets (`flix.data.span_corruption.OBJECTIVES`).
+    pretrain_fields: which texts of the train split form the unlabelled pretraining corpus
+      ("targets", or "inputs" and "targets" as separate, unpaired texts).
   """
-  arguments = (config, space, rate, temperature, maximum, noise_density, mean_span_length)
+  pretrain_fields = tuple(pretrain_fields)
+  arguments = (config, space, rate, temperature, maximum, noise_density, mean_span_length,
+               pretrain_objective, pretrain_fields)
   if prefix in _REGISTERED:
     previous_arguments, previous = _REGISTERED.pop(prefix)
     if previous_arguments == arguments and all(
@@ -126,12 +139,13 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
           metric_fns=OFFLINE_METRICS))
     pairs.register_pair_mixture(f"{prefix}.train", tasks, rate, temperature, maximum)
     pairs.register_pair_mixture(f"{prefix}.eval", tasks, "equal", include_untrained=True)
-    _register_pretrain(f"{prefix}.pretrain", data, space, noise_density, mean_span_length)
+    _register_pretrain(f"{prefix}.pretrain", data, space, noise_density, mean_span_length,
+                       pretrain_objective, pretrain_fields)
   except Exception:
     pairs.unregister([f"{prefix}.train", f"{prefix}.eval", f"{prefix}.pretrain",
                       *(t.name for t in tasks)])
     raise
   registration = OfflineRegistration(data, space, prefix, tuple(tasks), f"{prefix}.train",
-                                     f"{prefix}.eval", f"{prefix}.pretrain")
+                                     f"{prefix}.eval", f"{prefix}.pretrain", pretrain_objective)
   _REGISTERED[prefix] = (arguments, registration)
   return registration

@@ -1,8 +1,13 @@
 """T5-style span corruption for pretraining on unlabelled text (byte-level).
 
 A fraction `noise_density` of a text's tokens, in `n_spans ~ noise / mean_span_length` spans,
-is cut out. inputs = kept tokens with one sentinel per cut span; targets = each sentinel
-followed by the tokens it replaced. Sentinels count down from id 258 (byte 0xFF under
+is cut out. inputs = kept tokens with one sentinel per cut span. Two objectives (T5 paper,
+section 3.3) differ in the targets:
+  "span_corruption": each sentinel followed by the tokens it replaced (T5's default);
+  "reconstruction":  the whole original text (the "replace spans, reconstruct the original"
+                     variant, like BART's text infilling): the decoder also learns to copy
+                     its input in order, which a small base trained for minutes otherwise
+                     lacks. Sentinels count down from id 258 (byte 0xFF under
 ByteVocabulary); ids 248..258 are bytes 0xF5..0xFF, which never occur in UTF-8 text, so at most
 MAX_SPANS spans are used.
 """
@@ -15,6 +20,7 @@ import tensorflow as tf
 
 FIRST_SENTINEL = 258
 MAX_SPANS = 11
+OBJECTIVES = ("span_corruption", "reconstruction")
 
 
 def _segment(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -24,12 +30,13 @@ def _segment(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def span_corrupt(tokens: np.ndarray, rng: np.random.Generator, noise_density: float = 0.15,
-                 mean_span_length: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+                 mean_span_length: float = 3.0, objective: str = "span_corruption"
+                 ) -> tuple[np.ndarray, np.ndarray]:
   """Corrupts int tokens `[n]` (no EOS) into (inputs `[m]`, targets `[k]`), int32."""
   tokens = np.asarray(tokens, np.int32)
   n = tokens.shape[0]
   if n < 2:
-    return tokens, np.zeros((0,), np.int32)
+    return tokens, (tokens if objective == "reconstruction" else np.zeros((0,), np.int32))
   n_noise = int(np.clip(round(n * noise_density), 1, n - 1))
   n_spans = int(np.clip(round(n_noise / mean_span_length), 1, min(MAX_SPANS, n_noise, n - n_noise)))
   noise = _segment(n_noise, n_spans, rng)
@@ -43,11 +50,14 @@ def span_corrupt(tokens: np.ndarray, rng: np.random.Generator, noise_density: fl
     targets.append(sentinel)
     targets.extend(tokens[pos:pos + noise[i]])
     pos += noise[i]
+  if objective == "reconstruction":
+    targets = tokens
   return np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
 
 
-def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0):
-  """A seqio preprocessor: tokenized `targets` -> corrupted `inputs` and `targets`.
+def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0,
+                    objective: str = "span_corruption"):
+  """A seqio preprocessor: tokenized `targets` -> corrupted `inputs` and `targets` (`objective`).
 
   Runs after tokenization and before `append_eos_after_trim`; per-example randomness comes from
   seqio's seeds, so a seeded `get_dataset` is deterministic.
@@ -56,10 +66,12 @@ def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0):
     raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
   if not mean_span_length >= 1.0:
     raise ValueError(f"mean_span_length must be >= 1, got {mean_span_length}")
+  if objective not in OBJECTIVES:
+    raise ValueError(f"unknown pretraining objective {objective!r}; expected one of {OBJECTIVES}")
 
   def corrupt_np(tokens, seed):
     rng = np.random.default_rng(np.asarray(seed, np.int64) & 0xFFFFFFFF)
-    return span_corrupt(tokens, rng, noise_density, mean_span_length)
+    return span_corrupt(tokens, rng, noise_density, mean_span_length, objective)
 
   @seqio.map_over_dataset(num_seeds=1)
   def corrupt(features, seed):

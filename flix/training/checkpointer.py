@@ -2,10 +2,14 @@
 
 MODEL_DIR/checkpoint_<step>/ is a `flix.checkpoints` model checkpoint plus
   train_state/       orbax: {"opt_state": ..., "rng": uint32 [2]}
-  train_state.json   {"step": int, "data_position": batches consumed}
+  train_state.json   {"step": int, "data_position": batches consumed,
+                      "data_shards": seqio shards the global batch is read from}
   config.gin         the operative gin config
 Adapter-only checkpoints (when training starts from a base checkpoint and the base is frozen)
 hold adapter leaves only and reference the base checkpoint by path.
+
+Multi-process: every process calls `save` and `restore` (each writes and reads its shards);
+process 0 writes the files, renames the directory into place and deletes old checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import re
 import shutil
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from flix import checkpoints
 from flix.config import FlixConfig
@@ -45,27 +51,51 @@ def latest(model_dir: str) -> str | None:
   return dirs[-1][1] if dirs else None
 
 
+def latest_everywhere(model_dir: str) -> str | None:
+  """`latest` as process 0 sees it, on every process (they must all resume from one step)."""
+  if jax.process_count() == 1:
+    return latest(model_dir)
+  dirs = step_dirs(model_dir)
+  step = int(multihost_utils.broadcast_one_to_all(np.int32(dirs[-1][0] if dirs else -1)))
+  return None if step < 0 else os.path.join(os.path.abspath(model_dir), f"checkpoint_{step}")
+
+
+def read_train_state_json(path: str) -> dict:
+  """{"step", "data_position", "data_shards"} of checkpoint `path` (data_shards 1 if absent)."""
+  file = os.path.join(path, TRAIN_STATE_JSON)
+  if not os.path.isfile(file):
+    raise checkpoints.CheckpointError(f"{path} is not a train checkpoint: {TRAIN_STATE_JSON} "
+                                      "is missing")
+  with open(file, encoding="utf-8") as f:
+    return {"data_shards": 1, **json.load(f)}
+
+
 class Checkpointer:
   """Saves and restores TrainStates under `model_dir`."""
 
   def __init__(self, model_dir: str, model_config: T5Config, flix: FlixConfig | None, *,
-               keep: int = 3, base_checkpoint: str | None = None, gin_config: str = ""):
+               keep: int = 3, base_checkpoint: str | None = None, gin_config: str = "",
+               data_shards: int = 1):
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
     self.model_dir = os.path.abspath(model_dir)
     self.model_config, self.flix = model_config, flix
     self.keep, self.base_checkpoint, self.gin_config = keep, base_checkpoint, gin_config
+    self.data_shards = data_shards
 
   def save(self, state: TrainState, data_position: int) -> str:
+    """Writes checkpoint_<step> (all processes call it); keeps the newest `keep`."""
     step = int(jax.device_get(state.step))
     path = os.path.join(self.model_dir, f"checkpoint_{step}")
-    meta = json.dumps({"step": step, "data_position": int(data_position)}, indent=2)
+    meta = json.dumps({"step": step, "data_position": int(data_position),
+                       "data_shards": self.data_shards}, indent=2)
     checkpoints.save_model(
         path, state.params, self.model_config, self.flix, base_checkpoint=self.base_checkpoint,
         overwrite=True, extra_files={TRAIN_STATE_JSON: meta, "config.gin": self.gin_config},
         extra_trees={TRAIN_STATE: {"opt_state": state.opt_state, "rng": state.rng}})
-    for _, old in step_dirs(self.model_dir)[:-self.keep]:
-      shutil.rmtree(old, ignore_errors=True)
+    if checkpoints.is_primary():
+      for _, old in step_dirs(self.model_dir)[:-self.keep]:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
   def restore(self, path: str, target: TrainState) -> tuple[TrainState, int]:
@@ -80,8 +110,12 @@ class Checkpointer:
       raise checkpoints.CheckpointError(
           f"{path} was trained with adapters {flix}, but this run configures {self.flix} "
           "(feature values, ranks or targets differ)")
-    with open(os.path.join(path, TRAIN_STATE_JSON), encoding="utf-8") as f:
-      meta = json.load(f)
+    meta = read_train_state_json(path)
+    if meta["data_shards"] != self.data_shards:
+      raise checkpoints.CheckpointError(
+          f"{path} was trained with train.data_shards = {meta['data_shards']}, but this run "
+          f"sets {self.data_shards}: its data position would not continue the same batches. "
+          "Leave train.data_shards unset to resume with the checkpoint's")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     params = checkpoints.restore_params(path, abstract.params)

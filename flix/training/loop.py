@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 import seqio
+import tensorflow as tf
+from jax.experimental import multihost_utils
 
 from flix import checkpoints
 from flix.config import FlixConfig
@@ -25,7 +27,7 @@ from flix.data.converter import FlixEncDecFeatureConverter
 from flix.features import FeatureSpace
 from flix.models.t5 import T5, T5Config, abstract_params, init_params
 from flix.trainable import METHODS, freeze_base, trainable_mask
-from flix.training.checkpointer import Checkpointer, latest
+from flix.training.checkpointer import Checkpointer, latest_everywhere, read_train_state_json
 from flix.training.optimizers import make_optimizer
 from flix.training.partitioning import Partitioner
 from flix.training.progress import MetricsLogger
@@ -82,29 +84,54 @@ def check_task(name: str) -> None:
     raise ValueError(f"unknown mixture or task {name!r}; registered: {shown or 'none'}") from None
 
 
+def check_data_shards(batch_size: int, data_shards: int, resumed: str | None = None) -> None:
+  hosts = jax.process_count()
+  if data_shards < 1 or data_shards % hosts:
+    source = f" (the data_shards of the resumed {resumed})" if resumed else ""
+    raise ValueError(f"data_shards {data_shards}{source} is not a multiple of the {hosts} "
+                     "processes")
+  if batch_size % data_shards:
+    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by data_shards {data_shards}")
+
+
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                  batch_size: int, n_types: int, seed: int, skip: int):
+                  batch_size: int, n_types: int, seed: int, skip: int,
+                  data_shards: int | None = None):
   """Endless numpy batches of this host's rows, starting after `skip` batches (exact resume).
 
-  Every host reads the same stream of global batches and keeps its contiguous slice of rows
-  (host i: rows [i, i + 1) * batch_size / hosts, the rows its devices hold on the 'data' axis).
-  So the global batch is the same for any number of hosts: a 2-host run trains on exactly the
-  batches of a 1-host run (scripts/multihost_cpu.sh checks it), and resume does not depend on
-  the host count. The price is that each host runs the whole input pipeline (cheap for the
-  offline benchmarks; sharding the dataset by host would change the batches with the host
-  count).
+  T5X-style per-host seqio shards: the data is read as `data_shards` (default: one per
+  process) shards, `seqio.ShardInfo(i, data_shards)`, each giving batch_size / data_shards
+  rows of every global batch, in shard order. Host h reads only shards h*k .. (h+1)*k - 1
+  (k = data_shards / hosts): the rows its devices hold on the 'data' axis. Shard i shuffles and
+  mixes with seed `seed + i`, so the shards' task draws are independent (T5X gives every host
+  the same seed, which repeats one task sequence in every shard). seqio splits a source of at
+  least data_shards files by files; otherwise (the in-memory offline benchmark) every shard
+  lists the source and keeps every data_shards-th example.
+
+  The batches depend on `data_shards`, not on the host count: a 1-process run with
+  data_shards = 2 trains on exactly a 2-process run's batches (tests/test_multihost.py), and a
+  checkpoint resumes exactly on any host count dividing its data_shards. (Reading one global
+  stream and keeping this host's rows would make the batches independent of data_shards too,
+  but every host would run the whole input pipeline.)
   """
   check_task(mixture_or_task_name)
   hosts, host = jax.process_count(), jax.process_index()
-  if batch_size % hosts:
-    raise ValueError(f"batch_size {batch_size} is not divisible by {hosts} hosts")
-  ds = seqio.get_dataset(
-      mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True,
-      num_epochs=None, seed=seed, use_cached=False, shard_info=seqio.ShardInfo(0, 1),
-      feature_converter=FlixEncDecFeatureConverter(n_types))
-  ds = ds.batch(batch_size, drop_remainder=True).skip(skip)
-  rows = slice(host * batch_size // hosts, (host + 1) * batch_size // hosts)
-  return ({k: v[rows] for k, v in batch.items()} for batch in ds.as_numpy_iterator())
+  shards = data_shards or hosts
+  check_data_shards(batch_size, shards)
+  per_host = shards // hosts
+
+  def shard(index: int):
+    ds = seqio.get_dataset(
+        mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True,
+        num_epochs=None, seed=seed + index, use_cached=False,
+        shard_info=seqio.ShardInfo(index, shards),
+        feature_converter=FlixEncDecFeatureConverter(n_types))
+    return ds.batch(batch_size // shards, drop_remainder=True).skip(skip)
+
+  mine = [shard(i) for i in range(host * per_host, (host + 1) * per_host)]
+  ds = mine[0] if per_host == 1 else tf.data.Dataset.zip(tuple(mine)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
+  return ds.as_numpy_iterator()
 
 
 def initial_params(model: T5, rng: jax.Array, initial_checkpoint_path: str | None) -> dict:
@@ -137,20 +164,39 @@ def _has_path(tree, path) -> bool:
   return True
 
 
-class _SignalFlag:
-  """Records SIGTERM/SIGINT instead of dying, so the loop can save first."""
+class _StopFlag:
+  """Turns SIGTERM/SIGINT into a stop after a step, so the loop can save first.
+
+  One process: the signal is recorded by a Python handler; `stop(step)` returns it. Several
+  processes must stop after the same step (saving needs all of them): jax.distributed's
+  preemption service catches SIGTERM (its own handler, left in place) and tells every process;
+  `stop(step)` is true on all of them at the same step (`reached_preemption_sync_point`, called
+  every step). SIGINT is passed on to that service as a SIGTERM. So a signal to one process or
+  to all of them saves one checkpoint and stops every process.
+  """
 
   def __init__(self):
     self.signum = None
     self._previous = {}
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    for s in (signal.SIGTERM, signal.SIGINT):
+    for s in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
       self._previous[s] = signal.signal(s, self._set)
     return self
 
   def _set(self, signum, frame):
     self.signum = signum
+    if self._multi:
+      signal.raise_signal(signal.SIGTERM)  # To the preemption service.
+
+  def stop(self, step: int) -> int | None:
+    """The signal to stop for after `step` (all processes agree), or None."""
+    if not self._multi:
+      return self.signum
+    if multihost_utils.reached_preemption_sync_point(step):
+      return self.signum or signal.SIGTERM
+    return None
 
   def __exit__(self, *exc):
     for s, handler in self._previous.items():
@@ -166,8 +212,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: str | None = None, adapter_only_checkpoints: bool = True,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, log_period: int = 50,
           random_seed: int = 0, partitioner: Partitioner | None = None,
-          step_config: StepConfig = StepConfig(), gin_config: str = "") -> TrainState:
+          step_config: StepConfig = StepConfig(), gin_config: str = "",
+          data_shards: int | None = None) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
+
+  Multi-process (jax.distributed): every process runs this with the same `model_dir`; each
+  reads its shards of the data and writes its shards of the checkpoints; process 0 alone writes
+  metrics.jsonl, TensorBoard events and config.gin. SIGTERM/SIGINT: see `_StopFlag`; a NaN loss
+  is replicated, so every process stops at the same step.
 
   Args:
     registration: what registered the data (e.g. `register_offline()`); its `.space` is the
@@ -176,6 +228,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     initial_checkpoint_path: base checkpoint; adapters start fresh (B = 0).
     adapter_only_checkpoints: with a base checkpoint and a frozen base, checkpoints hold only
       adapters and reference the base by path.
+    data_shards: seqio shards the global batch is read from (see `train_batches`); default the
+      resumed checkpoint's, else one per process.
   Returns the final TrainState.
   """
   partitioner = partitioner or Partitioner()
@@ -194,8 +248,15 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                           adapters.method)
   step_config = dataclasses.replace(step_config, feature_dropout=adapters.feature_dropout)
   os.makedirs(model_dir, exist_ok=True)
-  with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-    f.write(gin_config)
+  if checkpoints.is_primary():
+    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+      f.write(gin_config)
+  resume_from = latest_everywhere(model_dir)
+  inherited = data_shards is None and resume_from is not None
+  if data_shards is None:
+    data_shards = (read_train_state_json(resume_from)["data_shards"] if resume_from
+                   else jax.process_count())
+  check_data_shards(batch_size, data_shards, resume_from if inherited else None)
 
   # State: fresh (or base checkpoint + fresh adapters), laid out over the mesh.
   root = jax.random.key(random_seed)
@@ -211,9 +272,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   base_ref = (initial_checkpoint_path if initial_checkpoint_path and adapter_only_checkpoints
               and adapters.method != "full" else None)
   checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,
-                              base_checkpoint=base_ref, gin_config=gin_config)
+                              base_checkpoint=base_ref, gin_config=gin_config,
+                              data_shards=data_shards)
   data_position = 0
-  resume_from = latest(model_dir)
   if resume_from:
     state, data_position = checkpointer.restore(resume_from, state)
 
@@ -223,19 +284,21 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                     in_shardings=(state_shardings, partitioner.batch_sharding()),
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
   batches = train_batches(mixture_or_task_name, task_feature_lengths, batch_size, n_types,
-                          random_seed, data_position)
+                          random_seed, data_position, data_shards)
   start = int(jax.device_get(state.step))
   logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
-                         tokens_per_step=batch_size * sum(task_feature_lengths.values()))
+                         tokens_per_step=batch_size * sum(task_feature_lengths.values()),
+                         write_files=checkpoints.is_primary())
   last_saved = resume_from
-  with _SignalFlag() as flag:
+  with _StopFlag() as flag:
     for step in range(start, train_steps):
       batch = partitioner.global_batch(next(batches))
       new_state, metrics = step_fn(state, batch)
       data_position += 1
       done = step + 1
       should_log = done % log_period == 0 or done == train_steps
-      should_save = done % checkpoint_period == 0 or done == train_steps or flag.signum
+      stop = flag.stop(done)
+      should_save = done % checkpoint_period == 0 or done == train_steps or stop
       if should_log or should_save:
         host = jax.device_get(metrics)
         if not math.isfinite(float(host["loss"])):
@@ -246,9 +309,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       state = new_state
       if should_save:
         last_saved = checkpointer.save(state, data_position)
-      if flag.signum:
+      if stop:
         logger.close()
-        raise Interrupted(flag.signum, last_saved)
+        raise Interrupted(stop, last_saved)
   logger.close()
   return state
 

@@ -21,14 +21,19 @@ def format_duration(seconds: float) -> str:
 
 class MetricsLogger:
   """Writes scalars to MODEL_DIR/train (TensorBoard) and MODEL_DIR/metrics.jsonl, and prints
-  `step 120/800 | 3.1 steps/s | 9.6k tokens/s | loss 1.234 | ETA 3m38s` to stderr."""
+  `step 120/800 | 3.1 steps/s | 9.6k tokens/s | loss 1.234 | ETA 3m38s` to stderr.
+
+  With `write_files=False` (processes other than 0 of a multi-process run) only the progress
+  line is printed."""
 
   def __init__(self, model_dir: str, *, total_steps: int, start_step: int, tokens_per_step: int,
-               stream=None):
+               stream=None, write_files: bool = True):
     self.total_steps, self.tokens_per_step = total_steps, tokens_per_step
     self.stream = stream or sys.stderr
-    self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-    self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+    self.writer = self.jsonl = None
+    if write_files:
+      self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+      self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
     self.last_step, self.last_time = start_step, time.perf_counter()
 
   def log(self, step: int, metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -38,12 +43,13 @@ class MetricsLogger:
     scalars = {k: float(v) for k, v in metrics.items()}
     scalars["steps_per_second"] = steps_per_s
     scalars["tokens_per_second"] = steps_per_s * self.tokens_per_step
-    with self.writer.as_default(step=step):
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value)
-    self.writer.flush()
-    self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self.jsonl.flush()
+    if self.writer is not None:
+      with self.writer.as_default(step=step):
+        for name, value in scalars.items():
+          tf.summary.scalar(name, value)
+      self.writer.flush()
+      self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+      self.jsonl.flush()
     eta = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
     line = (f"step {step}/{self.total_steps} | {steps_per_s:.2f} steps/s | "
             f"{scalars['tokens_per_second'] / 1000:.1f}k tokens/s | loss {scalars['loss']:.4f} | "
@@ -52,5 +58,6 @@ class MetricsLogger:
     return scalars
 
   def close(self) -> None:
-    self.writer.close()
-    self.jsonl.close()
+    if self.writer is not None:
+      self.writer.close()
+      self.jsonl.close()

@@ -1,0 +1,345 @@
+"""`python -m flix.bench decode`: greedy decode throughput with the KV cache.
+
+The tiny byte-level T5.1.1 of `flix.bench_train` (d_model 256, 4 + 4 layers, d_ff 1024;
+`--model small` and size flags as there) with FLix on every projection: two feature types
+(task, lang) of F/2 values each (default F = 64), rank 8 each, random non-zero adapters. A batch
+of B = 32 examples x 64 random input bytes is decoded greedily by `flix.decoding.decode` (one
+jitted encode + `while_loop` over cached decoder steps) for exactly `--max-length` = 64 positions:
+EOS is disabled (eos_id = -1) so that every configuration runs the same number of steps.
+  base                the base model alone: T5(config) without adapters;
+  merged              one combination merged into the base kernels (`flix.merge.merge_params`)
+                      and run as the same plain T5(config): a homogeneous batch;
+  flix_homogeneous    the FLix model (adapter path), every example with that combination;
+  flix_heterogeneous  the FLix model, every example with its own combination (B distinct).
+tokens/s = B x max_length / seconds (the encoder pass included).
+
+Before timing, the bench checks that the merged model decodes the same tokens as the adapter
+path (`flix_homogeneous`) and gives the same teacher-forced logits, and that `--check-rows` rows
+of the heterogeneous batch decode as the merged model of their own combination does. A token
+mismatch is allowed only where the two paths' argmax is a float32 near-tie (logit gap <= 1e-3 x
+max |logit|); any other mismatch raises AssertionError.
+
+Everything is compiled and warmed up first; then every round runs every configuration once in a
+fixed interleaved order; medians over rounds are reported. The bar (issue #7): merged decode
+takes <= 1.05 x the base model's time.
+
+The helpers here (feature spaces, random params, interleaved timing) are shared with
+`flix.bench_peft`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flix import bench_train, decoding
+from flix.config import FlixConfig
+from flix.features import FeatureSpace
+from flix.merge import merge_params
+from flix.models.t5 import T5, T5Config
+
+BAR_MERGED_VS_BASE = 1.05
+NO_EOS = -1  # An id argmax never returns: every decode runs max_length steps.
+TIE_TOLERANCE = 1e-3  # Relative to max |logit|: an argmax flip below this is float32 rounding.
+LOGITS_TOLERANCE = 1e-4  # Relative to max |logit|: teacher-forced logits of equivalent models.
+
+
+# -- shared helpers -------------------------------------------------------------------------------
+def log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def feature_config(n_features: int, rank: int) -> FlixConfig:
+  """Two types, `task` and `lang`, of n_features / 2 values each, rank `rank` each."""
+  if n_features < 2 or n_features % 2:
+    raise ValueError(f"F must be an even number >= 2 (two feature types), got {n_features}")
+  half = n_features // 2
+  return FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(half)],
+                                        "lang": [f"l{i}" for i in range(half)]}, ranks=rank))
+
+
+def combinations(flix: FlixConfig, n: int, seed: int) -> np.ndarray:
+  """n distinct (task, lang) combinations, int32 `[n, 2]`, in a seeded random order."""
+  sizes = flix.space.sizes
+  total = int(np.prod(sizes))
+  if n > total:
+    raise ValueError(f"{n} distinct combinations asked for, but F = {sum(sizes)} gives only "
+                     f"{' x '.join(map(str, sizes))} = {total}")
+  flat = np.random.default_rng(seed).permutation(total)[:n]
+  return np.stack(np.unravel_index(flat, sizes), axis=1).astype(np.int32)
+
+
+def batch_ids(combos: np.ndarray, batch: int) -> np.ndarray:
+  """Feature ids `[batch, n_types]`: example i gets combination i mod len(combos)."""
+  return combos[np.arange(batch) % len(combos)]
+
+
+def random_params(model: T5, seed: int, b_scale: float = 0.1) -> dict:
+  """Plain float32 params of `model` (numpy draws, `bench_train.synthetic_params`) with every
+  LoRA B set to N(0, b_scale^2) instead of zero, so that adapters change the outputs, and the
+  query kernels scaled by head_dim**-0.5 as T5's init does (unscaled, the attention softmax is
+  nearly one-hot and float32 rounding differences between equivalent models grow)."""
+  params = bench_train.synthetic_params(model, seed)
+  rng = np.random.default_rng(seed + 1)
+  query_scale = np.float32(model.config.head_dim ** -0.5)
+
+  def fill(path, leaf):
+    keys = [str(p.key) for p in path]
+    if keys[-1].startswith("lora_b"):
+      return jnp.asarray(b_scale * rng.standard_normal(leaf.shape, np.float32))
+    if keys[-2:] == ["query", "kernel"]:
+      return leaf * query_scale
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(fill, params)
+
+
+def random_tokens(rng: np.random.Generator, vocab: int, shape: tuple[int, int]) -> np.ndarray:
+  """int32 bytes in [3, vocab): no PAD (0) or EOS (1), so no example is padded."""
+  return rng.integers(3, vocab, shape).astype(np.int32)
+
+
+@dataclasses.dataclass
+class Case:
+  """One timed configuration; `run` does one blocking call (compiled before the first)."""
+
+  bench: str
+  framework: str
+  method: str
+  setting: dict
+  tokens: int
+  run: Callable[[], Any]
+  seconds: list[float] = dataclasses.field(default_factory=list)
+
+  @property
+  def name(self) -> str:
+    extra = ",".join(f"{k}={v}" for k, v in self.setting.items() if v is not None)
+    return f"{self.framework}/{self.method}" + (f"[{extra}]" if extra else "")
+
+
+def time_interleaved(cases: list[Case], repeats: int, warmup: int, label: str) -> None:
+  """`warmup` untimed calls of every case, then `repeats` rounds running every case once."""
+  start = time.perf_counter()
+  for c in cases:
+    for _ in range(warmup):
+      c.run()
+  log(f"{label}: warmed up {len(cases)} configurations in {time.perf_counter() - start:.1f} s")
+  for i in range(repeats):
+    start = time.perf_counter()
+    for c in cases:
+      t0 = time.perf_counter()
+      c.run()
+      c.seconds.append(time.perf_counter() - t0)
+    log(f"{label}: round {i + 1}/{repeats}: {time.perf_counter() - start:.1f} s")
+
+
+def base_record(c: Case) -> dict:
+  median = statistics.median(c.seconds)
+  return {"bench": c.bench, "framework": c.framework, "method": c.method, **c.setting,
+          "tokens": c.tokens, "seconds": median, "min_seconds": min(c.seconds),
+          "all_seconds": list(c.seconds),
+          "tokens_per_s": c.tokens / median}
+
+
+def environment() -> dict:
+  return {"jax": jax.__version__, "backend": jax.default_backend(),
+          "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
+          "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_json(path: str | None, result: dict) -> None:
+  if path:
+    with open(path, "w") as f:
+      json.dump(result, f, indent=2, default=str)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply_jit(model: T5, params, enc, dec, ids):
+  """Teacher-forced logits `[B, L, V]`; compiled once per model and shapes."""
+  return model.apply({"params": params}, enc, dec, ids)
+
+
+# -- decode bench ---------------------------------------------------------------------------------
+def forced_logits(model: T5, params, enc, tokens, ids) -> np.ndarray:
+  """Teacher-forced logits `[B, L, V]` of decodes `tokens` `[B, L]` (start token prepended)."""
+  dec = np.pad(np.asarray(tokens)[:, :-1], ((0, 0), (1, 0)), constant_values=decoding.PAD_ID)
+  return np.asarray(apply_jit(model, params, jnp.asarray(enc), jnp.asarray(dec, jnp.int32), ids))
+
+
+def check_same_decodes(got: np.ndarray, ref: np.ndarray, ref_logits: Callable[[], np.ndarray],
+                       what: str) -> int:
+  """Asserts that decodes `got` equal `ref` (`[B, L]`) up to float32 near-ties of the reference.
+
+  For a row that differs, the first differing position must be a near-tie of the reference
+  model's teacher-forced logits (`ref_logits()`, computed only if needed): logit gap between the
+  two tokens <= TIE_TOLERANCE x max |logit|. Returns the number of such rows.
+  """
+  rows = np.flatnonzero((got != ref).any(axis=1))
+  if not rows.size:
+    return 0
+  logits = ref_logits()
+  bound = TIE_TOLERANCE * max(1.0, float(np.abs(logits).max()))
+  for r in rows:
+    p = int(np.argmax(got[r] != ref[r]))
+    gap = float(logits[r, p, ref[r, p]] - logits[r, p, got[r, p]])
+    if gap > bound:
+      raise AssertionError(
+          f"{what}: row {r} differs at position {p} (token {got[r, p]} vs {ref[r, p]}) and the "
+          f"reference's logit gap there is {gap:.3g} > {bound:.3g}: not a float32 near-tie, the "
+          "two paths compute different models")
+  return int(rows.size)
+
+
+def run_decode(args: argparse.Namespace) -> dict:
+  load = os.getloadavg()
+  cfg = bench_train.model_config(args)
+  flix = feature_config(args.F, args.rank)
+  combos = combinations(flix, args.batch, args.seed)  # One per example: all distinct.
+  model, base_model = T5(cfg, flix), T5(cfg)
+  params = random_params(model, args.seed)
+  base = _strip(params)
+  merged = merge_params(params, flix, combos[0])
+  rng = np.random.default_rng(args.seed)
+  enc = jnp.asarray(random_tokens(rng, cfg.vocab_size, (args.batch, args.in_len)))
+  hetero_ids = jnp.asarray(batch_ids(combos, args.batch))
+  homo_ids = jnp.asarray(batch_ids(combos[:1], args.batch))
+
+  def decoder(m, p, ids):
+    return lambda: np.asarray(decoding.decode(m, p, enc, ids, max_length=args.max_length,
+                                              method="greedy", eos_id=NO_EOS).tokens)
+
+  cases_spec = [("base", base_model, base, None, 0),
+                ("merged", base_model, merged, None, 1),
+                ("flix_homogeneous", model, params, homo_ids, 1),
+                ("flix_heterogeneous", model, params, hetero_ids, args.batch)]
+  tokens = args.batch * args.max_length
+  cases = [Case("decode", "flix", name, {"F": args.F if p is params else None,
+                                         "combinations": n}, tokens, decoder(m, p, ids))
+           for name, m, p, ids, n in cases_spec]
+
+  start = time.perf_counter()
+  out = {c.method: c.run() for c in cases}  # Compiles (merged reuses base's program).
+  log(f"decode: compiled and ran {len(cases)} configurations in "
+      f"{time.perf_counter() - start:.1f} s")
+  checks = {"merged_vs_adapter_path_near_tie_rows": check_same_decodes(
+      out["merged"], out["flix_homogeneous"],
+      lambda: forced_logits(model, params, enc, out["flix_homogeneous"], homo_ids),
+      "merged decode vs the adapter path")}
+  check_rows = list(range(min(args.check_rows, args.batch)))
+  tie_rows = 0
+  for r in check_rows:  # Each heterogeneous row against its own combination merged.
+    own_params = merge_params(params, flix, combos[r])
+    own = decoder(base_model, own_params, None)()
+    tie_rows += check_same_decodes(
+        out["flix_heterogeneous"][r:r + 1], own[r:r + 1],
+        lambda: forced_logits(base_model, own_params, enc, own, None)[r:r + 1],
+        f"heterogeneous row {r} vs its merged combination")
+  # Teacher-forced on the same tokens, the merged and adapter paths give the same logits.
+  adapter_logits = forced_logits(model, params, enc, out["flix_homogeneous"], homo_ids)
+  merged_logits = forced_logits(base_model, merged, enc, out["flix_homogeneous"], None)
+  diff = float(np.abs(merged_logits - adapter_logits).max())
+  bound = LOGITS_TOLERANCE * max(1.0, float(np.abs(adapter_logits).max()))
+  if not diff <= bound:
+    raise AssertionError(f"merged vs adapter-path logits: max |difference| {diff:.3g} > "
+                         f"{bound:.3g}: the merged model is not the adapter path's model")
+  if not (out["merged"] != out["base"]).any():
+    raise AssertionError("the merged combination decodes exactly like the base model: the "
+                         "adapters do nothing and the equivalence checks are vacuous")
+  checks.update({"merged_vs_adapter_logits_max_abs_diff": diff,
+                 "heterogeneous_rows_checked": check_rows,
+                 "heterogeneous_near_tie_rows": tie_rows,
+                 "merged_differs_from_base": True})
+  log(f"decode: equivalence checks passed: {checks}")
+
+  time_interleaved(cases, args.repeats, args.warmup, "decode")
+  records = [base_record(c) for c in cases]
+  by = {r["method"]: r for r in records}
+  for r in records:
+    r["ratio_vs_base"] = r["seconds"] / by["base"]["seconds"]
+    r["ratio_vs_merged"] = r["seconds"] / by["merged"]["seconds"]
+  bar = {"merged_vs_base": by["merged"]["ratio_vs_base"], "limit": BAR_MERGED_VS_BASE,
+         "holds": by["merged"]["ratio_vs_base"] <= BAR_MERGED_VS_BASE}
+  print(format_decode_table(records))
+  print(f"bar {'HOLDS' if bar['holds'] else 'DOES NOT HOLD'}: merged decode = "
+        f"{bar['merged_vs_base']:.3f}x the base model's time (limit {BAR_MERGED_VS_BASE})")
+  result = {"config": {
+      "command": "decode", "model": args.model, "t5": dataclasses.asdict(cfg),
+      "batch": args.batch, "input_length": args.in_len, "max_length": args.max_length,
+      "method": "greedy with the KV cache (flix.decoding.decode), EOS disabled",
+      "F": args.F, "rank": args.rank, "feature_types": ["task", "lang"],
+      "strategy": flix.resolved_strategy(), "merged_combination": combos[0].tolist(),
+      "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed, "dtype": "float32",
+      "statistic": "median over interleaved rounds", "tokens": "batch x max_length",
+      **environment(), "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()},
+      "checks": checks, "records": records, "bar": bar}
+  write_json(args.json, result)
+  return result
+
+
+def _strip(params) -> dict:
+  """Params without adapter leaves."""
+  if isinstance(params, dict):
+    return {k: _strip(v) for k, v in params.items() if not k.startswith("lora_")}
+  return params
+
+
+def format_decode_table(records: list[dict]) -> str:
+  lines = [f"{'method':<19} {'F':>4} {'combos':>6} {'median ms':>10} {'min ms':>8} "
+           f"{'tokens/s':>9} {'x base':>7} {'x merged':>8}"]
+  for r in records:
+    f = "-" if r["F"] is None else str(r["F"])
+    lines.append(f"{r['method']:<19} {f:>4} {r['combinations']:>6} {r['seconds'] * 1e3:>10.1f} "
+                 f"{r['min_seconds'] * 1e3:>8.1f} "
+                 f"{r['tokens_per_s']:>9.0f} {r['ratio_vs_base']:>7.3f} "
+                 f"{r['ratio_vs_merged']:>8.3f}")
+  return "\n".join(lines)
+
+
+def add_size_flags(p: argparse.ArgumentParser) -> None:
+  """--model and the size overrides of `bench_train.model_config`."""
+  p.add_argument("--model", choices=sorted(bench_train.MODELS), default="tiny")
+  for key in ("emb_dim", "mlp_dim", "num_heads", "head_dim", "layers"):
+    p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None,
+                   help="override the model size (smoke tests)")
+
+
+def add_decode_parser(sub) -> None:
+  p = sub.add_parser("decode", help="greedy decode tokens/s: heterogeneous FLix vs merged vs base")
+  add_size_flags(p)
+  p.add_argument("--F", type=int, default=64,
+                 help="FLix feature count (two types of F/2 values); (F/2)^2 >= --batch")
+  p.add_argument("--rank", type=int, default=8, help="rank of every FLix feature adapter")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--in-len", type=int, default=64)
+  p.add_argument("--max-length", type=int, default=64, help="decoded positions")
+  p.add_argument("--repeats", type=int, default=9, help="timed interleaved rounds")
+  p.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration")
+  p.add_argument("--check-rows", type=int, default=2,
+                 help="heterogeneous rows checked against their own merged combination")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", help="write the results here")
+  p.set_defaults(func=run_decode)
+
+
+def check_decode_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  if args.F < 2 or args.F % 2:
+    parser.error(f"--F must be an even number >= 2 (two feature types), got {args.F}")
+  if (args.F // 2) ** 2 < args.batch:
+    parser.error(f"--F {args.F} gives {(args.F // 2) ** 2} combinations, fewer than --batch "
+                 f"{args.batch} (every example of the heterogeneous batch needs its own)")
+  if min(args.batch, args.in_len, args.max_length, args.repeats, args.rank) < 1:
+    parser.error("--batch, --in-len, --max-length, --repeats and --rank must be >= 1")
+  if args.warmup < 1 or args.check_rows < 0:
+    parser.error("--warmup must be >= 1 and --check-rows >= 0")

@@ -1,0 +1,109 @@
+"""`python -m flix.bench peft` at tiny sizes: JSON schema, equivalence checks, missing extra."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from flix import bench, bench_peft
+
+SIZES = ["--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2", "--head-dim", "8",
+         "--layers", "2", "--batch", "8", "--in-len", "12", "--out-len", "6", "--F", "8",
+         "--rank", "4", "--threads", "1"]
+TINY = ["peft"] + SIZES + ["--adapters", "1,2,4", "--repeats", "2", "--infer-repeats", "2",
+                           "--warmup", "1"]
+KEYS = {"bench", "framework", "method", "F", "adapters", "tokens", "seconds", "min_seconds",
+        "all_seconds", "tokens_per_s", "speedup_vs_torch"}
+
+
+def test_peft_bench_writes_schema(tmp_path, capsys):
+  out = tmp_path / "peft.json"
+  bench.main(TINY + ["--json", str(out)])
+  data = json.loads(out.read_text())
+  assert set(data) == {"config", "checks", "records", "bars"}
+  assert data["config"]["adapters"] == [1, 2, 4] and data["config"]["torch_threads"] == 1
+  names = [(r["bench"], r["framework"], r["method"], r["adapters"]) for r in data["records"]]
+  assert names == [("train", "torch+peft", "lora", None), ("train", "flix", "lora", None),
+                   ("train", "flix", "flix", None),
+                   ("infer", "torch+peft", "base", None), ("infer", "torch+peft", "lora", None)
+                   ] + [("infer", "torch+peft", "mixed", n) for n in (1, 2, 4)] + [
+                   ("infer", "flix", "base", None), ("infer", "flix", "lora", None)] + [
+                   ("infer", "flix", "flix", n) for n in (1, 2, 4)]
+  tokens = 8 * (12 + 6)
+  for r in data["records"]:
+    assert KEYS <= set(r), r
+    assert len(r["all_seconds"]) == 2 and all(math.isfinite(t) and t > 0 for t in r["all_seconds"])
+    assert r["seconds"] >= r["min_seconds"] > 0 and r["tokens"] == tokens
+    assert r["tokens_per_s"] == pytest.approx(tokens / r["seconds"])
+    assert math.isfinite(r["speedup_vs_torch"]) and r["speedup_vs_torch"] > 0
+    assert (r["F"] == 8) == (r["method"] == "flix")
+    if r["framework"] == "torch+peft":
+      assert r["speedup_vs_torch"] == 1.0
+    if r["bench"] == "infer":
+      assert r["ratio_vs_base"] > 0
+  by = {(r["bench"], r["framework"], r["method"], r["adapters"]): r for r in data["records"]}
+  flix4, peft4 = by[("infer", "flix", "flix", 4)], by[("infer", "torch+peft", "mixed", 4)]
+  assert flix4["speedup_vs_torch"] == pytest.approx(peft4["seconds"] / flix4["seconds"])
+  # The equivalence checks ran and were tight; the adapters changed the logits.
+  checks = data["checks"]
+  assert checks["lora_logits_max_abs_diff"] < 1e-4 and checks["lora_grad_max_rel_diff"] < 1e-3
+  assert checks["lora_trainable_values"] > 0
+  for n in (1, 2, 4):
+    assert checks[f"mixed_{n}_logits_max_abs_diff"] < 1e-4
+    assert checks[f"mixed_{n}_adapter_effect_max_abs"] > 0.01
+  bars = data["bars"]
+  assert bars["infer_mixed"]["adapters"] == 4 and not bars["infer_mixed"]["is_the_issue_setting"]
+  train = bars["train_lora"]
+  assert train["holds"] == (train["flix_vs_peft"] >= 1.0)
+  assert train["flix_vs_peft"] == pytest.approx(
+      by[("train", "flix", "lora", None)]["tokens_per_s"] /
+      by[("train", "torch+peft", "lora", None)]["tokens_per_s"])
+  assert "bar" in capsys.readouterr().out
+
+
+def test_equivalence_check_catches_a_different_adapter():
+  """A PEFT model whose adapter differs from flix's fails the check loudly."""
+  args = bench.parse_args(TINY)
+  s = bench_peft.build(args, torch, *bench_peft.require_hf()[1:])
+  bench_peft.check_equivalence(torch, s, [1, 4])  # Passes as built.
+  lora_b = dict(s.mixed.named_parameters())[
+      "base_model.model.decoder.block.1.layer.2.DenseReluDense.wo.lora_B.c3.weight"]
+  with torch.no_grad():
+    lora_b.mul_(1.5)
+  bench_peft.check_equivalence(torch, s, [1])  # c3 is not used with one adapter.
+  with pytest.raises(AssertionError, match="PEFT mixed batch vs FLix batch with 4"):
+    bench_peft.check_equivalence(torch, s, [4])
+  lora_a = dict(s.peft_lora.named_parameters())[
+      "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.default.weight"]
+  with torch.no_grad():
+    lora_a.add_(0.1)
+  with pytest.raises(AssertionError, match="PEFT LoRA vs flix LoRA logits"):
+    bench_peft.check_equivalence(torch, s, [1])
+
+
+def test_assert_close_tolerance():
+  ref = np.array([[10.0, -3.0]])
+  assert bench_peft.assert_close(ref + 5e-4, ref, "x") == pytest.approx(5e-4)
+  with pytest.raises(AssertionError, match="x: max"):
+    bench_peft.assert_close(ref + 2e-3, ref, "x")
+
+
+def test_missing_hf_extra_is_one_clear_line(monkeypatch):
+  monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError.
+  with pytest.raises(SystemExit) as e:
+    bench.main(TINY)
+  message = str(e.value)
+  assert "\n" not in message and "hf extra" in message and ".[hf]" in message
+
+
+@pytest.mark.parametrize("flags,error", [
+    (["--adapters", "1,16", "--F", "6"], "combinations"),
+    (["--adapters", "16", "--batch", "8"], "--batch 8 < 16"),
+    (["--rank", "3"], "--rank must be even")])
+def test_bad_arguments(flags, error, capsys):
+  with pytest.raises(SystemExit):
+    bench.parse_args(["peft"] + flags)
+  assert error in capsys.readouterr().err
