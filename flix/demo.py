@@ -1,7 +1,8 @@
 """`python -m flix.demo [--quick] [--out DIR] [--ablation dropout]`: FLix against LoRA, offline.
 
-1. Pretrains a small byte-level T5 on the offline benchmark's unlabelled corpus (span
-   corruption over target texts of every cell; cached under --cache_dir by config hash).
+1. Pretrains a small byte-level T5 on the offline benchmark's unlabelled corpus (the train
+   split's input and target texts of every cell as separate, unpaired texts; spans replaced by
+   sentinels, the whole text reconstructed; cached under --cache_dir by config hash).
 2. Fine-tunes, from that base and with the same steps, batch and learning rate:
    LoRA (one shared adapter of rank r_task + r_lang, so both cost the same per example) and
    FLix (task + language adapters with feature dropout).
@@ -47,8 +48,8 @@ class DemoConfig:
   feature_dropout: float
   pretrain_objective: str = "reconstruction"  # flix.data.span_corruption.OBJECTIVES
   pretrain_fields: tuple[str, ...] = ("inputs", "targets")  # Unpaired texts of the corpus.
-  pretrain_optimizer: str = "adafactor"
-  pretrain_schedule: str = "rsqrt"
+  pretrain_optimizer: str = "adamw"
+  pretrain_schedule: str = "constant"  # After a linear warmup over the first 10% of steps.
   finetune_optimizer: str = "adamw"
   eval_split: str = "test"
   eval_batch_size: int = 64
@@ -64,23 +65,34 @@ class DemoConfig:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Chosen on validation cells (README "Demo results"): a small, fast base learns to copy in 3000
+# steps of reconstruction over inputs and targets (AdamW 1e-3); adapters train stably at 1e-3
+# (FLix diverged at 3e-3). decimal (6-8 digit copies) stays near 0 exact match for both methods
+# at this budget, but it is kept: with only two tasks, each unseen pair's language is trained
+# with a single task, and its language adapter learns that task's format (validation:
+# month_year-en came out as English long dates).
+SMALL_T5 = T5Config(emb_dim=128, num_heads=2, head_dim=64, mlp_dim=512, num_encoder_layers=3,
+                    num_decoder_layers=3, dropout_rate=0.0)
+
 FULL = DemoConfig(
-    offline=OfflineConfig(tasks=("cardinal", "ordinal", "month_year", "country", "decimal"),
+    offline=OfflineConfig(tasks=("month_year", "long_date", "decimal"),
                           langs=("en", "fr", "de", "es", "it", "nl", "pt"), prefix="task_lang",
-                          n_train=300),
-    model=T5Config(dropout_rate=0.0),
-    pretrain_steps=600, pretrain_learning_rate=1e-2,
-    finetune_steps=600, finetune_learning_rate=1e-2,
+                          n_train=300, input_length=32, target_length=32),
+    model=SMALL_T5,
+    pretrain_steps=3000, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
+    pretrain_schedule="constant",
+    finetune_steps=1000, finetune_learning_rate=1e-3,
     batch_size=32, feature_rank=8, feature_dropout=0.3)
 
 QUICK = DemoConfig(
-    offline=OfflineConfig(tasks=("cardinal", "ordinal", "month_year"),
-                          langs=("en", "fr", "de", "es", "pt"), prefix="task_lang", n_train=48,
-                          n_validation=8, n_test=8),
-    model=T5Config(emb_dim=128, num_heads=2, head_dim=64, mlp_dim=256, num_encoder_layers=2,
+    offline=OfflineConfig(tasks=("month_year", "long_date"), langs=("en", "fr", "de", "pt"),
+                          prefix="task_lang", n_train=48, n_validation=8, n_test=8,
+                          input_length=32, target_length=32),
+    model=T5Config(emb_dim=64, num_heads=1, head_dim=64, mlp_dim=256, num_encoder_layers=2,
                    num_decoder_layers=2, dropout_rate=0.0),
-    pretrain_steps=200, pretrain_learning_rate=1e-2,
-    finetune_steps=200, finetune_learning_rate=1e-2,
+    pretrain_steps=150, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
+    pretrain_schedule="constant",
+    finetune_steps=150, finetune_learning_rate=1e-3,
     batch_size=16, feature_rank=4, feature_dropout=0.3, eval_batch_size=32)
 
 ABLATION_DROPOUTS = (0.0, 0.3, 0.5, 0.7)
@@ -262,6 +274,8 @@ def main(argv=None) -> int:
   parser.add_argument("--split", choices=("validation", "test"), default=None,
                       help="evaluation split (default: test; use validation to tune)")
   args = parser.parse_args(argv)
+  from absl import logging as absl_logging  # seqio's "uncached FunctionDataset" notes.
+  absl_logging.set_verbosity(absl_logging.ERROR)
   cfg = QUICK if args.quick else FULL
   if args.split:
     cfg = dataclasses.replace(cfg, eval_split=args.split)

@@ -2,7 +2,16 @@
 
 Layout: `{data_dir}/{task}/{split}/{lang}.jsonl` (transliteration: `{Src}2{Tgt}.{lang}.jsonl`,
 all script directions of a language form one pair). `data_dir` is an argument (gin-bindable:
-`register_xtreme_up.data_dir`) or the env var XTREME_UP_DIR.
+`register_xtreme_up_experiment.data_dir`) or the env var XTREME_UP_DIR.
+
+Entry points:
+  register_xtreme_up_experiment  (gin: `train.registration = @register_xtreme_up_experiment()`)
+      loads the release, builds the FeatureSpace from it (the tasks loaded; the languages
+      trained), applies a hold-out, registers every pair plus `{prefix}.train` and
+      `{prefix}.eval`, and returns an XtremeUpRegistration with `.space`, `.data.holdout`,
+      `.train_mixture`, `.eval_mixture` (what `flix.train` and `flix.eval` use; see
+      configs/experiments/xtreme_up_flix.gin).
+  register_xtreme_up  registers only the pair Tasks, for a FeatureSpace built by the caller.
 
 Inputs and targets follow the official baseline formatting (google-research/xtreme-up):
   qa_in_lang, qa_cross_lang  "question: {question} title: {title} context: {context}" -> target
@@ -33,9 +42,10 @@ import warnings
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import gin
+import seqio
 
 from flix.data import metrics, pairs
-from flix.data.pairs import HoldOut, Pair, PairTask
+from flix.data.pairs import HoldOut, Pair, PairTask, RateKind
 from flix.features import FeatureSpace
 
 ENV_VAR = "XTREME_UP_DIR"
@@ -261,10 +271,12 @@ def read_file(f: SourceFile, bad_records: BadRecordPolicy = "error",
 
 @dataclasses.dataclass(frozen=True)
 class XtremeUpData:
-  """Examples per pair and split, plus skip counts per file."""
+  """Examples per pair and split, skip counts per file, and the hold-out they are used with
+  (`load` leaves it empty; the register functions record the one they applied)."""
 
   examples: Mapping[Pair, Mapping[str, Sequence[Mapping[str, str]]]]
   skipped: Mapping[str, int]
+  holdout: HoldOut = HoldOut()
 
   @property
   def total_skipped(self) -> int:
@@ -316,16 +328,53 @@ def load(tasks: Iterable[str] = TASKS, langs: Mapping[str, Sequence[str]] | Sequ
 
 @dataclasses.dataclass(frozen=True)
 class XtremeUpRegistration:
+  """What a register function put in the seqio registries.
+
+  Attributes:
+    data: the loaded examples; `data.holdout` is the hold-out applied.
+    tasks: one PairTask per pair, named `{prefix}.{task}.{lang}`.
+    prefix: the name prefix.
+    space: the FeatureSpace the pairs' feature ids were encoded with.
+    train_mixture, eval_mixture: `{prefix}.train` (the trained pairs) and `{prefix}.eval` (every
+      pair); None where not registered (`register_xtreme_up`).
+    task_feature_lengths: `{"inputs": ..., "targets": ...}` as configured, or None.
+  """
+
   data: XtremeUpData
   tasks: tuple[PairTask, ...]
   prefix: str
+  space: FeatureSpace | None = None
+  train_mixture: str | None = None
+  eval_mixture: str | None = None
+  task_feature_lengths: Mapping[str, int] | None = None
 
   @property
   def names(self) -> tuple[str, ...]:
-    return tuple(t.name for t in self.tasks)
+    """Every registered seqio name: the mixtures (if any), then the pair Tasks."""
+    mixtures = tuple(m for m in (self.train_mixture, self.eval_mixture) if m)
+    return (*mixtures, *(t.name for t in self.tasks))
+
+  def tasks_of_kind(self, kind: str) -> tuple[PairTask, ...]:
+    if kind not in pairs.SPLIT_KINDS:
+      raise ValueError(f"split kind {kind!r} unknown; expected one of {pairs.SPLIT_KINDS}")
+    return tuple(t for t in self.tasks if t.kind == kind)
 
   def unregister(self) -> None:
     pairs.unregister(self.names)
+
+
+def _register_tasks(data: XtremeUpData, space: FeatureSpace, prefix: str) -> list[PairTask]:
+  """One seqio Task per pair of `data`, under `data.holdout`; all or none are registered."""
+  registered = []
+  try:
+    for pair, examples in sorted(data.examples.items()):
+      registered.append(pairs.register_pair_task(
+          pair.task_name(prefix), pair, examples, space, data.holdout,
+          metric_fns=TASK_SPECS[pair.task].metric_fns))
+  except Exception:
+    pairs.unregister([t.name for t in registered])
+    raise
+  return registered
 
 
 @gin.configurable(module="flix.data")
@@ -339,6 +388,9 @@ def register_xtreme_up(space: FeatureSpace,
                        max_input_bytes: int | None = None) -> XtremeUpRegistration:
   """Registers one seqio Task `{prefix}.{task}.{lang}` per XTREME-UP pair found.
 
+  Lower level than `register_xtreme_up_experiment` (which builds the space and the hold-out from
+  the data and adds the train/eval mixtures): the caller brings the space.
+
   Args:
     space: the FeatureSpace; its `task` values are XTREME-UP task names (e.g. 'ner').
     tasks, langs: what to load; langs per task (mapping) or for every task (sequence).
@@ -349,13 +401,167 @@ def register_xtreme_up(space: FeatureSpace,
   Use `pairs.register_pair_mixture` over the returned tasks for cross-task mixtures.
   """
   data = load(tasks, langs, data_dir, bad_records, max_input_bytes)
+  data = dataclasses.replace(data, holdout=holdout or HoldOut())
+  return XtremeUpRegistration(data, tuple(_register_tasks(data, space, prefix)), prefix, space)
+
+
+# -- experiments: space, hold-out and mixtures from the data -----------------------------------
+def _as_pair(value) -> Pair:
+  if isinstance(value, Pair):
+    return value
+  if isinstance(value, str) and value.count(".") == 1:
+    return Pair(*value.split("."))
+  if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+    return Pair(*value)
+  raise ValueError(f"an unseen pair is written ('task', 'lang') or 'task.lang', got {value!r}")
+
+
+def _pair_list(ps: Iterable[Pair]) -> list[str]:
+  return [f"{p.task}.{p.lang}" for p in sorted(ps)]
+
+
+def experiment_holdout(data: XtremeUpData, unseen_pairs: Iterable = (),
+                       unseen_langs: Iterable[str] = ()) -> HoldOut:
+  """The hold-out of an experiment on `data`.
+
+  The explicit `unseen_pairs` (('task', 'lang') or 'task.lang') and `unseen_langs`, plus what
+  the data leaves untrained: a language without a train split in any pair is an unseen language
+  (its adapter would never train), and a pair without a train split whose language trains
+  elsewhere is an unseen pair. Raises ValueError for a held-out pair or language the data lacks,
+  and when the hold-out leaves a task or a seen language without any trained pair.
+  """
+  if isinstance(unseen_pairs, (str, Pair)):
+    unseen_pairs = (unseen_pairs,)
+  if isinstance(unseen_langs, str):
+    unseen_langs = (unseen_langs,)
+  present = set(data.examples)
+  langs = {p.lang for p in present}
+  explicit_pairs = {_as_pair(p) for p in unseen_pairs or ()}
+  explicit_langs = set(unseen_langs or ())
+  if explicit_pairs - present:
+    raise ValueError(f"unseen pairs {_pair_list(explicit_pairs - present)} have no XTREME-UP "
+                     f"files among the loaded pairs {_pair_list(present)}")
+  if explicit_langs - langs:
+    raise ValueError(f"unseen languages {sorted(explicit_langs - langs)} have no XTREME-UP files "
+                     f"among the loaded languages {sorted(langs)}")
+  with_train = {p.lang for p, splits in data.examples.items() if splits.get(pairs.TRAIN)}
+  implied_langs = langs - with_train - explicit_langs
+  all_langs = explicit_langs | implied_langs
+  implied_pairs = {p for p, splits in data.examples.items()
+                   if p.lang not in all_langs and p not in explicit_pairs
+                   and not splits.get(pairs.TRAIN)}
+  holdout = HoldOut({p for p in explicit_pairs if p.lang not in implied_langs} | implied_pairs,
+                    all_langs, scheme="xtreme_up")
+  holdout.check_covers(present)
+  if implied_langs or implied_pairs:
+    logging.info("XTREME-UP: no train split, so held out: languages %s, pairs %s",
+                 sorted(implied_langs), _pair_list(implied_pairs))
+  return holdout
+
+
+def experiment_space(data: XtremeUpData, ranks: Mapping[str, int] | int = 4,
+                     shared_rank: int = 0) -> FeatureSpace:
+  """`task` = the tasks of `data`, `lang` = its trained languages (never an unseen language of
+  `data.holdout`: their pairs encode the language INACTIVE), sorted, so ids do not depend on
+  the order tasks were listed in."""
+  trained = [p for p, splits in data.examples.items()
+             if data.holdout.is_trained(p) and splits.get(pairs.TRAIN)]
+  return FeatureSpace.build({"task": sorted({p.task for p in trained}),
+                             "lang": sorted({p.lang for p in trained})}, ranks, shared_rank)
+
+
+def _frozen(value):
+  """A comparable, order-insensitive-for-mappings form of a (gin) argument."""
+  if isinstance(value, Mapping):
+    return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(_frozen(v) for v in value)
+  return value
+
+
+# prefix -> (arguments, registration): registering a prefix again with the same arguments
+# returns the existing registration; with other arguments it replaces it.
+_REGISTERED: dict[str, tuple[tuple, XtremeUpRegistration]] = {}
+
+
+@gin.configurable(module="flix.data")
+def register_xtreme_up_experiment(
+    data_dir: str | None = None,
+    tasks: Sequence[str] = TASKS,
+    langs: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+    prefix: str = "xtreme_up",
+    unseen_pairs: Iterable = (),
+    unseen_langs: Iterable[str] = (),
+    ranks: Mapping[str, int] | int = 4,
+    shared_rank: int = 0,
+    rate: RateKind = "equal",
+    temperature: float = 1.0,
+    maximum: int | None = None,
+    task_feature_lengths: Mapping[str, int] | None = None,
+    bad_records: BadRecordPolicy = "error",
+    max_input_bytes: int | None = None) -> XtremeUpRegistration:
+  """Loads XTREME-UP and registers an experiment on it: what `flix.train` / `flix.eval` need.
+
+  Registers `{prefix}.{task}.{lang}` per pair, `{prefix}.train` (the trained pairs, at `rate`)
+  and `{prefix}.eval` (every pair, equal rates) and returns the XtremeUpRegistration (`.space`,
+  `.data.holdout`, `.train_mixture`, `.eval_mixture`, ...).
+
+  Args:
+    data_dir: the unpacked release (`{task}/{split}/{lang}.jsonl`); default $XTREME_UP_DIR.
+    tasks, langs: what to load (see `load`); default every text task and language present.
+    prefix: name prefix; registering it again with the same arguments returns the existing
+      registration, with other arguments replaces it (files are not re-read for a repeat).
+    unseen_pairs: pairs trained nowhere, evaluated zero-shot: ('task', 'lang') or 'task.lang'.
+    unseen_langs: languages with no fine-tuning at all: not in the space, so their pairs are
+      encoded with the language INACTIVE. Languages without any train split join them, and
+      pairs without a train split join `unseen_pairs` (see `experiment_holdout`).
+    ranks, shared_rank: the space's adapter ranks, per type (`{"task": 8, "lang": 8}`) or one.
+    rate, temperature, maximum: the training mixture's rate (`pairs.mixing_rate`): "equal",
+      "examples" (proportional to train examples, capped at `maximum`) or "temperature".
+    task_feature_lengths: recorded on the registration (e.g. for `flix.evaluation.evaluate`).
+    bad_records, max_input_bytes: see `load`.
+  """
+  data_dir = os.path.abspath(resolve_data_dir(data_dir))
+  tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+  if isinstance(unseen_pairs, (str, Pair)):
+    unseen_pairs = (unseen_pairs,)
+  unseen_pairs = frozenset(_as_pair(p) for p in unseen_pairs or ())
+  unseen_langs = frozenset((unseen_langs,) if isinstance(unseen_langs, str)
+                           else unseen_langs or ())
+  pairs.mixing_rate(rate, temperature, maximum)  # Validates before anything is read.
+  arguments = (data_dir, tasks, _frozen(langs), unseen_pairs, unseen_langs, _frozen(ranks),
+               shared_rank, rate, temperature, maximum, _frozen(task_feature_lengths),
+               bad_records, max_input_bytes)
+  if prefix in _REGISTERED:
+    previous_arguments, previous = _REGISTERED.pop(prefix)
+    if previous_arguments == arguments and all(
+        name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names()
+        for name in previous.names):
+      _REGISTERED[prefix] = (arguments, previous)
+      return previous
+    previous.unregister()
+
+  data = load(tasks, langs, data_dir, bad_records, max_input_bytes)
+  if not data.examples:
+    raise FileNotFoundError(f"no XTREME-UP files for tasks {list(tasks)} under {data_dir} "
+                            "(expected <task>/<split>/<lang>.jsonl)")
+  data = dataclasses.replace(data, holdout=experiment_holdout(data, unseen_pairs, unseen_langs))
+  space = experiment_space(data, ranks, shared_rank)
+  train_mixture, eval_mixture = f"{prefix}.train", f"{prefix}.eval"
   registered = []
   try:
-    for pair, examples in sorted(data.examples.items()):
-      registered.append(pairs.register_pair_task(
-          pair.task_name(prefix), pair, examples, space, holdout,
-          metric_fns=TASK_SPECS[pair.task].metric_fns))
+    registered = _register_tasks(data, space, prefix)
+    pairs.register_pair_mixture(train_mixture, registered, rate, temperature, maximum)
+    pairs.register_pair_mixture(eval_mixture, registered, "equal", include_untrained=True)
   except Exception:
-    pairs.unregister([t.name for t in registered])
+    pairs.unregister([train_mixture, eval_mixture, *(t.name for t in registered)])
     raise
-  return XtremeUpRegistration(data, tuple(registered), prefix)
+  registration = XtremeUpRegistration(
+      data, tuple(registered), prefix, space, train_mixture, eval_mixture,
+      dict(task_feature_lengths) if task_feature_lengths is not None else None)
+  _REGISTERED[prefix] = (arguments, registration)
+  kinds = {k: len(registration.tasks_of_kind(k)) for k in pairs.SPLIT_KINDS}
+  logging.info("XTREME-UP %r: %d pairs (%s) from %s; space: tasks %s, languages %s",
+               prefix, len(registered), kinds, data_dir, list(space.type("task").values),
+               list(space.type("lang").values))
+  return registration
