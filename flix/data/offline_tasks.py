@@ -116,14 +116,9 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
   pretrain_fields = tuple(pretrain_fields)
   arguments = (config, space, rate, temperature, maximum, noise_density, mean_span_length,
                pretrain_objective, pretrain_fields)
-  if prefix in _REGISTERED:
-    previous_arguments, previous = _REGISTERED.pop(prefix)
-    if previous_arguments == arguments and all(
-        name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names()
-        for name in previous.names):
-      _REGISTERED[prefix] = (arguments, previous)
-      return previous
-    previous.unregister()
+  previous = pairs.cached_registration(_REGISTERED, prefix, arguments)
+  if previous is not None:
+    return previous
   data = generate(config)
   space = space or data.feature_space(ranks=4)
   if "lang" in space.names:

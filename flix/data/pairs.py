@@ -301,3 +301,22 @@ def unregister(names: Collection[str]) -> None:
       seqio.MixtureRegistry.remove(n)
     if n in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(n)
+
+
+def cached_registration(cache: dict, prefix: str, arguments: tuple):
+  """`cache[prefix]`'s registration if it was made with the same `arguments` and its names are
+  still registered in seqio; otherwise None, and a stale or different one is unregistered.
+
+  `cache` maps prefix -> (arguments, registration); a registration has `.names` and
+  `.unregister()`. Callers store a new one with `cache[prefix] = (arguments, registration)`.
+  """
+  if prefix not in cache:
+    return None
+  previous_arguments, previous = cache.pop(prefix)
+  if previous_arguments == arguments and all(
+      name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names()
+      for name in previous.names):
+    cache[prefix] = (arguments, previous)
+    return previous
+  previous.unregister()
+  return None

@@ -42,7 +42,6 @@ import warnings
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import gin
-import seqio
 
 from flix.data import metrics, pairs
 from flix.data.pairs import HoldOut, Pair, PairTask, RateKind
@@ -532,14 +531,9 @@ def register_xtreme_up_experiment(
   arguments = (data_dir, tasks, _frozen(langs), unseen_pairs, unseen_langs, _frozen(ranks),
                shared_rank, rate, temperature, maximum, _frozen(task_feature_lengths),
                bad_records, max_input_bytes)
-  if prefix in _REGISTERED:
-    previous_arguments, previous = _REGISTERED.pop(prefix)
-    if previous_arguments == arguments and all(
-        name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names()
-        for name in previous.names):
-      _REGISTERED[prefix] = (arguments, previous)
-      return previous
-    previous.unregister()
+  previous = pairs.cached_registration(_REGISTERED, prefix, arguments)
+  if previous is not None:
+    return previous
 
   data = load(tasks, langs, data_dir, bad_records, max_input_bytes)
   if not data.examples:
