@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix import bench_decode, bench_peft, bench_train
+from flix.bench_train import feature_config
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.layers import FlixDense
@@ -61,16 +62,6 @@ Step = Callable[[], Any]
 
 
 # -- problem set-up -------------------------------------------------------------------------------
-def feature_config(n_features: int, rank: int) -> FlixConfig:
-  """Two types, `task` and `lang`, with n_features / 2 values each."""
-  if n_features < 2 or n_features % 2:
-    raise ValueError(f"F must be an even number >= 2 (two feature types), got {n_features}")
-  half = n_features // 2
-  space = FeatureSpace.build({"task": [f"t{i}" for i in range(half)],
-                              "lang": [f"l{i}" for i in range(half)]}, ranks=rank)
-  return FlixConfig(space)
-
-
 def draw_ids(flix: FlixConfig, batch: int, seed: int) -> jax.Array:
   """One uniformly drawn active value per type per example: int32 `[batch, n_types]`."""
   rng = np.random.default_rng(seed)

@@ -45,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix import bench_train, decoding
+from flix.bench_train import feature_config
+from flix.checkpoints import strip_adapters
 from flix.config import FlixConfig
-from flix.features import FeatureSpace
 from flix.merge import merge_params
 from flix.models.t5 import T5, T5Config
 
@@ -59,15 +60,6 @@ LOGITS_TOLERANCE = 1e-4  # Relative to max |logit|: teacher-forced logits of equ
 # -- shared helpers -------------------------------------------------------------------------------
 def log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
-
-
-def feature_config(n_features: int, rank: int) -> FlixConfig:
-  """Two types, `task` and `lang`, of n_features / 2 values each, rank `rank` each."""
-  if n_features < 2 or n_features % 2:
-    raise ValueError(f"F must be an even number >= 2 (two feature types), got {n_features}")
-  half = n_features // 2
-  return FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(half)],
-                                        "lang": [f"l{i}" for i in range(half)]}, ranks=rank))
 
 
 def combinations(flix: FlixConfig, n: int, seed: int) -> np.ndarray:
@@ -209,7 +201,7 @@ def run_decode(args: argparse.Namespace) -> dict:
   combos = combinations(flix, args.batch, args.seed)  # One per example: all distinct.
   model, base_model = T5(cfg, flix), T5(cfg)
   params = random_params(model, args.seed)
-  base = _strip(params)
+  base = strip_adapters(params)
   merged = merge_params(params, flix, combos[0])
   rng = np.random.default_rng(args.seed)
   enc = jnp.asarray(random_tokens(rng, cfg.vocab_size, (args.batch, args.in_len)))
@@ -288,13 +280,6 @@ def run_decode(args: argparse.Namespace) -> dict:
   return result
 
 
-def _strip(params) -> dict:
-  """Params without adapter leaves."""
-  if isinstance(params, dict):
-    return {k: _strip(v) for k, v in params.items() if not k.startswith("lora_")}
-  return params
-
-
 def format_decode_table(records: list[dict]) -> str:
   lines = [f"{'method':<19} {'F':>4} {'combos':>6} {'median ms':>10} {'min ms':>8} "
            f"{'tokens/s':>9} {'x base':>7} {'x merged':>8}"]
@@ -307,17 +292,9 @@ def format_decode_table(records: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def add_size_flags(p: argparse.ArgumentParser) -> None:
-  """--model and the size overrides of `bench_train.model_config`."""
-  p.add_argument("--model", choices=sorted(bench_train.MODELS), default="tiny")
-  for key in ("emb_dim", "mlp_dim", "num_heads", "head_dim", "layers"):
-    p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None,
-                   help="override the model size (smoke tests)")
-
-
 def add_decode_parser(sub) -> None:
   p = sub.add_parser("decode", help="greedy decode tokens/s: heterogeneous FLix vs merged vs base")
-  add_size_flags(p)
+  bench_train.add_size_flags(p)
   p.add_argument("--F", type=int, default=64,
                  help="FLix feature count (two types of F/2 values); (F/2)^2 >= --batch")
   p.add_argument("--rank", type=int, default=8, help="rank of every FLix feature adapter")

@@ -59,9 +59,11 @@ import numpy as np
 import optax
 
 from flix import bench_train, hf
-from flix.bench_decode import (Case, add_size_flags, apply_jit, base_record, batch_ids,
-                               combinations, environment, feature_config, log, random_params,
-                               random_tokens, time_interleaved, write_json)
+from flix.bench_decode import (Case, apply_jit, base_record, batch_ids, combinations,
+                               environment, log, random_params, random_tokens, time_interleaved,
+                               write_json)
+from flix.bench_train import add_size_flags, feature_config
+from flix.checkpoints import adapter_leaves, graft, strip_adapters
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.models.t5 import T5, T5Config
@@ -97,13 +99,6 @@ def require_hf(omp_wait_policy: str | None = None):
     raise SystemExit(f"python -m flix.bench peft: error: needs the hf extra (torch, transformers, "
                      f"peft, safetensors): {e}; install it with pip install -e '.[hf]'") from None
   return torch, transformers, peft
-
-
-def graft_base(params, base):
-  """`params` (adapters included) with every non-adapter leaf taken from `base`."""
-  if isinstance(params, dict):
-    return {k: v if k.startswith("lora_") else graft_base(v, base[k]) for k, v in params.items()}
-  return base
 
 
 def train_batch(flix: FlixConfig | None, tokens: dict, seed: int) -> dict:
@@ -269,9 +264,9 @@ def build(args: argparse.Namespace, torch, transformers, peft) -> Setup:
   flix = feature_config(args.F, args.rank // 2)
   models = {"lora": T5(cfg, lora), "flix": T5(cfg, flix), "base": T5(cfg)}
   lora_params = random_params(models["lora"], args.seed)
-  base_params = hf.base_params(lora_params)
-  params = {"lora": lora_params, "base": base_params,
-            "flix": graft_base(random_params(models["flix"], args.seed + 10), base_params)}
+  base_params = strip_adapters(lora_params)
+  flix_adapters = adapter_leaves(random_params(models["flix"], args.seed + 10))
+  params = {"lora": lora_params, "base": base_params, "flix": graft(base_params, flix_adapters)}
   combos = combinations(flix, max(args.adapters), args.seed)
   rng = np.random.default_rng(args.seed)
   targets = random_tokens(rng, cfg.vocab_size, (args.batch, args.out_len))

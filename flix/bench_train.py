@@ -86,15 +86,21 @@ def model_config(args) -> T5Config:
   return T5Config(**sizes)
 
 
+def feature_config(n_features: int, rank: int) -> FlixConfig:
+  """Two types, `task` and `lang`, of n_features / 2 values each, rank `rank` each."""
+  if n_features < 2 or n_features % 2:
+    raise ValueError(f"F must be an even number >= 2 (two feature types), got {n_features}")
+  half = n_features // 2
+  return FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(half)],
+                                        "lang": [f"l{i}" for i in range(half)]}, ranks=rank))
+
+
 def flix_config(method: str, n_features: int | None, rank: int) -> FlixConfig | None:
   if method in ("full", "frozen"):
     return None
   if method.startswith("lora_r"):
     return FlixConfig(FeatureSpace.lora(int(method[len("lora_r"):])))
-  half = n_features // 2
-  space = FeatureSpace.build({"task": [f"t{i}" for i in range(half)],
-                              "lang": [f"l{i}" for i in range(half)]}, ranks=rank)
-  return FlixConfig(space)
+  return feature_config(n_features, rank)
 
 
 def make_batch(cfg: T5Config, flix: FlixConfig | None, args) -> dict[str, jax.Array]:
@@ -289,7 +295,7 @@ def run_train(args: argparse.Namespace) -> dict:
 
 def add_train_parser(sub, int_list: Callable[[str], list[int]]) -> None:
   p = sub.add_parser("train", help="train-step time, tokens/s and memory per training method")
-  p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+  add_size_flags(p)
   p.add_argument("--F", type=int_list, default=[8, 64, 1024],
                  help="comma-separated FLix feature counts (two types of F/2 values)")
   p.add_argument("--optimizers", type=lambda s: [v for v in s.split(",") if v],
@@ -302,11 +308,16 @@ def add_train_parser(sub, int_list: Callable[[str], list[int]]) -> None:
   p.add_argument("--out-len", type=int, default=32)
   p.add_argument("--rank", type=int, default=8, help="rank of every FLix feature adapter")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", help="write the results here")
+  p.set_defaults(func=run_train)
+
+
+def add_size_flags(p: argparse.ArgumentParser) -> None:
+  """--model and the size overrides of `model_config`."""
+  p.add_argument("--model", choices=sorted(MODELS), default="tiny")
   for key in ("emb_dim", "mlp_dim", "num_heads", "head_dim", "layers"):
     p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None,
                    help="override the model size (smoke tests)")
-  p.add_argument("--json", help="write the results here")
-  p.set_defaults(func=run_train)
 
 
 def check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -55,7 +55,7 @@ import flax.linen as nn
 import numpy as np
 
 from flix import merge as flix_merge
-from flix.checkpoints import atomic_directory
+from flix.checkpoints import atomic_directory, strip_adapters
 from flix.config import FlixConfig
 from flix.features import INACTIVE, FeatureSpace, UnknownFeatureError
 from flix.layers import a_name, b_name
@@ -468,10 +468,8 @@ def _has_adapters(node) -> bool:
 
 
 def base_params(params) -> dict:
-  """`params` without adapter leaves."""
-  if isinstance(params, dict):
-    return {k: base_params(v) for k, v in params.items() if not k.startswith("lora_")}
-  return params
+  """`params` without adapter leaves (`flix.checkpoints.strip_adapters`)."""
+  return strip_adapters(params)
 
 
 def merge_params(params, flix: FlixConfig, ids) -> dict:
