@@ -130,8 +130,8 @@ def synthetic_params(model: T5, seed: int) -> dict:
       value = np.ones(shape, np.float32)
     elif name.startswith("lora_b"):
       value = np.zeros(shape, np.float32)
-    elif name.startswith("lora_a"):
-      bound = 1.0 / np.sqrt(shape[-2])
+    elif name.startswith("lora_a"):  # [..., r, d_in]
+      bound = 1.0 / np.sqrt(shape[-1])
       value = rng.uniform(-bound, bound, shape).astype(np.float32)
     else:
       value = rng.standard_normal(shape, np.float32)

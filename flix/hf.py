@@ -551,7 +551,7 @@ def _find_leaves(tree, name):
 
 
 def combination_lora(layer_params, flix: FlixConfig, ids) -> tuple[np.ndarray, np.ndarray] | None:
-  """One projection's combination as a single LoRA pair (A `[d_in, R]`, B `[R, d_out]`), A B = dW_c.
+  """One projection's combination as a single LoRA pair (A `[R, d_in]`, B `[R, d_out]`), A^T B = dW_c.
 
   The A's and B's of the active features (and the shared adapter) are concatenated along the
   rank axis, each feature's scale s_t folded into its rows of B. R is the same for every
@@ -575,11 +575,11 @@ def combination_lora(layer_params, flix: FlixConfig, ids) -> tuple[np.ndarray, n
       a_parts.append(a.astype(np.float32))
       b_parts.append((b * np.float32(flix.scale(rank))).astype(np.float32))
     else:
-      a_parts.append(np.zeros((d_in, rank), np.float32))
+      a_parts.append(np.zeros((rank, d_in), np.float32))
       b_parts.append(np.zeros((rank, d_out), np.float32))
   if not a_parts:
     return None
-  return np.concatenate(a_parts, 1), np.concatenate(b_parts, 0)
+  return np.concatenate(a_parts, 0), np.concatenate(b_parts, 0)
 
 
 def combination_rank(flix: FlixConfig, ids) -> int:
@@ -611,7 +611,7 @@ def peft_adapter(params, config: T5Config, flix: FlixConfig, ids, *,
       continue
     a, b = combination_lora(layer, flix, ids)  # Not None: rank > 0.
     prefix = f"base_model.model.{hf_module}"
-    tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a.T)  # (R, in)
+    tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a)  # (R, in)
     tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b.T)  # (out, R)
     modules.append(hf_module)
   if not modules:

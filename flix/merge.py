@@ -33,11 +33,11 @@ def combination_delta(layer_params, flix: FlixConfig, ids) -> jax.Array:
   shared_rank = flix.space.shared_rank
   if shared_rank and a_name("shared") in layer_params:
     delta += flix.scale(shared_rank) * jnp.matmul(
-        layer_params[a_name("shared")], layer_params[b_name("shared")], precision=_HIGHEST)
+        layer_params[a_name("shared")].T, layer_params[b_name("shared")], precision=_HIGHEST)
   for t, i in zip(flix.space.types, ids):
     if i >= 0 and a_name(t.name) in layer_params:
       delta += flix.scale(t.rank) * jnp.matmul(
-          layer_params[a_name(t.name)][i], layer_params[b_name(t.name)][i], precision=_HIGHEST)
+          layer_params[a_name(t.name)][i].T, layer_params[b_name(t.name)][i], precision=_HIGHEST)
   return delta
 
 

@@ -114,7 +114,7 @@ def check_row_indexable(init, params, flix: FlixConfig) -> None:
   `init` is the optimizer's init; it is traced (abstractly) for `params` and for params whose
   tables have one more row: a table's state leaves must grow by exactly one leading row, and all
   other state leaves must not change shape (e.g. optax.adafactor's column statistics `v_col`
-  of a `[F, d_in, r]` table average over rows and fail this check).
+  of a `[F, r, d_in]` table average over rows and fail this check).
   """
   sizes = {}
   for t in flix.space.types:

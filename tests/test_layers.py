@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flix import rows
+from flix import layers, rows
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.layers import FlixDense
@@ -56,19 +56,36 @@ def test_strategies_agree_on_outputs_and_gradients():
   assert not np.any(ref_g[0]["lora_b_lang"][1]) and np.any(ref_g[0]["lora_b_lang"][0])
 
 
+def test_example_rows_one_hot_equals_take_exactly():
+  """Small tables are gathered by a one-hot matmul, large ones by take: same rows and gradients."""
+  table = jax.random.normal(jax.random.key(3), (5, 4, 16))
+  ids = jnp.asarray([4, 0, 2, 2, 1, 4], jnp.int32)
+  w = jax.random.normal(jax.random.key(4), (6, 4, 16))
+
+  def loss(t, tokens):
+    return jnp.sum(w * layers.example_rows(t, ids, tokens))
+
+  by_matmul, by_take = layers.example_rows(table, ids, 5), layers.example_rows(table, ids, 4)
+  np.testing.assert_array_equal(by_matmul, by_take)
+  np.testing.assert_array_equal(by_take, np.asarray(table)[np.asarray(ids)])
+  grad_matmul, grad_take = jax.grad(loss)(table, 5), jax.grad(loss)(table, 4)
+  np.testing.assert_allclose(grad_matmul, grad_take, rtol=1e-6, atol=1e-6)
+  assert not np.any(grad_matmul[3])  # Row 3 is nobody's: no gradient.
+
+
 def test_adapter_math_matches_hand_computation():
-  """y = x W + sum_t s_t x A_t[f] B_t[f] + s_shared x A B, per example, with s = alpha / r."""
+  """y = x W + sum_t s_t x A_t[f]^T B_t[f] + s_shared x A^T B, per example, with s = alpha / r."""
   flix = FlixConfig(tiny.space(), alpha=6.0)
   layer, p = layer_and_params(flix)
   x, ids = x_and_ids()
   y = np.asarray(layer.apply({"params": p}, x, ids))
   xn = np.asarray(x, np.float64)
   for i, (task, lang) in enumerate(np.asarray(ids)):
-    w = np.asarray(p["kernel"], np.float64) + 6.0 / 2 * p["lora_a_shared"] @ p["lora_b_shared"]
+    w = np.asarray(p["kernel"], np.float64) + 6.0 / 2 * p["lora_a_shared"].T @ p["lora_b_shared"]
     if task >= 0:
-      w = w + 6.0 / 4 * np.asarray(p["lora_a_task"][task]) @ np.asarray(p["lora_b_task"][task])
+      w = w + 6.0 / 4 * np.asarray(p["lora_a_task"][task]).T @ np.asarray(p["lora_b_task"][task])
     if lang >= 0:
-      w = w + 6.0 / 2 * np.asarray(p["lora_a_lang"][lang]) @ np.asarray(p["lora_b_lang"][lang])
+      w = w + 6.0 / 2 * np.asarray(p["lora_a_lang"][lang]).T @ np.asarray(p["lora_b_lang"][lang])
     np.testing.assert_allclose(y[i], xn[i] @ w, rtol=1e-5, atol=1e-5)
 
 
@@ -78,7 +95,7 @@ def test_shared_only_equals_hand_written_lora():
     layer, p = layer_and_params(FlixConfig(FeatureSpace.lora(rank), alpha=alpha, rslora=rslora))
     x, _ = x_and_ids()
     scale = alpha / (np.sqrt(rank) if rslora else rank)
-    lora = x @ p["kernel"] + scale * (x @ p["lora_a_shared"]) @ p["lora_b_shared"]
+    lora = x @ p["kernel"] + scale * (x @ p["lora_a_shared"].T) @ p["lora_b_shared"]
     np.testing.assert_allclose(layer.apply({"params": p}, x, None), lora, **TOL)
     assert set(p) == {"kernel", "lora_a_shared", "lora_b_shared"}
 
@@ -87,7 +104,7 @@ def test_lora_a_init_matches_peft_bound():
   layer, p = layer_and_params(FlixConfig(tiny.space()), randomize=False)
   bound = 1 / np.sqrt(16)  # kaiming_uniform(a=sqrt(5)) on fan_in = d_in = 16.
   a = np.asarray(p["lora_a_task"])
-  assert a.shape == (3, 16, 4) and np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
+  assert a.shape == (3, 4, 16) and np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
 
 
 @pytest.mark.parametrize("strategy", ["masked", "gather", "ragged"])
@@ -129,7 +146,7 @@ def test_compact_rows_give_dense_outputs_and_gradients():
   small = FlixDense(8, ("embed", "mlp"), flix.replace(row_limit=2))
   r = rows.active_rows(ids, flix)
   cp, cids = rows.take_rows(p, flix, r), rows.compact_ids(ids, r)
-  assert cp["lora_a_task"].shape == (2, 16, 4) and cp["lora_a_lang"].shape == (2, 16, 2)
+  assert cp["lora_a_task"].shape == (2, 4, 16) and cp["lora_a_lang"].shape == (2, 2, 16)
   np.testing.assert_allclose(small.apply({"params": cp}, x, cids), dense_y, **TOL)
   compact_g = jax.grad(loss, argnums=1)(small, cp, cids)
   zeros = jax.tree.map(jnp.zeros_like, p)

@@ -1,6 +1,6 @@
 """Row-separable optimizers: every feature-table row is its own parameter.
 
-A feature table `[F, d_in, r]` (or `[F, r, d_out]`) holds F independent adapters. `per_row(inner)`
+A feature table `[F, r, d_in]` (or `[F, r, d_out]`) holds F independent adapters. `per_row(inner)`
 applies the optax transformation `inner` to each leaf on its own, and to each *row* of a feature
 table on its own (`jax.vmap` over the leading feature axis), so that:
   * every optimizer-state leaf of a table has a leading `[F]` axis, step counts included (a row's
@@ -10,8 +10,8 @@ That is what makes lazy row updates (`flix.training.sparse_step`) possible: rows
 batch keep their parameters and state untouched.
 
 For Adam this is plain Adam (elementwise) with per-row bias-correction counts. For Adafactor each
-row is its own `[d_in, r]` matrix: factored when both dims are >= min_dim_size_to_factor (128;
-with adapter ranks < 128 the per-row second moment is unfactored, `[F, d_in, r]` like Adam's nu),
+row is its own `[r, d_in]` matrix: factored when both dims are >= min_dim_size_to_factor (128;
+with adapter ranks < 128 the per-row second moment is unfactored, `[F, r, d_in]` like Adam's nu),
 and update clipping (`clip_by_block_rms`) uses that row's RMS. Global-norm gradient clipping,
 weight decay and the learning-rate schedule stay outside `per_row` (they use the global step).
 """

@@ -18,7 +18,7 @@ with all rows present in every step, a row-sparse step equals a dense step.
 
 The optimizer must keep every table's state row-indexed (checked when the step is traced,
 `flix.rows.check_row_indexable`): optax's own Adam qualifies (then with a global bias-correction
-count, as TF LazyAdam), optax's Adafactor does not (it factors `[F, d_in, r]` across rows).
+count, as TF LazyAdam), optax's Adafactor does not (it factors `[F, r, d_in]` across rows).
 """
 
 from __future__ import annotations
