@@ -318,7 +318,7 @@ def add_layer_parser(sub) -> None:
   p.add_argument("--length", type=int, default=128)
   p.add_argument("--d", type=int, default=512, help="d_in = d_out")
   p.add_argument("--rank", type=int, default=8, help="rank of every feature adapter")
-  p.add_argument("--settle", type=int, default=1,
+  p.add_argument("--settle", type=int, default=3,
                  help="untimed calls of a configuration right before each of its timed calls")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max-temp-gib", type=float, default=4.0,

@@ -16,7 +16,8 @@ for each optimizer (AdamW; Adafactor as in T5X fine-tuning: decay 0.8, no moment
 paths use the trainer's default optax optimizers (Adafactor factored over whole tables).
 
 Per optimizer, everything is compiled and warmed up first; then every round runs every
-configuration once, in a fixed interleaved order; medians over rounds are reported. Memory is
+configuration in a fixed interleaved order, `--settle` untimed steps and one timed step each;
+medians over rounds are reported. Memory is
 XLA's plan for the compiled step (`compiled.memory_analysis()`: arguments + outputs - donated
 aliases + temporaries), i.e. the step's peak live bytes, not the process RSS.
 """
@@ -208,6 +209,8 @@ def run_optimizer(optimizer: str, cfg: T5Config, args, log) -> list[dict]:
   for i in range(args.repeats):
     start = time.perf_counter()
     for c in cases:
+      for _ in range(args.settle):
+        timed(c)
       c.seconds.append(timed(c))
     log(f"{optimizer}: round {i + 1}/{args.repeats}: {time.perf_counter() - start:.1f} s")
   tokens = args.batch * (args.in_len + args.out_len)
@@ -303,6 +306,10 @@ def add_train_parser(sub, int_list: Callable[[str], list[int]]) -> None:
   p.add_argument("--methods", type=lambda s: [v for v in s.split(",") if v],
                  default=list(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
   p.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds")
+  p.add_argument("--settle", type=int, default=1,
+                 help="untimed steps of a configuration before each timed one: they absorb what "
+                      "the previous configuration left behind (a dense F=1024 step's GiB-sized "
+                      "temporaries evict caches and allocator pages)")
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--in-len", type=int, default=64)
   p.add_argument("--out-len", type=int, default=32)
@@ -332,3 +339,5 @@ def check_train_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     parser.error(f"--methods must be among {METHODS} and include {REFERENCE}, got {args.methods}")
   if args.repeats < 1:
     parser.error("--repeats must be >= 1")
+  if args.settle < 0:
+    parser.error("--settle must be >= 0")

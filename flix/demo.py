@@ -81,7 +81,7 @@ FULL = DemoConfig(
     model=SMALL_T5,
     pretrain_steps=3000, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
     pretrain_schedule="constant",
-    finetune_steps=1000, finetune_learning_rate=1e-3,
+    finetune_steps=2000, finetune_learning_rate=1e-3,
     batch_size=32, feature_rank=8, feature_dropout=0.3)
 
 QUICK = DemoConfig(
@@ -273,12 +273,24 @@ def main(argv=None) -> int:
                       help="FLix with feature dropout p in {0, 0.3, 0.5, 0.7} instead")
   parser.add_argument("--split", choices=("validation", "test"), default=None,
                       help="evaluation split (default: test; use validation to tune)")
+  parser.add_argument("--finetune_steps", type=int, default=None,
+                      help="fine-tuning steps of each method (default: 2000; --quick: 150)")
+  parser.add_argument("--feature_rank", type=int, default=None,
+                      help="FLix rank per feature type; LoRA gets twice it (default: 8)")
   args = parser.parse_args(argv)
   from absl import logging as absl_logging  # seqio's "uncached FunctionDataset" notes.
   absl_logging.set_verbosity(absl_logging.ERROR)
   cfg = QUICK if args.quick else FULL
   if args.split:
     cfg = dataclasses.replace(cfg, eval_split=args.split)
+  if args.finetune_steps is not None:
+    if args.finetune_steps < 1:
+      parser.error(f"--finetune_steps must be >= 1, got {args.finetune_steps}")
+    cfg = dataclasses.replace(cfg, finetune_steps=args.finetune_steps)
+  if args.feature_rank is not None:
+    if args.feature_rank < 1:
+      parser.error(f"--feature_rank must be >= 1, got {args.feature_rank}")
+    cfg = dataclasses.replace(cfg, feature_rank=args.feature_rank)
   if os.path.exists(os.path.join(args.out, "results.json")):
     print(f"error: {args.out}/results.json exists; choose another --out or remove it",
           file=sys.stderr)

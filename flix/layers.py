@@ -17,6 +17,8 @@ Compute strategies for the featurized part (the shared adapter is always a plain
            independent of batch x adapter bytes. Best when F * r is small.
   gather:  gathers each example's A_t[f] and B_t[f] (batch x adapter bytes) and applies them
            with batched matmuls. Cost independent of F; the forward reads only active rows.
+           Tables with at most T rows (T = tokens per example; the compact tables of a training
+           step) are gathered by an exact one-hot matmul, whose gradient is a matmul too.
   ragged:  sorts tokens by feature value and uses `jax.lax.ragged_dot` (grouped matmul, reads
            each active adapter once). Meant for backends with a grouped-matmul kernel; XLA:CPU
            lowers it to a dense loop over all F groups (measured: cost linear in F).

@@ -38,3 +38,11 @@ def test_quick_demo_writes_results_heatmap_and_report(tmp_path):
   # A second run reuses the cached base and refuses to overwrite results.
   assert demo.main(["--quick", "--out", str(out), "--cache_dir", str(cache)]) == 1
   assert len(list(cache.iterdir())) == 1
+
+
+@pytest.mark.parametrize("flag", ["--finetune_steps", "--feature_rank"])
+def test_bad_sizes_are_refused_before_anything_runs(tmp_path, capsys, flag):
+  with pytest.raises(SystemExit):
+    demo.main(["--quick", flag, "0", "--out", str(tmp_path / "out")])
+  assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
