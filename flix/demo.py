@@ -283,14 +283,12 @@ def main(argv=None) -> int:
   cfg = QUICK if args.quick else FULL
   if args.split:
     cfg = dataclasses.replace(cfg, eval_split=args.split)
-  if args.finetune_steps is not None:
-    if args.finetune_steps < 1:
-      parser.error(f"--finetune_steps must be >= 1, got {args.finetune_steps}")
-    cfg = dataclasses.replace(cfg, finetune_steps=args.finetune_steps)
-  if args.feature_rank is not None:
-    if args.feature_rank < 1:
-      parser.error(f"--feature_rank must be >= 1, got {args.feature_rank}")
-    cfg = dataclasses.replace(cfg, feature_rank=args.feature_rank)
+  for field in ("finetune_steps", "feature_rank"):  # Size overrides of the config.
+    value = getattr(args, field)
+    if value is not None:
+      if value < 1:
+        parser.error(f"--{field} must be >= 1, got {value}")
+      cfg = dataclasses.replace(cfg, **{field: value})
   if os.path.exists(os.path.join(args.out, "results.json")):
     print(f"error: {args.out}/results.json exists; choose another --out or remove it",
           file=sys.stderr)
