@@ -6,6 +6,7 @@ import gin
 import optax
 
 from flix.training.per_row import per_row as per_row_transform
+from flix.training.row_adafactor import scale_table_rows_by_rms
 
 OPTIMIZERS = ("adafactor", "adamw")
 SCHEDULES = ("constant", "rsqrt", "linear", "cosine")
@@ -69,7 +70,8 @@ def _per_row_optimizer(name: str, lr: optax.ScalarOrSchedule, weight_decay: floa
                        optax.add_decayed_weights(weight_decay),
                        optax.scale_by_learning_rate(lr))
   rows = per_row_transform(optax.chain(optax.scale_by_factored_rms(decay_rate=decay_rate),
-                                       optax.clip_by_block_rms(1.0)))
+                                       optax.clip_by_block_rms(1.0)),
+                           tables=scale_table_rows_by_rms(decay_rate=decay_rate))
   tail = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
   return optax.chain(rows, optax.scale_by_learning_rate(lr, flip_sign=False), *tail,
                      optax.scale(-1))

@@ -38,15 +38,22 @@ def is_table_param(path, leaf) -> bool:
           and getattr(leaf, "ndim", 0) == 3)
 
 
-def per_row(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`inner` per leaf, and per row (vmapped over axis 0) on feature tables (`is_table_param`)."""
+def per_row(inner: optax.GradientTransformation,
+            tables: optax.GradientTransformation | None = None) -> optax.GradientTransformation:
+  """`inner` per leaf, and per row on feature tables (`is_table_param`).
 
-  def leaf_fn(path, leaf, fn):
-    return jax.vmap(fn) if is_table_param(path, leaf) else fn
+  tables: the transformation for one whole table `[F, ...]`, computing `inner` row by row with
+  every state leaf indexed by row (e.g. `row_adafactor.scale_table_rows_by_rms`). Default:
+  `inner` vmapped over the leading axis.
+  """
+  on_table = tables or optax.GradientTransformation(jax.vmap(inner.init), jax.vmap(inner.update))
+
+  def leaf_fn(path, leaf, name):
+    return getattr(on_table if is_table_param(path, leaf) else inner, name)
 
   def init(params):
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    states = [leaf_fn(p, v, inner.init)(v) for p, v in leaves]
+    states = [leaf_fn(p, v, "init")(v) for p, v in leaves]
     return PerLeafState(jax.tree_util.tree_unflatten(treedef, states))
 
   def update(updates, state, params=None):
@@ -55,7 +62,7 @@ def per_row(inner: optax.GradientTransformation) -> optax.GradientTransformation
     plain = (treedef.flatten_up_to(params) if params is not None else [None] * len(leaves))
     new_updates, new_states = [], []
     for (path, g), s, p in zip(leaves, states, plain):
-      u, s = leaf_fn(path, g, inner.update)(g, s, p)
+      u, s = leaf_fn(path, g, "update")(g, s, p)
       new_updates.append(u)
       new_states.append(s)
     return (jax.tree_util.tree_unflatten(treedef, new_updates),
