@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix import bench_decode, bench_peft, bench_train
+from flix import bench_decode, bench_peft, bench_train, host_memory
 from flix.bench_train import feature_config
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
@@ -350,6 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
+  host_memory.retain_freed_memory()  # Before JAX starts its backend.
   return args.func(args)
 
 

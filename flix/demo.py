@@ -26,6 +26,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from flix import host_memory  # noqa: E402
 from flix.data.offline import OfflineConfig  # noqa: E402
 from flix.models.t5 import T5Config  # noqa: E402
 
@@ -278,6 +279,7 @@ def main(argv=None) -> int:
   parser.add_argument("--feature_rank", type=int, default=None,
                       help="FLix rank per feature type; LoRA gets twice it (default: 8)")
   args = parser.parse_args(argv)
+  host_memory.retain_freed_memory()  # Before JAX starts its backend.
   from absl import logging as absl_logging  # seqio's "uncached FunctionDataset" notes.
   absl_logging.set_verbosity(absl_logging.ERROR)
   cfg = QUICK if args.quick else FULL

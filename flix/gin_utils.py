@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 
 import gin
 
+from flix import host_memory
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before TensorFlow is first imported.
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -60,6 +62,7 @@ def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> No
   """Parses flags and gin, runs `main`, and turns user errors into one line + exit code."""
   argv = sys.argv[1:] if argv is None else argv
   try:
+    host_memory.retain_freed_memory()  # Before JAX starts its backend.
     parse_gin(*parse_flags(argv))
     code = main()
   except KeyboardInterrupt:
