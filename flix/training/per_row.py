@@ -46,7 +46,8 @@ def per_row(inner: optax.GradientTransformation,
   every state leaf indexed by row (e.g. `row_adafactor.scale_table_rows_by_rms`). Default:
   `inner` vmapped over the leading axis.
   """
-  on_table = tables or optax.GradientTransformation(jax.vmap(inner.init), jax.vmap(inner.update))
+  on_table = tables if tables is not None else optax.GradientTransformation(
+      jax.vmap(inner.init), jax.vmap(inner.update))
 
   def leaf_fn(path, leaf, name):
     return getattr(on_table if is_table_param(path, leaf) else inner, name)
