@@ -66,5 +66,6 @@ def test_state_holds_only_the_statistics_a_row_uses():
   assert isinstance(factored, FactoredTableRms)
   assert [x.shape for x in factored] == [(4,), (4, 128), (4, 512)]
   # optax's vmapped state carries [F, 1] placeholders for the unused statistics.
-  placeholders = [x.shape for x in jax.tree.leaves(vmapped_optax(128).init(jnp.zeros((512, 8, 256))))]
+  vmapped_state = vmapped_optax(128).init(jnp.zeros((512, 8, 256)))
+  placeholders = [x.shape for x in jax.tree.leaves(vmapped_state)]
   assert (512, 1) in placeholders

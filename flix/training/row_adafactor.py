@@ -40,7 +40,7 @@ class FactoredTableRms(NamedTuple):
 
 def factored_dims(row_shape: tuple[int, ...], min_dim_size_to_factor: int
                   ) -> tuple[int, int] | None:
-  """optax's rule for one row: the row's two largest axes (d1, d0) if the smaller is large enough."""
+  """optax's rule for one row: its two largest axes (d1, d0) if the smaller is large enough."""
   if len(row_shape) < 2:
     return None
   order = np.argsort(row_shape)
@@ -61,8 +61,8 @@ def scale_table_rows_by_rms(decay_rate: float = 0.8, epsilon: float = 1e-30,
 
   Equals `jax.vmap` of `chain(scale_by_factored_rms(decay_rate, epsilon=epsilon,
   min_dim_size_to_factor=...), clip_by_block_rms(clip_threshold))` over the table's leading axis,
-  up to rsqrt rounding. Its init and update take one array, not a tree. Every state leaf has the leading `[F]` axis, so rows can be gathered and
-  updated lazily (`flix.training.sparse_step`).
+  up to rsqrt rounding. Its init and update take one array, not a tree. Every state leaf has the
+  leading `[F]` axis, so rows can be gathered and updated lazily (`flix.training.sparse_step`).
   """
 
   def init(table):
