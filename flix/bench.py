@@ -117,7 +117,7 @@ def compact_step(flix: FlixConfig, d: int, batch: int) -> Callable:
 
   def step(x, tables, kernel, ids):
     rows = active_rows(ids, flix)
-    return grad(x, take_rows(tables, flix, rows), kernel, compact_ids(ids, rows))
+    return grad(x, take_rows(tables, flix, rows), kernel, compact_ids(ids, rows, flix))
 
   return jax.jit(step)
 

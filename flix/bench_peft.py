@@ -66,6 +66,7 @@ from flix.bench_train import add_size_flags, feature_config
 from flix.checkpoints import adapter_leaves, graft, strip_adapters
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
+from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5, T5Config
 from flix.trainable import freeze_base, trainable_mask
 from flix.training.optimizers import make_optimizer
@@ -122,7 +123,8 @@ def flix_train_step(model: T5, params, batch: dict, seed: int) -> Callable[[], N
   state = TrainState(step=jnp.int32(0), params=jax.tree.map(jnp.array, params),  # Copies.
                      opt_state=optimizer.init(params),
                      rng=jax.random.key_data(jax.random.key(seed)))
-  step = jax.jit(make_train_step(model, optimizer, trainable_mask(params, "lora"), StepConfig()),
+  step = jax.jit(make_train_step(EncoderDecoderModel(model), optimizer,
+                                 trainable_mask(params, "lora"), StepConfig()),
                  donate_argnums=0)
   compiled = step.lower(state, batch).compile()
   holder = {"state": state}

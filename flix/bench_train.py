@@ -12,8 +12,9 @@ d_ff 1024; `--model small`: configs/models/small.gin) on a synthetic batch of 32
                 base frozen, dense step: F-sized gradients and optimizer updates;
   flix_sparse   the same with `StepConfig.row_sparse` and a row-separable optimizer
                 (`make_optimizer.per_row`): compact gradients, lazy updates of the batch's rows.
-for each optimizer (AdamW; Adafactor as in T5X fine-tuning: decay 0.8, no momentum). The dense
-paths use the trainer's default optax optimizers (Adafactor factored over whole tables).
+for each optimizer (AdamW; Adafactor as in T5X fine-tuning: decay 0.8, no momentum), both in
+the trainer's default row-separable form (`make_optimizer(per_row=True)`); the dense FLix step is
+the trainer's default lazy one (rows absent from the batch keep params and state).
 
 Per optimizer, everything is compiled and warmed up first; then every round runs every
 configuration in a fixed interleaved order, `--settle` untimed steps and one timed step each;
@@ -41,7 +42,8 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
-from flix.models.t5 import T5, T5Config, abstract_params
+from flix.models.model import BaseModel, EncoderDecoderModel, make_model
+from flix.models.t5 import T5, T5Config
 from flix.trainable import freeze_base, trainable_mask
 from flix.training.optimizers import make_optimizer
 from flix.training.sparse_step import make_row_sparse_train_step
@@ -119,10 +121,11 @@ def make_batch(cfg: T5Config, flix: FlixConfig | None, args) -> dict[str, jax.Ar
           "feature_ids": jnp.asarray(ids, jnp.int32)}
 
 
-def synthetic_params(model: T5, seed: int) -> dict:
+def synthetic_params(model: BaseModel | T5, seed: int) -> dict:
   """Plain float32 params of `model` drawn with numpy (flax's op-by-op init costs seconds per
   model on 2 cores): kernels fan-in scaled normal, norms 1, LoRA A uniform, LoRA B zero."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(model))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(
+      (model if isinstance(model, BaseModel) else EncoderDecoderModel(model)).abstract_params())
   rng = np.random.default_rng(seed)
   out = []
   for path, leaf in leaves:
@@ -154,11 +157,11 @@ def memory_plan(compiled) -> dict:
 def build(case: Case, cfg: T5Config, args) -> None:
   """Initialises the state and compiles the donating step; `case.run` then runs one step."""
   flix = flix_config(case.method, case.n_features, args.rank)
-  model = T5(cfg, flix)
+  model = make_model(cfg, flix)
   params = synthetic_params(model, args.seed)
   method = {"full": "full", "frozen": "flix"}.get(case.method, "lora")
   sparse = case.method == "flix_sparse"
-  optimizer = freeze_base(make_optimizer(case.optimizer, learning_rate=1e-3, per_row=sparse),
+  optimizer = freeze_base(make_optimizer(case.optimizer, learning_rate=1e-3),
                           params, method)
   mask = trainable_mask(params, method)
   if case.method == "frozen":

@@ -6,21 +6,12 @@ import dataclasses
 import fnmatch
 import json
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 from flix.features import FeatureSpace
 
 Strategy = Literal["auto", "masked", "gather", "ragged"]
 STRATEGIES = ("auto", "masked", "gather", "ragged")
-
-# Every projection of an encoder-decoder T5 that can carry an adapter, as "<block>.<projection>".
-ATTENTION_BLOCKS = ("encoder.attention", "decoder.self_attention",
-                    "decoder.encoder_decoder_attention")
-ATTENTION_PROJECTIONS = ("query", "key", "value", "out")
-MLP_BLOCKS = ("encoder.mlp", "decoder.mlp")
-MLP_PROJECTIONS = ("wi", "wi_0", "wi_1", "wo")  # "wi" exists only in the ReLU (original T5) MLP.
-ALL_TARGETS = tuple(f"{b}.{p}" for b in ATTENTION_BLOCKS for p in ATTENTION_PROJECTIONS) + tuple(
-    f"{b}.{p}" for b in MLP_BLOCKS for p in MLP_PROJECTIONS)
 
 # `auto` uses the dense masked strategy while every feature's rank fits in this many columns
 # (sum over types of F_t * r_t); beyond it, per-example gather. See `flix.layers`.
@@ -36,8 +27,10 @@ class FlixConfig:
     alpha: scale numerator; each adapter's update is scaled by alpha / r (alpha / sqrt(r) with
       `rslora`), r being that adapter's rank. None means alpha = r, i.e. scale 1.
     rslora: rank-stabilised scaling.
-    targets: fnmatch patterns over `ALL_TARGETS` naming the adapted projections, e.g.
-      ("*",) for all, ("*.query", "*.value") for attention q/v, ("encoder.*",).
+    targets: fnmatch patterns over the network's projection names (each network declares its
+      own, e.g. T5's "encoder.attention.query", "decoder.mlp.wo"; see `T5.projection_names`),
+      e.g. ("*",) for all, ("*.query", "*.value") for attention q/v, ("encoder.*",). Patterns are
+      checked against a network's names when a model is built (`check_targets`).
     strategy: how featurized adapters are computed (`flix.layers`); "auto" picks per layer.
     row_limit: if set, every feature table holds min(F_t, row_limit) rows: the compact tables of
       `flix.rows`, which hold only the rows a batch uses.
@@ -58,15 +51,19 @@ class FlixConfig:
       raise ValueError(f"alpha must be > 0 or None, got {self.alpha!r}")
     if self.row_limit is not None and self.row_limit < 1:
       raise ValueError(f"row_limit must be >= 1 or None, got {self.row_limit!r}")
+    if not self.targets or not all(isinstance(p, str) and p for p in self.targets):
+      raise ValueError(f"targets must be non-empty fnmatch patterns, got {self.targets!r}")
+
+  def check_targets(self, projections: Sequence[str]) -> None:
+    """Raises ValueError unless every target pattern matches one of `projections` (a network's
+    declared projection names)."""
     for pattern in self.targets:
-      if not fnmatch.filter(ALL_TARGETS, pattern):
-        raise ValueError(f"target pattern {pattern!r} matches no projection; projections are "
-                         f"{list(ALL_TARGETS)}")
+      if not fnmatch.filter(projections, pattern):
+        raise ValueError(f"target pattern {pattern!r} matches no projection of this network; "
+                         f"its projections are {list(projections)}")
 
   def adapts(self, target: str) -> bool:
-    """Whether the projection named `target` (one of ALL_TARGETS) gets adapters."""
-    if target not in ALL_TARGETS:
-      raise ValueError(f"unknown projection {target!r}; expected one of {list(ALL_TARGETS)}")
+    """Whether the projection named `target` gets adapters."""
     return any(fnmatch.fnmatchcase(target, p) for p in self.targets)
 
   def scale(self, rank: int) -> float:

@@ -154,9 +154,9 @@ def finetune(cfg: DemoConfig, reg, base: str, method: str, model_dir: str,
 def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str) -> dict[str, Any]:
   """Greedy decoding on every pair of `split`; returns the method's results record."""
   from flix import checkpoints, evaluation
-  from flix.models.t5 import T5
+  from flix.models.model import make_model
   model_config, flix, params = checkpoints.load_model(checkpoint)
-  report = evaluation.evaluate(T5(model_config, flix), params, reg.eval_mixture,
+  report = evaluation.evaluate(make_model(model_config, flix), params, reg.eval_mixture,
                                out_dir=out_dir, feature_lengths=reg.task_feature_lengths,
                                batch_size=cfg.eval_batch_size, holdout=reg.data.holdout,
                                split=split)

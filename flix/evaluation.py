@@ -7,12 +7,13 @@ predicted ids with the targets' vocabulary, applies the task's postprocessor and
 
 The predict function runs fixed-size batches: the last, short batch of a pair is padded with
 empty rows (PAD tokens, INACTIVE feature ids) whose outputs are dropped, so one compiled decode
-serves every batch. Predictions come from `flix.decoding.decode` (greedy by default) or from any
-`BatchPredictor` (e.g. `target_predictor`, an oracle that checks the metric path).
+serves every batch. Predictions come from the model object's `predict_batch` (greedy by default)
+or from any `BatchPredictor` (e.g. `target_predictor`, an oracle that checks the metric path).
 
 Written under `out_dir`:
   predictions/{seqio task name}.jsonl   one line per example: index, inputs, target, prediction
-                                        (as the metrics see it), features, feature_ids, score.
+                                        (as the metrics see it), features, feature_ids, score,
+                                        and `references` where a task accepts several answers.
   report.json                           per-pair metrics and pair info, and the aggregates
                                         by_task / by_lang / by_kind / overall (flix.data.aggregate).
   report.md                             the same as markdown tables.
@@ -37,11 +38,10 @@ from seqio import metrics as seqio_metrics
 
 from flix import decoding
 from flix.data.aggregation import aggregate, as_pair
-from flix.data.converter import FlixEncDecFeatureConverter
-from flix.data.pairs import SPLIT_KINDS, HoldOut
+from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered
 from flix.data.vocab import FEATURE_IDS
 from flix.features import INACTIVE
-from flix.models.t5 import T5
+from flix.models.model import BaseModel, EncoderDecoderModel, make_model
 
 PREDICTIONS_DIR = "predictions"
 REPORT_JSON = "report.json"
@@ -156,9 +156,9 @@ def build_report(per_pair: Mapping[str, Mapping[str, Any]], holdout: HoldOut | N
 
 
 # -- predictors ---------------------------------------------------------------------------------
-def model_predictor(model: T5, params, *, max_length: int,
+def model_predictor(model: BaseModel, params, *, max_length: int,
                     decode_kwargs: Mapping[str, Any] | None = None) -> BatchPredictor:
-  """Decodes a model batch with `flix.decoding.decode` (greedy unless decode_kwargs say else).
+  """Decodes a model batch with `model.predict_batch` (greedy unless decode_kwargs say else).
 
   A sampling `rng` in decode_kwargs is folded with a running batch counter, so batches get
   different (but reproducible) samples.
@@ -176,9 +176,7 @@ def model_predictor(model: T5, params, *, max_length: int,
   def predict(batch: Mapping[str, np.ndarray]) -> decoding.DecodeResult:
     key = None if rng is None else jax.random.fold_in(rng, counter[0])
     counter[0] += 1
-    ids = batch[FEATURE_IDS] if model.n_types else None  # LoRA / full: ids not used.
-    return decoding.decode_with_options(model, params, batch["encoder_input_tokens"], ids,
-                                        options, key)
+    return model.predict_batch(params, batch, options, key)
   return predict
 
 
@@ -220,7 +218,8 @@ class PairEvaluator:
 
   def __init__(self, tasks: str | Sequence[str], *, feature_lengths: Mapping[str, int],
                batch_size: int, holdout: HoldOut | None = None, split: str = "validation",
-               n_types: int | None = None, num_examples: int | None = None):
+               n_types: int | None = None, num_examples: int | None = None,
+               feature_converter_cls: type = EncoderDecoderModel.FEATURE_CONVERTER_CLS):
     """
     Args:
       tasks: seqio mixture and/or task names (pair tasks named `{prefix}.{task}.{lang}`).
@@ -231,6 +230,7 @@ class PairEvaluator:
       split: the split to evaluate ("validation" or "test").
       n_types: feature types per example; default: read from the first task's dataset.
       num_examples: evaluate only the first this-many examples of each pair.
+      feature_converter_cls: the model family's converter (`BaseModel.FEATURE_CONVERTER_CLS`).
     """
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if not names:
@@ -269,7 +269,7 @@ class PairEvaluator:
                          "prediction metrics are supported")
       as_pair(task.name)  # Loud now, not after decoding, if a name is not a pair name.
     self.n_types = _infer_n_types(valid[0], split) if n_types is None else n_types
-    converter = FlixEncDecFeatureConverter(self.n_types)
+    converter = feature_converter_cls(self.n_types)
     self._evaluators = []
     for name in names:
       self._evaluators.append(seqio.Evaluator(
@@ -278,7 +278,7 @@ class PairEvaluator:
           async_compute_metrics=False))
     self.task_names = tuple(t.name for e in self._evaluators for t in e.eval_tasks)
 
-  def evaluate(self, model: T5, params, *, out_dir: str | None, step: int | None = None,
+  def evaluate(self, model: BaseModel, params, *, out_dir: str | None, step: int | None = None,
                decode_kwargs: Mapping[str, Any] | None = None) -> Report:
     """Decodes every pair with `model` (greedy by default) and reports; see `evaluate`."""
     n_model = model.n_types
@@ -356,10 +356,14 @@ class PairEvaluator:
               else vocab.decode(ids.tolist()))
       if task.postprocess_fn is not None:
         text = task.postprocess_fn(text, example=ex, is_target=False)
+      target = _text(ex.get("targets_pretokenized"))
       record = {"index": i, "inputs": _text(ex.get("inputs_pretokenized")),
-                "target": _text(ex.get("targets_pretokenized")), "prediction": text,
-                "features": pair.features,
+                "target": target, "prediction": text, "features": pair.features,
                 "feature_ids": np.asarray(ex[FEATURE_IDS]).tolist()}
+      if task.postprocess_fn is not None and target is not None:
+        references = task.postprocess_fn(target, example=ex, is_target=True)
+        if isinstance(references, list):  # Every accepted answer, as the metrics see them.
+          record["references"] = references
       if i in scores:
         record["score"] = scores[i]
       records.append(record)
@@ -390,7 +394,7 @@ def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
       f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
 
 
-def evaluate(model: T5, params, tasks: str | Sequence[str], *, out_dir: str | None,
+def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: str | None,
              feature_lengths: Mapping[str, int], batch_size: int,
              holdout: HoldOut | None = None, split: str = "validation",
              decode_kwargs: Mapping[str, Any] | None = None, step: int | None = None,
@@ -398,7 +402,7 @@ def evaluate(model: T5, params, tasks: str | Sequence[str], *, out_dir: str | No
   """Evaluates `model` on every pair of `tasks` once (build a PairEvaluator to repeat).
 
   Args:
-    model, params: a flix T5 and its params.
+    model, params: a model object (`flix.models.model`) and its params.
     tasks: seqio mixture/task names of pair tasks, e.g. `reg.eval_mixture`.
     out_dir: predictions/*.jsonl, report.json and report.md go here (None: nothing written).
     feature_lengths: `{"inputs": ..., "targets": ...}`, e.g. `reg.task_feature_lengths`.
@@ -413,7 +417,8 @@ def evaluate(model: T5, params, tasks: str | Sequence[str], *, out_dir: str | No
     The Report (per_pair, by_task, by_lang, by_kind, overall).
   """
   evaluator = PairEvaluator(tasks, feature_lengths=feature_lengths, batch_size=batch_size,
-                            holdout=holdout, split=split, num_examples=num_examples)
+                            holdout=holdout, split=split, num_examples=num_examples,
+                            feature_converter_cls=model.FEATURE_CONVERTER_CLS)
   return evaluator.evaluate(model, params, out_dir=out_dir, step=step,
                             decode_kwargs=decode_kwargs)
 
@@ -427,13 +432,12 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
                         decode_kwargs: Mapping[str, Any] | None = None):
   """Evaluates `checkpoint_path` on `mixture_or_task_name`; returns the Report."""
   from flix import checkpoints
-  from flix.training.loop import check_task
-  check_task(mixture_or_task_name)
+  check_registered(mixture_or_task_name)
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
-  model = T5(model_config, flix)
+  model = make_model(model_config, flix)
   if model.n_types and registration is not None:
     checkpoints.check_feature_space(checkpoint_path, flix.space, registration.space)
-  holdout = getattr(getattr(registration, "data", None), "holdout", None)
+  holdout = getattr(registration, "holdout", None)
   report = evaluate(model, params, mixture_or_task_name, out_dir=output_dir,
                                feature_lengths=task_feature_lengths, batch_size=batch_size,
                                holdout=holdout, split=split, decode_kwargs=decode_kwargs)

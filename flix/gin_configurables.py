@@ -4,7 +4,7 @@ import gin
 
 from flix.data import offline, offline_tasks, xtreme_up  # noqa: F401 (xtreme_up registers itself)
 from flix import evaluation, inference  # noqa: F401 (evaluate_checkpoint, infer_file)
-from flix.models import t5
+from flix.models import model, t5  # noqa: F401 (model: EncoderDecoderModel)
 from flix.training import loop, optimizers, partitioning, step  # noqa: F401
 
 gin.external_configurable(t5.T5Config, "T5Config")

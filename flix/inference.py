@@ -13,12 +13,13 @@ import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import gin
+import jax
 import numpy as np
 
 from flix import decoding
-from flix.data.vocab import BYTE_VOCAB
-from flix.features import UnknownPolicy
-from flix.models.t5 import T5
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS
+from flix.features import INACTIVE, UnknownPolicy
+from flix.models.model import BaseModel, make_model
 
 
 def read_requests(path: str) -> list[dict[str, Any]]:
@@ -57,21 +58,24 @@ def tokenize(texts: Sequence[str], length: int, batch_size: int) -> np.ndarray:
   return out
 
 
-def predict(model: T5, params, requests: Sequence[Mapping[str, Any]], *, input_length: int,
+def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, input_length: int,
             max_length: int, batch_size: int = 32, unknown: UnknownPolicy = "error",
             decode_kwargs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
   """Decodes every request; returns the requests with `prediction` and `score` added."""
   space = model.flix.space if model.n_types else None
+  kwargs = dict(decode_kwargs or {})
+  rng = kwargs.pop("rng", None)  # Sampling: folded with the batch index.
+  options = decoding.DecodeOptions(max_length=max_length, **kwargs)
   results = []
-  for chunk in _batches(list(requests), batch_size):
-    tokens = tokenize([r["inputs"] for r in chunk], input_length, batch_size)
-    ids = None
+  for index, chunk in enumerate(_batches(list(requests), batch_size)):
+    batch = {"encoder_input_tokens": tokenize([r["inputs"] for r in chunk], input_length,
+                                              batch_size)}
     if space is not None:
       rows = space.encode_batch([r.get("features", {}) for r in chunk], unknown)
-      ids = np.full((batch_size, space.n_types), -1, np.int32)
-      ids[:len(chunk)] = rows
-    out = decoding.decode(model, params, tokens, ids, max_length=max_length,
-                          **dict(decode_kwargs or {}))
+      batch[FEATURE_IDS] = np.full((batch_size, space.n_types), INACTIVE, np.int32)
+      batch[FEATURE_IDS][:len(chunk)] = rows
+    out = model.predict_batch(params, batch, options,
+                              None if rng is None else jax.random.fold_in(rng, index))
     tokens_out, scores = np.asarray(out.tokens), np.asarray(out.scores)
     for i, request in enumerate(chunk):
       seq = [int(t) for t in tokens_out[i] if t > decoding.EOS_ID]
@@ -90,7 +94,7 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
   from flix import checkpoints
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
   requests = read_requests(input_file)
-  results = predict(T5(model_config, flix), params, requests,
+  results = predict(make_model(model_config, flix), params, requests,
                               input_length=task_feature_lengths["inputs"],
                               max_length=task_feature_lengths["targets"], batch_size=batch_size,
                               unknown=unknown_features, decode_kwargs=decode_kwargs)

@@ -181,10 +181,11 @@ def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Arra
     a_cols.append(a.reshape(n * r, d_in))
     b_rows.append(b.reshape(n * r, b.shape[-1]))
     onehot = jax.nn.one_hot(ids[:, col], n, dtype=x3.dtype)  # -1 -> all zeros.
-    scales = example_scales(ids, col, scale, poison, x3.dtype)
+    scales = jnp.where(ids[:, col] >= 0, scale, 0.0).astype(x3.dtype)
     coefs.append(jnp.repeat(onehot * scales[:, None], r, axis=1))
   a_all, b_all = jnp.concatenate(a_cols, 0), jnp.concatenate(b_rows, 0)
-  coef = jnp.concatenate(coefs, 1)  # [B, sum F r]
+  # Poisoned examples: added, not multiplied (XLA folds one_hot * NaN into a select giving 0).
+  coef = jnp.concatenate(coefs, 1) + jnp.where(poison, jnp.nan, 0.0).astype(x3.dtype)[:, None]
   h = (x3.reshape(-1, d_in) @ a_all.T).reshape(batch, length, -1) * coef[:, None, :]
   return (h.reshape(batch * length, -1) @ b_all).reshape(batch, length, -1)
 

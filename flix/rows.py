@@ -19,23 +19,47 @@ import jax
 import jax.numpy as jnp
 
 from flix.config import FlixConfig
+from flix.features import INACTIVE
 from flix.layers import a_name, b_name
 
 
+def _valid(ids: jax.Array, size: int) -> jax.Array:
+  return (ids >= 0) & (ids < size)
+
+
 def active_rows(ids: jax.Array, flix: FlixConfig) -> tuple[jax.Array, ...]:
-  """Sorted distinct active ids per type, each `[min(batch, F_t)]`, padded with F_t."""
+  """Sorted distinct valid active ids per type, each `[min(batch, F_t)]`, padded with F_t.
+
+  Out-of-range ids (bad ids) are not rows: `compact_ids` maps them outside the compact table.
+  """
   rows = []
   for col, t in enumerate(flix.space.types):
-    values = jnp.where(ids[:, col] >= 0, ids[:, col], t.size)
+    values = jnp.where(_valid(ids[:, col], t.size), ids[:, col], t.size)
     rows.append(jnp.unique(values, size=min(ids.shape[0], t.size), fill_value=t.size))
   return tuple(rows)
 
 
-def compact_ids(ids: jax.Array, rows: tuple[jax.Array, ...]) -> jax.Array:
-  """Renumbers ids `[batch, n_types]` into positions of `rows`; INACTIVE stays INACTIVE."""
-  cols = [jnp.where(ids[:, c] >= 0, jnp.searchsorted(r, ids[:, c]), ids[:, c])
-          for c, r in enumerate(rows)]
+def compact_ids(ids: jax.Array, rows: tuple[jax.Array, ...], flix: FlixConfig) -> jax.Array:
+  """Renumbers ids `[batch, n_types]` into positions of `rows`; INACTIVE stays INACTIVE.
+
+  A bad id (outside INACTIVE..F_t - 1) becomes len(rows_t), one past the compact table, so the
+  layer marks its example bad (NaN outputs under jit) exactly as it would on the full table.
+  """
+  cols = []
+  for c, (r, t) in enumerate(zip(rows, flix.space.types)):
+    col = ids[:, c]
+    bad = jnp.where(col == INACTIVE, INACTIVE, r.shape[0])
+    cols.append(jnp.where(_valid(col, t.size), jnp.searchsorted(r, col), bad))
   return jnp.stack(cols, axis=1).astype(ids.dtype) if cols else ids
+
+
+def active_row_mask(ids: jax.Array, flix: FlixConfig) -> tuple[jax.Array, ...]:
+  """Per type, bool `[F_t]`: which rows the batch's (valid, active) ids use."""
+  masks = []
+  for col, t in enumerate(flix.space.types):
+    hits = jax.nn.one_hot(jnp.where(_valid(ids[:, col], t.size), ids[:, col], -1), t.size)
+    masks.append(jnp.any(hits > 0, axis=0))
+  return tuple(masks)
 
 
 def _row_index(flix: FlixConfig, rows) -> dict[str, jax.Array]:
@@ -108,7 +132,23 @@ def put_state_rows(full, compact, flix: FlixConfig, rows):
   return jax.tree_util.tree_map_with_path(put, full, compact)
 
 
-def check_row_indexable(init, params, flix: FlixConfig) -> None:
+def keep_inactive_rows(old, new, flix: FlixConfig, active: tuple[jax.Array, ...]):
+  """`new` with the rows that `active` (bool `[F_t]` per type) marks False taken from `old`, in
+  every feature-table leaf (params, or optimizer state stored under table paths)."""
+  index = _row_index(flix, active)
+
+  def keep(path, before, after):
+    key = _table_key(path, index)
+    if key is None or not getattr(after, "ndim", 0):
+      return after
+    mask = index[key].reshape((-1,) + (1,) * (after.ndim - 1))
+    return jnp.where(mask, after, before)
+
+  return jax.tree_util.tree_map_with_path(keep, nn.unbox(old), nn.unbox(new))
+
+
+def check_row_indexable(init, params, flix: FlixConfig,
+                        what: str = "row-sparse steps") -> None:
   """Raises ValueError unless every optimizer-state leaf of a feature table is indexed by row.
 
   `init` is the optimizer's init; it is traced (abstractly) for `params` and for params whose
@@ -138,10 +178,10 @@ def check_row_indexable(init, params, flix: FlixConfig) -> None:
     name = jax.tree_util.keystr(path)
     if key is None and x.shape != y.shape:
       raise ValueError(f"optimizer state leaf {name} {x.shape} depends on a table's row count "
-                       "but is not stored under that table; it cannot be updated row by row")
+                       f"but is not stored under that table; {what} cannot update it row by row")
     if key is not None and (len(x.shape) == 0 or x.shape[0] != sizes[key]
                             or y.shape != (sizes[key] + 1,) + x.shape[1:]):
       raise ValueError(
           f"optimizer state leaf {name} {x.shape} of table {key} [{sizes[key]}, ...] is not "
-          "indexed by row (its statistics mix rows), so row-sparse steps cannot update it "
+          f"indexed by row (its statistics mix rows), so {what} cannot update it "
           "lazily; use a row-separable optimizer (make_optimizer.per_row = True)")

@@ -12,6 +12,7 @@ from flix.config import FlixConfig
 from flix.data import BYTE_VOCAB, FlixEncDecFeatureConverter, OfflineConfig, register_offline
 from flix.data.pairs import SPLIT_KINDS
 from flix.features import FeatureSpace
+from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5
 import tiny
 
@@ -43,8 +44,8 @@ def _lines(path):
 
 def test_tiny_model_predictions_metrics_and_reports(reg, evaluator, tmp_path):
   assert {t.kind for t in reg.tasks} == set(SPLIT_KINDS)
-  model = T5(tiny.t5_config(vocab_size=260), FlixConfig(reg.space))
-  params = tiny.random_params(model)
+  model = EncoderDecoderModel(T5(tiny.t5_config(vocab_size=260), FlixConfig(reg.space)))
+  params = tiny.random_params(model.module)
   report = evaluator.evaluate(model, params, out_dir=str(tmp_path), step=7)
 
   assert set(report.per_pair) == {t.name for t in reg.tasks}
@@ -83,7 +84,7 @@ def test_tiny_model_predictions_metrics_and_reports(reg, evaluator, tmp_path):
   other = reg.tasks_of_kind("seen_pair")[0].feature_ids
   for rows, ids in (([0, 1], batch["feature_ids"][:2]),
                     ([2, 0], np.stack([batch["feature_ids"][2], other]))):
-    out = decoding.decode(model, params, batch["encoder_input_tokens"][rows], ids,
+    out = decoding.decode(model.module, params, batch["encoder_input_tokens"][rows], ids,
                           max_length=CONFIG.target_length)
     got = BYTE_VOCAB.decode(np.asarray(out.tokens[0]).tolist())
     assert got == lines[rows[0]]["prediction"]
@@ -120,8 +121,8 @@ def test_build_report_aggregates_known_values(reg):
 
 
 def test_bad_setups_fail_loudly(reg, evaluator):
-  task_only = T5(tiny.t5_config(vocab_size=260),
-                 FlixConfig(FeatureSpace.build({"task": CONFIG.tasks}, 2)))
+  task_only = EncoderDecoderModel(T5(tiny.t5_config(vocab_size=260),
+                                     FlixConfig(FeatureSpace.build({"task": CONFIG.tasks}, 2))))
   with pytest.raises(ValueError, match="FeatureSpace has 1 feature types"):
     evaluator.evaluate(task_only, {}, out_dir=None)
   with pytest.raises(ValueError, match="has a 'nosuch' split"):

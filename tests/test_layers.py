@@ -145,7 +145,7 @@ def test_compact_rows_give_dense_outputs_and_gradients():
 
   small = FlixDense(8, ("embed", "mlp"), flix.replace(row_limit=2))
   r = rows.active_rows(ids, flix)
-  cp, cids = rows.take_rows(p, flix, r), rows.compact_ids(ids, r)
+  cp, cids = rows.take_rows(p, flix, r), rows.compact_ids(ids, r, flix)
   assert cp["lora_a_task"].shape == (2, 4, 16) and cp["lora_a_lang"].shape == (2, 2, 16)
   np.testing.assert_allclose(small.apply({"params": cp}, x, cids), dense_y, **TOL)
   compact_g = jax.grad(loss, argnums=1)(small, cp, cids)
@@ -160,8 +160,31 @@ def test_active_rows_pads_and_renumbers():
   task_rows, lang_rows = rows.active_rows(ids, flix)
   np.testing.assert_array_equal(task_rows, [0, 2, 3])  # 3 = padding (F_task).
   np.testing.assert_array_equal(lang_rows, [3, 4, 4])  # 4 = padding (F_lang).
-  np.testing.assert_array_equal(rows.compact_ids(ids, (task_rows, lang_rows)),
+  np.testing.assert_array_equal(rows.compact_ids(ids, (task_rows, lang_rows), flix),
                                 [[1, -1], [0, 0], [1, 0]])
+
+
+@pytest.mark.parametrize("bad_id", [12, 10, -5])
+def test_bad_ids_stay_bad_on_compact_tables(bad_id):
+  """An out-of-range id must not become a valid compact id (its example comes out NaN under
+  jit on the full and on the compact table alike), and it is not an active row."""
+  flix = FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(10)]}, 2))
+  ids = jnp.array([[3], [bad_id]], jnp.int32)
+  (task_rows,) = rows.active_rows(ids, flix)
+  np.testing.assert_array_equal(task_rows, [3, 10])  # 10 = padding (F): the bad id is no row.
+  cids = rows.compact_ids(ids, (task_rows,), flix)
+  np.testing.assert_array_equal(cids, [[0], [2]])  # 2 = one past the 2-row compact table.
+  layer = FlixDense(8, ("embed", "mlp"), flix)
+  x = jax.random.normal(jax.random.key(0), (2, 3, 16))
+  p = tiny.randomize_adapters(layer.init(jax.random.key(1), x, jnp.zeros((2, 1), jnp.int32)
+                                         )["params"])
+  full = jax.jit(lambda p, i: layer.apply({"params": p}, x, i))(p, ids)
+  small = FlixDense(8, ("embed", "mlp"), flix.replace(row_limit=2))
+  compact = jax.jit(lambda p, i: small.apply({"params": p}, x, i))(
+      rows.take_rows(p, flix, (task_rows,)), cids)
+  for out in (full, compact):
+    assert np.isfinite(np.asarray(out[0])).all() and np.isnan(np.asarray(out[1])).all()
+  np.testing.assert_allclose(compact[0], full[0], rtol=1e-5, atol=1e-6)
 
 
 def test_auto_strategy_choice():

@@ -12,6 +12,7 @@ import pytest
 
 import tiny
 from flix.config import FlixConfig
+from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5
 from flix.rows import check_row_indexable
 from flix.trainable import freeze_base, trainable_mask
@@ -26,10 +27,11 @@ TABLES = ("lora_a_task", "lora_b_task", "lora_a_lang", "lora_b_lang")
 
 
 @functools.lru_cache(maxsize=None)
-def model():
+def model(feature_dropout=0.0):
   """1 + 1 layers, adapters on a few projections: seconds to compile."""
   flix = FlixConfig(tiny.space(), targets=("*.value", "decoder.mlp.wo"))
-  return T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), flix)
+  return EncoderDecoderModel(T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), flix),
+                             z_loss=0.0, feature_dropout=feature_dropout)
 
 
 def make_batch(ids, seed=0):
@@ -41,21 +43,22 @@ def make_batch(ids, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def stepper(opt_name, per_row, sparse):
+def stepper(opt_name, per_row, sparse, lazy=True, feature_dropout=0.0):
   """(initial state, jitted step) from seeded params; compiled once per configuration."""
-  m = model()
-  params = tiny.random_params(m, seed=1, adapter_scale=0.1)
+  m = model(feature_dropout)
+  params = tiny.random_params(m.module, seed=1, adapter_scale=0.1)
   optimizer = freeze_base(make_optimizer(opt_name, learning_rate=1e-2, weight_decay=0.01,
                                          per_row=per_row), params, "flix")
   state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
                      rng=jax.random.key_data(jax.random.key(0)))
   make_step = make_row_sparse_train_step if sparse else make_train_step
-  return state, jax.jit(make_step(m, optimizer, trainable_mask(params), StepConfig(z_loss=0.0)))
+  return state, jax.jit(make_step(m, optimizer, trainable_mask(params), StepConfig(
+      lazy_rows=lazy)))
 
 
-def run(opt_name, per_row, sparse, ids_per_step):
+def run(opt_name, per_row, sparse, ids_per_step, lazy=True, feature_dropout=0.0):
   """States after each step."""
-  state, step = stepper(opt_name, per_row, sparse)
+  state, step = stepper(opt_name, per_row, sparse, lazy, feature_dropout)
   states = []
   for i, ids in enumerate(ids_per_step):
     state, metrics = step(state, make_batch(ids, seed=i))
@@ -76,20 +79,49 @@ def leaves_with_table(tree, name):
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def test_all_rows_present_equals_dense():
-  steps = [ALL_ROWS] * 3
-  dense = run("adamw", True, False, steps)[-1]
-  sparse = run("adamw", True, True, steps)[-1]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), dense.params, sparse.params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), dense.opt_state,
-               sparse.opt_state)
-  start = stepper("adamw", True, False)[0].params["decoder"]["layers_0"]["mlp"]["wo"]["lora_b_task"]
+def assert_states_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL), a.params, b.params)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL), a.opt_state, b.opt_state)
+
+
+@pytest.mark.parametrize("opt", ["adamw", "adafactor"])
+@pytest.mark.parametrize("rows", ["all", "some"])
+def test_lazy_dense_step_equals_row_sparse_step(opt, rows):
+  """The default (lazy) dense step and the row-sparse step give the same params and optimizer
+  state, with every row present and with rows absent (the batch of 6 is smaller than the 3 + 4
+  rows, so the compact tables really are compact)."""
+  steps = [ALL_ROWS] * 3 if rows == "all" else [ALL_ROWS, SOME_ROWS, SOME_ROWS]
+  dense = run(opt, True, False, steps)[-1]
+  sparse = run(opt, True, True, steps)[-1]
+  assert_states_close(dense, sparse)
+  start = stepper(opt, True, False)[0].params["decoder"]["layers_0"]["mlp"]["wo"]["lora_b_task"]
   assert not np.allclose(dense.params["decoder"]["layers_0"]["mlp"]["wo"]["lora_b_task"], start)
+
+
+def test_feature_dropout_on_lazy_dense_and_row_sparse_steps():
+  """Feature dropout draws the same mask on both paths (from the step's rng), so they agree."""
+  steps = [ALL_ROWS] * 3
+  dense = run("adamw", True, False, steps, feature_dropout=0.5)[-1]
+  sparse = run("adamw", True, True, steps, feature_dropout=0.5)[-1]
+  assert_states_close(dense, sparse)
+  undropped = run("adamw", True, True, steps)[-1]
+  b = lambda s: s.params["decoder"]["layers_0"]["mlp"]["wo"]["lora_b_lang"]
+  assert not np.allclose(b(sparse), b(undropped))
+
+
+def test_plain_dense_step_moves_absent_rows():
+  """StepConfig.lazy_rows=False is the plain dense update: momentum moves an absent row."""
+  steps = [ALL_ROWS, SOME_ROWS, SOME_ROWS]
+  first, _, plain = run("adamw", True, False, steps, lazy=False)
+  b = lambda s: np.asarray(s.params["decoder"]["layers_0"]["mlp"]["wo"]["lora_b_lang"])[3]
+  assert not np.allclose(b(first), b(plain))
+  lazy = run("adamw", True, False, steps)
+  np.testing.assert_array_equal(b(lazy[0]), b(lazy[-1]))
 
 
 def test_per_row_adamw_equals_optax_adamw_when_all_rows_train():
   steps = [ALL_ROWS] * 3
-  plain = run("adamw", False, False, steps)[-1]
+  plain = run("adamw", False, False, steps, lazy=False)[-1]
   sparse = run("adamw", True, True, steps)[-1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), plain.params, sparse.params)
 
@@ -117,18 +149,24 @@ def test_absent_rows_are_bitwise_unchanged(opt):
 
 def test_row_mixing_optimizer_is_refused():
   m = model()
-  params = tiny.random_params(m)
-  plain_adafactor = make_optimizer("adafactor", learning_rate=1e-2)
+  params = tiny.random_params(m.module)
+  plain_adafactor = make_optimizer("adafactor", learning_rate=1e-2, per_row=False)
   with pytest.raises(ValueError, match=r"not indexed by row .*make_optimizer.per_row = True"):
     check_row_indexable(freeze_base(plain_adafactor, params, "flix").init, params, m.flix)
   per_row = make_optimizer("adafactor", learning_rate=1e-2, per_row=True)
   check_row_indexable(freeze_base(per_row, params, "flix").init, params, m.flix)
   with pytest.raises(ValueError, match="need feature tables"):
-    make_row_sparse_train_step(T5(tiny.t5_config()), optax.sgd(0.1), {})
+    make_row_sparse_train_step(EncoderDecoderModel(T5(tiny.t5_config())), optax.sgd(0.1), {})
+  plain = freeze_base(plain_adafactor, params, "flix")
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=plain.init(params),
+                     rng=jax.random.key_data(jax.random.key(0)))
+  lazy = make_train_step(m, plain, trainable_mask(params))
+  with pytest.raises(ValueError, match=r"lazy dense steps \(StepConfig.lazy_rows"):
+    jax.eval_shape(lazy, state, make_batch(ALL_ROWS))
 
 
 ROW_SPARSE = ["--gin.train.step_config=@StepConfig()", "--gin.StepConfig.row_sparse=True",
-              "--gin.make_optimizer.per_row=True", "--gin.CHECKPOINT_PERIOD=3",
+              "--gin.CHECKPOINT_PERIOD=3",
               "--gin.TRAIN_STEPS=6", "--gin.T5Config.num_encoder_layers=1",
               "--gin.T5Config.num_decoder_layers=1"]
 

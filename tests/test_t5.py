@@ -12,7 +12,7 @@ import pytest
 from flix import merge
 from flix.checkpoints import strip_adapters
 from flix.config import FlixConfig
-from flix.features import FeatureSpace, feature_dropout
+from flix.features import FeatureSpace
 from flix.models.t5 import T5, expand_for_beams
 from flix.trainable import freeze_base, trainable_mask
 import tiny
@@ -109,9 +109,7 @@ def test_feature_dropout_keeps_shared_adapter():
   model, params = tiny.model_and_params(FlixConfig(tiny.space()))
   params = tiny.randomize_adapters(params)
   enc, dec = tiny.batch()
-  dropped = feature_dropout(jnp.asarray(tiny.MIXED_IDS), jax.random.key(0), 1.0)
-  out = logits(model, params, dropped, enc, dec)
-  np.testing.assert_array_equal(out, logits(model, params, np.full((6, 2), -1), enc, dec))
+  out = logits(model, params, np.full((6, 2), -1), enc, dec)  # Every feature dropped.
   base = logits(T5(model.config, None), strip_adapters(params), None, enc, dec)
   assert np.abs(out - base).min(axis=-1).max() > 0, "shared adapter must still contribute"
   assert np.abs(out - base).max() > 1e-2

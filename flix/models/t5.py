@@ -341,6 +341,16 @@ class T5(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder, self.flix)
     self.decoder = Decoder(cfg, self.token_embedder, self.flix)
 
+  @staticmethod
+  def projection_names(config: T5Config) -> tuple[str, ...]:
+    """The projections adapters can target, "<block>.<projection>" (as PEFT's target_modules
+    per architecture): attention query/key/value/out and the MLP's wi_0/wi_1/wo (wi for ReLU)."""
+    mlp = ("wi",) if config.mlp_activations == ("relu",) else ("wi_0", "wi_1")
+    attention = ("encoder.attention", "decoder.self_attention",
+                 "decoder.encoder_decoder_attention")
+    return tuple(f"{b}.{p}" for b in attention for p in ("query", "key", "value", "out")) + tuple(
+        f"{b}.{p}" for b in ("encoder.mlp", "decoder.mlp") for p in (*mlp, "wo"))
+
   @property
   def n_types(self) -> int:
     """Feature types this model's adapters read (0: no feature ids needed)."""

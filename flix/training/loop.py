@@ -23,9 +23,9 @@ from jax.experimental import multihost_utils
 
 from flix import checkpoints
 from flix.config import FlixConfig
-from flix.data.converter import FlixEncDecFeatureConverter
+from flix.data.pairs import check_registered
 from flix.features import FeatureSpace
-from flix.models.t5 import T5, T5Config, abstract_params, init_params
+from flix.models.model import BaseModel, make_model
 from flix.trainable import METHODS, freeze_base, trainable_mask
 from flix.training.checkpointer import Checkpointer, latest_everywhere, read_train_state_json
 from flix.training.optimizers import make_optimizer
@@ -53,7 +53,8 @@ class Interrupted(RuntimeError):
 class AdapterSettings:
   """The method and its adapters. method: "flix" (feature adapters from the data's feature
   space, plus `shared_rank`), "lora" (one shared adapter of `lora_rank`), "full" (no adapters,
-  everything trains)."""
+  everything trains). `feature_dropout` (flix only) is the one feature dropout knob; the model
+  object applies it (`flix.models.model`)."""
 
   method: str = "flix"
   feature_ranks: Mapping[str, int] | int = 4
@@ -75,15 +76,6 @@ class AdapterSettings:
     return FlixConfig(space, self.alpha, self.rslora, tuple(self.targets), self.strategy)
 
 
-def check_task(name: str) -> None:
-  try:
-    seqio.get_mixture_or_task(name)
-  except ValueError:
-    known = sorted(seqio.MixtureRegistry.names() | seqio.TaskRegistry.names())
-    shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
-    raise ValueError(f"unknown mixture or task {name!r}; registered: {shown or 'none'}") from None
-
-
 def check_data_shards(batch_size: int, data_shards: int, resumed: str | None = None) -> None:
   hosts = jax.process_count()
   if data_shards < 1 or data_shards % hosts:
@@ -95,7 +87,7 @@ def check_data_shards(batch_size: int, data_shards: int, resumed: str | None = N
 
 
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                  batch_size: int, n_types: int, seed: int, skip: int,
+                  batch_size: int, converter: seqio.FeatureConverter, seed: int, skip: int,
                   data_shards: int | None = None):
   """Endless numpy batches of this host's rows, starting after `skip` batches (exact resume).
 
@@ -114,7 +106,7 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   stream and keeping this host's rows would make the batches independent of data_shards too,
   but every host would run the whole input pipeline.)
   """
-  check_task(mixture_or_task_name)
+  check_registered(mixture_or_task_name)
   hosts, host = jax.process_count(), jax.process_index()
   shards = data_shards or hosts
   check_data_shards(batch_size, shards)
@@ -125,7 +117,7 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
         mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True,
         num_epochs=None, seed=seed + index, use_cached=False,
         shard_info=seqio.ShardInfo(index, shards),
-        feature_converter=FlixEncDecFeatureConverter(n_types))
+        feature_converter=converter)
     return ds.batch(batch_size // shards, drop_remainder=True).skip(skip)
 
   mine = [shard(i) for i in range(host * per_host, (host + 1) * per_host)]
@@ -134,16 +126,16 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   return ds.as_numpy_iterator()
 
 
-def initial_params(model: T5, rng: jax.Array, initial_checkpoint_path: str | None) -> dict:
+def initial_params(model: BaseModel, rng: jax.Array, initial_checkpoint_path: str | None) -> dict:
   """Fresh params, or the base of `initial_checkpoint_path` with fresh adapters."""
-  fresh = init_params(model, rng)
+  fresh = model.init_params(rng)
   if not initial_checkpoint_path:
     return fresh
   base_config, _, base = checkpoints.load_model(initial_checkpoint_path)
-  if base_config != model.config:
+  if base_config != model.module.config:
     raise checkpoints.CheckpointError(
         f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} holds {base_config}, but the run's "
-        f"model is {model.config}")
+        f"model is {model.module.config}")
   plain = nn.unbox(fresh)
   missing = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
       checkpoints.strip_adapters(plain)) if not _has_path(base, p)]
@@ -206,7 +198,7 @@ class _StopFlag:
 @gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED, model_config: T5Config = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, model_config: Any = gin.REQUIRED,
           registration: Any = None, adapters: AdapterSettings = AdapterSettings(),
           optimizer: optax.GradientTransformation | None = None,
           initial_checkpoint_path: str | None = None, adapter_only_checkpoints: bool = True,
@@ -243,10 +235,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   n_types = data_space.n_types if data_space is not None else 0
   flix = adapters.flix_config(data_space) if data_space is not None else (
       adapters.flix_config(FeatureSpace.lora(adapters.lora_rank)))
-  model = T5(model_config, flix)
-  optimizer = freeze_base(optimizer or make_optimizer(), abstract_params(model),
+  model = make_model(model_config, flix, feature_dropout=adapters.feature_dropout)
+  optimizer = freeze_base(optimizer or make_optimizer(), model.abstract_params(),
                           adapters.method)
-  step_config = dataclasses.replace(step_config, feature_dropout=adapters.feature_dropout)
   os.makedirs(model_dir, exist_ok=True)
   if checkpoints.is_primary():
     with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
@@ -283,8 +274,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   step_fn = jax.jit(make_step(model, optimizer, mask, step_config),
                     in_shardings=(state_shardings, partitioner.batch_sharding()),
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-  batches = train_batches(mixture_or_task_name, task_feature_lengths, batch_size, n_types,
-                          random_seed, data_position, data_shards)
+  batches = train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
+                          model.feature_converter(n_types), random_seed, data_position,
+                          data_shards)
   start = int(jax.device_get(state.step))
   logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
                          tokens_per_step=batch_size * sum(task_feature_lengths.values()),

@@ -1,4 +1,14 @@
-"""Optimizers and learning-rate schedules (gin-configurable), T5X defaults."""
+"""Optimizers and learning-rate schedules (gin-configurable).
+
+Adafactor is set up as T5X fine-tunes (decay rate 0.8, no momentum, update clipping at RMS 1)
+with one difference: no `multiply_by_parameter_scale`. T5X scales each update by the parameter's
+RMS (at least 1e-3); an adapter's B starts at zero, so its first updates would be 1e-3 x lr.
+
+Feature tables are row-separable by default (`per_row=True`): each table row (one feature's
+adapter) has its own optimizer statistics, step count and update clipping, so a feature's update
+never depends on other features' rows. For parameters that are not tables this is the plain
+optax optimizer.
+"""
 
 from __future__ import annotations
 
@@ -39,15 +49,16 @@ def learning_rate_schedule(base: float = 1e-3, schedule: str = "constant", warmu
 def make_optimizer(name: str = "adafactor", learning_rate: optax.ScalarOrSchedule | None = None,
                    clip_norm: float | None = 1.0, weight_decay: float = 0.0,
                    adafactor_decay_rate: float = 0.8, b1: float = 0.9, b2: float = 0.999,
-                   per_row: bool = False) -> optax.GradientTransformation:
-  """Adafactor (T5X fine-tuning default: decay 0.8, no momentum) or AdamW, after global-norm
-  gradient clipping (None: no clipping).
+                   per_row: bool = True) -> optax.GradientTransformation:
+  """Adafactor (see the module docstring) or AdamW, after global-norm gradient clipping (None:
+  no clipping).
 
   per_row: row-separable form (`flix.training.per_row`): the second-moment/momentum part runs per
-  leaf and per feature-table row, so that lazy row-sparse steps (`StepConfig.row_sparse`) can
+  leaf and per feature-table row, so that lazy steps (`flix.training.step`, `sparse_step`)
   update a batch's rows only. AdamW is then AdamW with per-row step counts; Adafactor factors
   each table row as its own matrix and clips each row's update by its own RMS. Learning rate,
-  weight decay and global-norm clipping are unchanged.
+  weight decay and global-norm clipping are unchanged. False: optax's optimizers over whole
+  tables (statistics shared across a table's rows; needs StepConfig.lazy_rows = False).
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")

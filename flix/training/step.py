@@ -1,4 +1,11 @@
-"""One training step and one evaluation step (pure functions, jit-compiled by the loop)."""
+"""One training step (a pure function, jit-compiled by the loop) over a model object.
+
+Feature-table rows are updated lazily on every path: a row whose feature is absent from the
+batch (or dropped by feature dropout) keeps its params and optimizer state bitwise unchanged, as
+in the row-sparse step (`flix.training.sparse_step`), so each feature's adapter trains only on
+its own examples and never moves by momentum or weight decay alone. With a row-separable
+optimizer (`make_optimizer(per_row=True)`, the default) the two paths give the same updates.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,10 @@ import dataclasses
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from flix.features import feature_dropout
-from flix.models.t5 import T5
-from flix.training import losses
+from flix.models.model import BaseModel
+from flix.rows import active_row_mask, check_row_indexable, keep_inactive_rows
 from flix.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -22,48 +27,21 @@ class StepConfig:
   """How a train step runs.
 
   Attributes:
-    feature_dropout: per (example, type) drop probability.
-    z_loss, normalizer: see `flix.training.losses`.
-    row_sparse: lazy row-sparse steps (`flix.training.sparse_step`): gradients and optimizer
-      updates touch only the feature-table rows active in the batch; absent rows keep their
-      params and optimizer state. Needs a row-separable optimizer (make_optimizer.per_row).
+    row_sparse: gradients and optimizer updates are computed on the batch's active table rows
+      only (`flix.training.sparse_step`): the step's cost does not grow with the number of
+      feature values. Needs a row-separable optimizer (make_optimizer.per_row).
+    lazy_rows: on the dense path, rows absent from the batch keep their params and optimizer
+      state (needs a row-separable optimizer too). False gives the plain dense update, where
+      absent rows still move by momentum and weight decay. The row-sparse path is always lazy.
   """
 
-  feature_dropout: float = 0.0
-  z_loss: float = 1e-4
-  normalizer: float | str | None = losses.NUM_REAL_TARGET_TOKENS
   row_sparse: bool = False
+  lazy_rows: bool = True
 
 
-def model_feature_ids(model: T5, batch: Batch) -> jax.Array | None:
-  """The batch's feature ids if the model has featurized adapters, else None."""
-  return batch["feature_ids"] if model.n_types else None
-
-
-def step_inputs(model: T5, state: TrainState, batch: Batch, config: StepConfig
-                ) -> tuple[jax.Array | None, jax.Array]:
-  """(feature ids after feature dropout or None, dropout rng) of this step."""
-  rng = jax.random.fold_in(state.rng, state.step)
-  dropout_rng, features_rng = jax.random.split(rng)
-  ids = model_feature_ids(model, batch)
-  if ids is not None and config.feature_dropout:
-    ids = feature_dropout(ids, features_rng, config.feature_dropout)
-  return ids, dropout_rng
-
-
-def make_loss_fn(model: T5, batch: Batch, ids: jax.Array | None, dropout_rng: jax.Array,
-                 config: StepConfig) -> Callable[[dict], tuple[jax.Array, dict]]:
-  """params -> (loss, metrics) of `model` on `batch` with dropout."""
-
-  def loss_fn(params):
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                         batch["decoder_input_tokens"], ids, enable_dropout=True,
-                         rngs={"dropout": dropout_rng})
-    return losses.cross_entropy(logits, batch["decoder_target_tokens"],
-                                batch["decoder_loss_weights"], z_loss=config.z_loss,
-                                normalizer=config.normalizer)
-
-  return loss_fn
+def step_rng(state: TrainState) -> jax.Array:
+  """The rng of the step `state.step` (network and feature dropout both derive from it)."""
+  return jax.random.fold_in(state.rng, state.step)
 
 
 def trained_norm(grads, trainable: dict) -> jax.Array:
@@ -72,36 +50,31 @@ def trained_norm(grads, trainable: dict) -> jax.Array:
                           if t])
 
 
-def make_train_step(model: T5, optimizer: optax.GradientTransformation, trainable: dict,
+def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation, trainable: dict,
                     config: StepConfig = StepConfig()
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """(state, batch) -> (state, metrics). Dropout and feature dropout draw from fold_in(rng, step).
+  """(state, batch) -> (state, metrics). Dropout and feature dropout draw from `step_rng`.
 
   `optimizer` leaves frozen parameters alone (`flix.trainable.freeze_base`); `trainable` is the
   bool mask of trained leaves, used for the reported gradient norm.
   """
+  lazy = config.lazy_rows and model.n_types > 0
 
   def step(state: TrainState, batch: Batch):
-    ids, dropout_rng = step_inputs(model, state, batch, config)
-    loss_fn = make_loss_fn(model, batch, ids, dropout_rng, config)
+    rng = step_rng(state)
+    ids = model.training_feature_ids(batch, rng)
+    loss_fn = lambda p: model.loss_fn(p, batch, rng, feature_ids=ids)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if lazy:
+      check_row_indexable(optimizer.init, state.params, model.flix, what="lazy dense steps "
+                          "(StepConfig.lazy_rows; set it False for plain dense updates)")
+      active = active_row_mask(ids, model.flix)
+      params = keep_inactive_rows(state.params, params, model.flix, active)
+      opt_state = keep_inactive_rows(state.opt_state, opt_state, model.flix, active)
     metrics = {**metrics, "loss": loss, "grad_norm": trained_norm(grads, trainable)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
 
-
-def make_eval_step(model: T5, config: StepConfig = StepConfig()) -> Callable[[dict, Batch], dict]:
-  """(params, batch) -> teacher-forced loss metrics (no dropout of any kind)."""
-
-  def step(params, batch: Batch):
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                         batch["decoder_input_tokens"], model_feature_ids(model, batch))
-    loss, metrics = losses.cross_entropy(logits, batch["decoder_target_tokens"],
-                                         batch["decoder_loss_weights"], z_loss=config.z_loss,
-                                         normalizer=config.normalizer)
-    return {**metrics, "loss": loss}
-
-  return step

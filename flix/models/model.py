@@ -1,0 +1,212 @@
+"""Model objects (T5X-style): what a network is used for, between the network and the trainer.
+
+A model object wraps a Flax network and owns everything that depends on the model family:
+  loss_fn               the training loss of a model batch (network dropout, feature dropout);
+  score_batch           the log-likelihood of each example's targets;
+  predict_batch         decoding (greedy / beam / sampling with a KV cache);
+  get_initial_variables fresh variables for given input shapes;
+  feature_converter     the seqio converter that builds its model batches.
+The trainer, evaluator, inference, benches and demo use only these.
+
+`feature_ids(batch)` is the one place where per-example feature ids leave a batch; everything
+downstream (feature dropout, row compaction, beams) receives ids from it.
+
+Feature dropout (the method's one knob, `feature_dropout`) switches each (example, type) feature
+off with that probability in training. An example whose features all drop has no adapter at
+all when there is no shared adapter: adapters are all that flix trains, so it contributes no
+gradient. Such examples get zero loss weight, so they do not dilute the loss normaliser (which
+would quietly lower the effective learning rate by about rate^n_types); see `loss_fn`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flix import decoding
+from flix.config import FlixConfig
+from flix.data.converter import FlixEncDecFeatureConverter
+from flix.data.vocab import FEATURE_IDS
+from flix.features import INACTIVE, check_dropout_rate, feature_dropout
+from flix.models.t5 import T5
+from flix.training import losses
+
+Batch = Mapping[str, jax.Array]
+
+
+def split_rng(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(network dropout rng, feature dropout rng) of one training step's rng."""
+  dropout_rng, features_rng = jax.random.split(rng)
+  return dropout_rng, features_rng
+
+
+class BaseModel(abc.ABC):
+  """A network plus its loss, scoring, decoding and initialisation.
+
+  Attributes:
+    module: the Flax network (its `flix` attribute holds the adapter config, or None).
+    feature_dropout: per (example, type) drop probability in training, in [0, 1).
+    z_loss, loss_normalizer: see `flix.training.losses.cross_entropy`.
+  """
+
+  FEATURE_CONVERTER_CLS: type = FlixEncDecFeatureConverter
+
+  def __init__(self, module: nn.Module, *, feature_dropout: float = 0.0, z_loss: float = 1e-4,
+               loss_normalizer: float | str | None = losses.NUM_REAL_TARGET_TOKENS):
+    check_dropout_rate(feature_dropout)
+    if feature_dropout and not getattr(module, "n_types", 0):
+      raise ValueError(f"feature_dropout {feature_dropout} needs feature adapters, but this model "
+                       "has none (method 'lora' or 'full'); set it to 0")
+    if module.flix is not None:
+      module.flix.check_targets(module.projection_names(module.config))
+    self.module = module
+    self.feature_dropout = float(feature_dropout)
+    self.z_loss = z_loss
+    self.loss_normalizer = loss_normalizer
+
+  # -- adapters and features --------------------------------------------------------------------
+  @property
+  def flix(self) -> FlixConfig | None:
+    return self.module.flix
+
+  @property
+  def n_types(self) -> int:
+    """Feature types the adapters read (0: the model needs no feature ids)."""
+    return self.flix.space.n_types if self.flix is not None else 0
+
+  def replace(self, **changes) -> "BaseModel":
+    """The same model object with its network's fields changed, e.g. `flix=...`."""
+    new = object.__new__(type(self))
+    new.__dict__.update(self.__dict__)
+    new.module = self.module.clone(**changes)
+    return new
+
+  def with_row_limit(self, rows: int | None) -> "BaseModel":
+    """The model on compact feature tables of `rows` rows (`flix.rows`), or full ones (None)."""
+    return self.replace(flix=self.flix.replace(row_limit=rows))
+
+  def feature_ids(self, batch: Batch) -> jax.Array | None:
+    """The batch's feature ids int `[batch, n_types]`, or None for a model without feature
+    adapters. The one place where feature ids leave a batch."""
+    if not self.n_types:
+      return None
+    if FEATURE_IDS not in batch:
+      raise ValueError(f"the model has feature types {list(self.flix.space.names)}, but the "
+                       f"batch has no {FEATURE_IDS!r} (features: {sorted(batch)})")
+    return batch[FEATURE_IDS]
+
+  def training_feature_ids(self, batch: Batch, rng: jax.Array) -> jax.Array | None:
+    """`feature_ids(batch)` after feature dropout with the feature half of `rng` (split_rng)."""
+    ids = self.feature_ids(batch)
+    if ids is None or not self.feature_dropout:
+      return ids
+    return feature_dropout(ids, split_rng(rng)[1], self.feature_dropout)
+
+  def feature_converter(self, data_n_types: int, **kwargs):
+    """The seqio feature converter for this family; `data_n_types` is the length of the
+    data's `feature_ids` (the data's feature space, also for a LoRA model that ignores them)."""
+    return self.FEATURE_CONVERTER_CLS(data_n_types, **kwargs)
+
+  # -- what a family implements --------------------------------------------------------------------
+  @abc.abstractmethod
+  def logits(self, params, batch: Batch, feature_ids: jax.Array | None,
+             dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced logits `[batch, targets_length, vocab]` (float32); dropout iff an rng."""
+
+  @abc.abstractmethod
+  def predict_batch(self, params, batch: Batch, options: decoding.DecodeOptions,
+                    rng: jax.Array | None = None) -> decoding.DecodeResult:
+    """Decodes every example of `batch` with its own features."""
+
+  @abc.abstractmethod
+  def get_initial_variables(self, rng: jax.Array,
+                            input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict:
+    """{"params": boxed (logically partitioned) params} for batches of `input_shapes`."""
+
+  # -- shared by the families -------------------------------------------------------------------
+  def loss_fn(self, params, batch: Batch, rng: jax.Array | None, *,
+              feature_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """(loss, metrics) of `batch`.
+
+    rng None: evaluation (no dropout of any kind). Otherwise training: network dropout and
+    feature dropout from `split_rng(rng)`, and examples left without any active adapter (every
+    feature dropped, no shared adapter) get zero loss weight.
+    feature_ids: ids to use instead (e.g. renumbered into compact tables by a row-sparse step);
+      they must already include feature dropout.
+    """
+    dropout_rng = None
+    if rng is not None:
+      dropout_rng = split_rng(rng)[0]
+      if feature_ids is None:
+        feature_ids = self.training_feature_ids(batch, rng)
+    elif feature_ids is None:
+      feature_ids = self.feature_ids(batch)
+    weights = batch["decoder_loss_weights"]
+    if rng is not None and self.feature_dropout and not self.flix.space.shared_rank:
+      adapted = jnp.any(feature_ids != INACTIVE, axis=1)
+      weights = weights * adapted[:, None].astype(weights.dtype)
+    logits = self.logits(params, batch, feature_ids, dropout_rng)
+    return losses.cross_entropy(logits, batch["decoder_target_tokens"], weights,
+                                z_loss=self.z_loss, normalizer=self.loss_normalizer)
+
+  def score_batch(self, params, batch: Batch) -> jax.Array:
+    """Log-likelihood `[batch]` of each example's targets (summed over weighted positions)."""
+    logits = self.logits(params, batch, self.feature_ids(batch))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    token = jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+    return jnp.sum(token * batch["decoder_loss_weights"], axis=-1)
+
+  def abstract_params(self) -> dict:
+    """Plain param shapes (jax.ShapeDtypeStruct leaves), traced without initialising."""
+    return nn.unbox(jax.eval_shape(lambda: self.get_initial_variables(jax.random.key(0))
+                                   )["params"])
+
+  def init_params(self, rng: jax.Array) -> dict:
+    """Boxed params for the smallest batch (the shapes do not depend on it)."""
+    return self.get_initial_variables(rng)["params"]
+
+
+@gin.configurable
+class EncoderDecoderModel(BaseModel):
+  """A T5-family encoder-decoder (`flix.models.t5.T5`).
+
+  Batches: encoder_input_tokens `[b, in_len]`, decoder_input_tokens / decoder_target_tokens /
+  decoder_loss_weights `[b, out_len]`, feature_ids `[b, n_types]`
+  (`FlixEncDecFeatureConverter`).
+  """
+
+  def logits(self, params, batch, feature_ids, dropout_rng=None):
+    rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
+                             batch["decoder_input_tokens"], feature_ids,
+                             enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def predict_batch(self, params, batch, options, rng=None):
+    ids = self.feature_ids(batch)
+    return decoding.decode_with_options(self.module, params, batch["encoder_input_tokens"],
+                                        None if ids is None else np.asarray(ids), options, rng)
+
+  def get_initial_variables(self, rng, input_shapes=None):
+    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8),
+              **dict(input_shapes or {})}
+    batch = shapes["encoder_input_tokens"][0]
+    ids = jnp.zeros((batch, self.n_types), jnp.int32)
+    return self.module.init(rng, jnp.ones(shapes["encoder_input_tokens"], jnp.int32),
+                            jnp.ones(shapes["decoder_input_tokens"], jnp.int32), ids)
+
+
+def make_model(model_config: Any, flix: FlixConfig | None = None, **kwargs) -> BaseModel:
+  """The model object of `model_config`'s family with adapters `flix`.
+
+  kwargs: BaseModel options (feature_dropout, z_loss, loss_normalizer).
+  """
+  from flix.models.t5 import T5Config  # pylint: disable=import-outside-toplevel
+  if isinstance(model_config, T5Config):
+    return EncoderDecoderModel(T5(model_config, flix), **kwargs)
+  raise ValueError(f"unknown model config {type(model_config).__name__}: expected a T5Config")
