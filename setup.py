@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
     "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",  # tensorflow-datasets imports it but does not require it.
     "gin-config==0.5.0",
     "clu==0.0.12",
     "tensorboard==2.21.0",
@@ -33,6 +34,7 @@ setuptools.setup(
     version="0.1.0",
     description="Featurized Low-Rank Mixtures: per-feature low-rank adapters for multitask multilingual fine-tuning",
     packages=setuptools.find_packages(include=["flix", "flix.*"]),
+    package_data={"flix.data": ["languages.json"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

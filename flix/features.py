@@ -8,6 +8,15 @@ become an int32 array `[n_types]` (one id per type, in the space's type order). 
 by feature dropout, or its value is unknown under the `drop` policy (the zero-shot path for an
 unseen language).
 
+Derived feature types: a type may be derived from another through a table (e.g. `family` and
+`script` from `lang`, `flix.data.languages`). Its value is looked up when the example is
+encoded, here and nowhere else, so an unseen language (no `lang` adapter) still gets its family
+and script adapters if they were trained. A source value missing from the table, or a derived
+value no trained language has, leaves the derived type INACTIVE (dropped, never an error); an
+example may also name a derived value explicitly (e.g. for a language the table lacks), which
+must agree with the table when both exist. The tables are part of the space, so checkpoints
+record them.
+
 This is the one place where feature values become ids; everything downstream carries the ids.
 """
 
@@ -34,14 +43,24 @@ class UnknownFeatureError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FeatureType:
-  """One feature type: a closed vocabulary of values, each owning a rank-`rank` adapter."""
+  """One feature type: a closed vocabulary of values, each owning a rank-`rank` adapter.
+
+  A derived type has a `source` type and a `table` of (source value, value) pairs: its value
+  for an example is the table's entry for the example's source value.
+  """
 
   name: str
   values: tuple[str, ...]
   rank: int
+  source: str | None = None
+  table: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "values", tuple(self.values))
+    table = dict(self.table.items() if isinstance(self.table, Mapping) else self.table)
+    object.__setattr__(self, "table", tuple(sorted(table.items())))
+    if self.source is None and self.table:
+      raise ValueError(f"feature type {self.name!r} has a table but no source type")
     if not self.name or not self.name.isidentifier():
       raise ValueError(f"feature type name must be a Python identifier, got {self.name!r}")
     if self.name == SHARED:
@@ -58,6 +77,14 @@ class FeatureType:
   @property
   def size(self) -> int:
     return len(self.values)
+
+  @property
+  def derived(self) -> bool:
+    return self.source is not None
+
+  def derive(self, source_value: str | None) -> str | None:
+    """The table's value for `source_value`, or None when it has none."""
+    return dict(self.table).get(source_value) if source_value is not None else None
 
   def id_of(self, value: str, unknown: UnknownPolicy = "error") -> int:
     try:
@@ -87,6 +114,10 @@ class FeatureSpace:
     names = [t.name for t in self.types]
     if len(set(names)) != len(names):
       raise ValueError(f"feature type names must be unique, got {names}")
+    for t in self.types:
+      if t.derived and (t.source not in names or self.type(t.source).derived):
+        raise ValueError(f"derived feature type {t.name!r} needs a non-derived source type in "
+                         f"the space, got source {t.source!r} (types {names})")
     if not isinstance(self.shared_rank, int) or self.shared_rank < 0:
       raise ValueError(f"shared_rank must be an int >= 0, got {self.shared_rank!r}")
     if not self.types and not self.shared_rank:
@@ -94,14 +125,33 @@ class FeatureSpace:
 
   @classmethod
   def build(cls, types: Mapping[str, Sequence[str]], ranks: Mapping[str, int] | int,
-            shared_rank: int = 0) -> "FeatureSpace":
-    """E.g. `FeatureSpace.build({"task": [...], "lang": [...]}, ranks={"task": 8, "lang": 4})`."""
+            shared_rank: int = 0,
+            derived: Mapping[str, tuple[str, Mapping[str, str]]] | None = None
+            ) -> "FeatureSpace":
+    """E.g. `FeatureSpace.build({"task": [...], "lang": [...]}, ranks={"task": 8, "lang": 4})`.
+
+    derived: `{name: (source type, {source value: value})}`; the derived type's values are the
+      table's values for the source type's values (sorted), e.g.
+      `{"family": ("lang", {"fr": "Romance", "de": "Germanic"})}`.
+    """
+    derived = dict(derived or {})
+    names = [*types, *derived]
     if isinstance(ranks, int):
-      ranks = {name: ranks for name in types}
-    missing = [name for name in types if name not in ranks]
+      ranks = {name: ranks for name in names}
+    missing = [name for name in names if name not in ranks]
     if missing:
       raise ValueError(f"no rank given for feature types {missing}")
-    return cls(tuple(FeatureType(n, tuple(v), ranks[n]) for n, v in types.items()), shared_rank)
+    built = [FeatureType(n, tuple(v), ranks[n]) for n, v in types.items()]
+    for name, (source, table) in derived.items():
+      if source not in types:
+        raise ValueError(f"derived feature type {name!r}: source {source!r} is not one of the "
+                         f"types {list(types)}")
+      values = sorted({table[v] for v in types[source] if v in table})
+      if not values:
+        raise ValueError(f"derived feature type {name!r} has no value: none of {source!r}'s "
+                         f"values {list(types[source])} is in its table")
+      built.append(FeatureType(name, tuple(values), ranks[name], source, table))
+    return cls(tuple(built), shared_rank)
 
   @classmethod
   def lora(cls, rank: int) -> "FeatureSpace":
@@ -117,7 +167,7 @@ class FeatureSpace:
     if unknown:
       raise UnknownFeatureError(f"ranks given for unknown feature types {unknown}; known types: "
                                 f"{list(self.names)}")
-    return FeatureSpace(tuple(FeatureType(t.name, t.values, ranks.get(t.name, t.rank))
+    return FeatureSpace(tuple(dataclasses.replace(t, rank=ranks.get(t.name, t.rank))
                               for t in self.types),
                         self.shared_rank if shared_rank is None else shared_rank)
 
@@ -151,10 +201,12 @@ class FeatureSpace:
 
   # -- examples -> ids ------------------------------------------------------------------------
   def encode(self, features: Mapping[str, str], unknown: UnknownPolicy = "error") -> np.ndarray:
-    """Maps one example's features to int32 ids `[n_types]`.
+    """Maps one example's features to int32 ids `[n_types]`, deriving derived types.
 
-    Every type of the space must be named (a missing type is an error under `error`, INACTIVE
-    under `drop`); naming a type the space does not have is always an error.
+    Every non-derived type of the space must be named (a missing type is an error under
+    `error`, INACTIVE under `drop`); naming a type the space does not have is always an error.
+    Derived types (see the module docstring) are looked up from their source's value, or taken
+    from `features` when named there.
     """
     if unknown not in UNKNOWN_POLICIES:
       raise ValueError(f"unknown policy {unknown!r}; expected one of {UNKNOWN_POLICIES}")
@@ -164,13 +216,25 @@ class FeatureSpace:
           f"unknown feature types {extra} in {dict(features)}; known types: {list(self.names)}")
     ids = np.full((self.n_types,), INACTIVE, np.int32)
     for i, t in enumerate(self.types):
-      if t.name not in features:
-        if unknown == "error":
-          raise UnknownFeatureError(
-              f"example {dict(features)} has no value for feature type {t.name!r}")
-        continue
-      ids[i] = t.id_of(features[t.name], unknown)
+      if t.derived:
+        ids[i] = self._derived_id(t, features, unknown)
+      elif t.name in features:
+        ids[i] = t.id_of(features[t.name], unknown)
+      elif unknown == "error":
+        raise UnknownFeatureError(
+            f"example {dict(features)} has no value for feature type {t.name!r}")
     return ids
+
+  @staticmethod
+  def _derived_id(t: FeatureType, features: Mapping[str, str], unknown: UnknownPolicy) -> int:
+    looked_up, given = t.derive(features.get(t.source)), features.get(t.name)
+    if given is not None and looked_up is not None and given != looked_up:
+      raise UnknownFeatureError(
+          f"feature {t.name!r} = {given!r} contradicts the table, which derives {looked_up!r} "
+          f"from {t.source!r} = {features[t.source]!r}")
+    if given is not None:
+      return t.id_of(given, unknown)
+    return t.id_of(looked_up, "drop") if looked_up is not None else INACTIVE
 
   def encode_batch(self, examples: Iterable[Mapping[str, str]],
                    unknown: UnknownPolicy = "error") -> np.ndarray:
@@ -201,29 +265,43 @@ class FeatureSpace:
 
   # -- serialisation --------------------------------------------------------------------------
   def to_json(self) -> str:
-    return json.dumps({"types": [dataclasses.asdict(t) for t in self.types],
-                       "shared_rank": self.shared_rank}, indent=2, ensure_ascii=False)
+    types = []
+    for t in self.types:
+      entry = {"name": t.name, "values": list(t.values), "rank": t.rank}
+      if t.derived:
+        entry.update(source=t.source, table=dict(t.table))
+      types.append(entry)
+    return json.dumps({"types": types, "shared_rank": self.shared_rank}, indent=2,
+                      ensure_ascii=False)
 
   @classmethod
   def from_json(cls, text: str) -> "FeatureSpace":
     data = json.loads(text)
-    return cls(tuple(FeatureType(t["name"], tuple(t["values"]), t["rank"]) for t in data["types"]),
+    return cls(tuple(FeatureType(t["name"], tuple(t["values"]), t["rank"], t.get("source"),
+                                 t.get("table", {})) for t in data["types"]),
                data.get("shared_rank", 0))
 
 
+def check_dropout_rate(rate: float) -> None:
+  """Raises ValueError unless 0 <= rate < 1 (at 1 every feature adapter is always off, so
+  nothing but the shared adapter could ever train)."""
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    raise ValueError(f"feature dropout rate must be a number in [0, 1), got {rate!r} (at 1.0 "
+                     "every feature adapter would be switched off in every example)")
+
+
 def feature_dropout(ids: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
-  """Switches each (example, type) feature off with probability `rate`.
+  """Switches each (example, type) feature off with probability `rate`, independently.
 
   Args:
     ids: int `[batch, n_types]` feature ids.
     rng: a PRNG key; the same key gives the same mask.
-    rate: drop probability in [0, 1]. The shared adapter is not in `ids` and is never dropped.
+    rate: drop probability in [0, 1). The shared adapter is not in `ids` and is never dropped.
 
   Returns:
-    ids with dropped entries set to INACTIVE.
+    ids with dropped entries set to INACTIVE; kept entries are unchanged, in their own column.
   """
-  if not 0.0 <= rate <= 1.0:
-    raise ValueError(f"feature dropout rate must be in [0, 1], got {rate}")
+  check_dropout_rate(rate)
   if rate == 0.0:
     return ids
   keep = jax.random.bernoulli(rng, 1.0 - rate, ids.shape)

@@ -104,8 +104,10 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
   assert offline.OfflineConfig.from_json(config.to_json()) == config
   with pytest.raises(ValueError, match="unknown offline tasks \\['weekday'\\]"):
     offline.OfflineConfig(tasks=("cardinal", "weekday"))
-  with pytest.raises(ValueError, match="holdout scheme 'random' unknown"):
-    offline.OfflineConfig(holdout="random")
+  with pytest.raises(ValueError, match="holdout scheme 'zigzag' unknown"):
+    offline.OfflineConfig(holdout="zigzag")
+  explicit = dataclasses.replace(SMALL, holdout="explicit", unseen_pairs=(("ordinal", "fr"),))
+  assert offline.OfflineConfig.from_json(explicit.to_json()) == explicit
   with pytest.raises(ValueError, match="unseen_langs \\['xx'\\]"):
     offline.OfflineConfig(unseen_langs=("xx",))
   with pytest.raises(ValueError, match="unknown OfflineConfig fields \\['colour'\\]"):

@@ -186,3 +186,44 @@ def test_mixture_of_only_untrained_pairs_is_refused(registry):
     pairs.register_pair_mixture(f"{prefix}.mix", tasks)
   with pytest.raises(ValueError, match="mixing rate kind 'loud' unknown"):
     pairs.mixing_rate("loud")
+
+
+GRID = [Pair(t, l) for t in ("a", "b", "c", "d") for l in ("x", "y", "z", "w", "v")
+        if (t, l) != ("d", "v")]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_random_holdout_keeps_every_task_and_language_trained_twice(seed):
+  h = pairs.random_holdout(GRID, n_pairs=5, seed=seed, unseen_langs=("w",))
+  assert len(h.unseen_pairs) == 5 and h.unseen_langs == {"w"}
+  assert all(p in GRID and p.lang != "w" for p in h.unseen_pairs)
+  trained = [p for p in GRID if h.is_trained(p)]
+  assert min(collections.Counter(p.task for p in trained).values()) >= 2
+  assert min(collections.Counter(p.lang for p in trained).values()) >= 2
+  assert pairs.random_holdout(GRID, 5, seed, ("w",)) == h  # Deterministic in the seed.
+
+
+def test_random_holdout_draws_differ_by_seed_and_stop_when_nothing_more_fits():
+  draws = {pairs.random_holdout(GRID, 5, seed).unseen_pairs for seed in range(6)}
+  assert len(draws) >= 5
+  small = [Pair(t, l) for t in ("a", "b") for l in ("x", "y", "z")]
+  # 2 tasks x 3 languages: each language has 2 cells, so no pair can go.
+  with pytest.raises(ValueError, match="no pair can be held out"):
+    pairs.random_holdout(small, 1, 0)
+  h = pairs.make_holdout("random", ("a", "b", "c", "d"), ("x", "y", "z", "w", "v"), GRID,
+                         seed=0, n_pairs=50)
+  assert 0 < len(h.unseen_pairs) < 50  # As many as fit.
+
+
+def test_explicit_and_bad_holdout_schemes():
+  tasks, langs = ("a", "b", "c", "d"), ("x", "y", "z", "w", "v")
+  h = pairs.make_holdout("explicit", tasks, langs, GRID, unseen_pairs=[Pair("a", "x")])
+  assert h.unseen_pairs == {Pair("a", "x")} and h.scheme == "explicit"
+  with pytest.raises(ValueError, match=r"unseen pairs \['d.v'\] are not cells of the grid"):
+    pairs.make_holdout("explicit", tasks, langs, GRID, unseen_pairs=[Pair("d", "v")])
+  with pytest.raises(ValueError, match="use 'explicit'"):
+    pairs.make_holdout("random", tasks, langs, GRID, unseen_pairs=[Pair("a", "x")])
+  with pytest.raises(ValueError, match=r"unseen languages \['q'\] are not languages"):
+    pairs.make_holdout("none", tasks, langs, GRID, unseen_langs=("q",))
+  with pytest.raises(ValueError, match="scheme 'zigzag' unknown"):
+    pairs.make_holdout("zigzag", tasks, langs, GRID)

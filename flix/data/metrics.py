@@ -5,6 +5,12 @@ SQuAD EM/F1 (lower-case, punctuation and English articles removed, whitespace to
 over "LABEL: entity $$ ..." strings, chrF (sacrebleu corpus chrF), CER (character edit distance
 over NFKC-normalized text, summed over the corpus, divided by the target characters), and
 top-3 accuracy (any of up to 3 predictions matches exactly).
+
+And after the SIGMORPHON shared tasks' evaluation scripts, where a target may be a list of
+accepted references (a syncretic form's analyses, a word's pronunciations): inflection and
+analysis report exact-match accuracy and the mean Levenshtein distance (to the closest
+reference); grapheme-to-phoneme reports word error rate and phone error rate (edit distance
+over space-separated IPA segments, summed, divided by the reference segments).
 """
 
 from __future__ import annotations
@@ -108,8 +114,9 @@ def chrf(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]
   return {"chrf": float(score.score)}
 
 
-def edit_distance(a: str, b: str) -> int:
-  """Levenshtein distance between two strings (unit insert / delete / substitute)."""
+def edit_distance(a: Sequence, b: Sequence) -> int:
+  """Levenshtein distance between two sequences, e.g. strings or lists of IPA segments (unit
+  insert / delete / substitute)."""
   if len(a) < len(b):
     a, b = b, a
   prev = list(range(len(b) + 1))
@@ -147,3 +154,44 @@ def top3_accuracy(targets: Sequence[str], predictions: Sequence[Sequence[str]]) 
                        f"example {i} has {topk!r}")
     hits.append(any(_text(p) == _text(target) for p in topk))
   return {"top3_accuracy": 100.0 * float(np.mean(hits))}
+
+
+def _references(target) -> list[str]:
+  refs = [target] if isinstance(target, (str, bytes)) else list(target)
+  if not refs:
+    raise ValueError("a target needs at least one reference, got an empty list")
+  return [_text(r) for r in refs]
+
+
+def exact_match_and_levenshtein(targets: Sequence[str | Sequence[str]],
+                                predictions: Sequence[str]) -> dict[str, float]:
+  """SIGMORPHON inflection / analysis: `exact_match` (% predictions equal to a reference) and
+  `levenshtein` (mean character edit distance to the closest reference)."""
+  _check_lengths(targets, predictions)
+  hits, distances = [], []
+  for target, prediction in zip(targets, predictions):
+    refs, pred = _references(target), _text(prediction)
+    hits.append(pred in refs)
+    distances.append(min(edit_distance(r, pred) for r in refs))
+  return {"exact_match": 100.0 * float(np.mean(hits)),
+          "levenshtein": float(np.mean(distances))}
+
+
+def word_and_phone_error_rates(targets: Sequence[str | Sequence[str]],
+                               predictions: Sequence[str]) -> dict[str, float]:
+  """SIGMORPHON grapheme-to-phoneme: `wer` (% words whose prediction equals no reference) and
+  `per` (100 * summed segment edit distance to the closest reference / summed length of that
+  reference in segments); also `exact_match` = 100 - wer."""
+  _check_lengths(targets, predictions)
+  wrong, edits, length = 0, 0, 0
+  for target, prediction in zip(targets, predictions):
+    refs = [r.split() for r in _references(target)]
+    pred = _text(prediction).split()
+    best = min(refs, key=lambda r: (edit_distance(r, pred), len(r)))
+    wrong += pred not in refs
+    edits += edit_distance(best, pred)
+    length += len(best)
+  if length == 0:
+    raise ValueError("phone error rate is undefined when every reference is empty")
+  wer = 100.0 * wrong / len(targets)
+  return {"wer": wer, "per": 100.0 * edits / length, "exact_match": 100.0 - wer}

@@ -11,14 +11,17 @@ the library renders and that fit the byte lengths; values that fail are skipped 
 A cell whose library fails (more than half of the tried values raise or render empty, or a
 split ends up empty) is absent; `OfflineData.absent` lists absent cells with the reason.
 
-Hold-out schemes (`OfflineConfig.holdout`):
+Hold-out schemes (`OfflineConfig.holdout`, implemented in `flix.data.pairs`):
   "none": every cell of a seen language is trained.
   "diagonal": task i (in config order) is held out in the seen language at position
     (i * diagonal_stride) mod L of the seen languages (moving on to the next language when that
-    cell is absent or the language would lose its last trained cell). Those cells appear only in
-    validation/test (unseen pairs); every task and every seen language is still trained.
-  In both, `unseen_langs` are languages with no fine-tuning data at all (their cells are
-  evaluation-only and the training FeatureSpace has no value for them).
+    cell is absent or the language would lose its last trained cell).
+  "random": `holdout_pairs` cells (default one per task) drawn with `holdout_seed`, each task
+    and seen language still trained in >= 2 cells.
+  "explicit": exactly `unseen_pairs`.
+  Held-out cells appear only in validation/test (unseen pairs). In every scheme `unseen_langs`
+  are languages with no fine-tuning data at all (their cells are evaluation-only and the
+  training FeatureSpace has no value for them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from flix.data import languages, pairs
 from flix.data.pairs import HoldOut, Pair
 from flix.features import FeatureSpace
 
@@ -41,7 +45,7 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_TASKS = ("cardinal", "ordinal", "currency", "long_date", "month_year", "country",
                  "decimal")
 DEFAULT_LANGS = ("en", "fr", "de", "es", "it", "pt", "nl", "pl", "fi", "tr", "ro", "hu")
-HOLDOUT_SCHEMES = ("none", "diagonal")
+HOLDOUT_SCHEMES = pairs.HOLDOUT_SCHEMES
 PREFIXES = ("none", "task", "task_lang")
 _EARLY_ABSENT = 20  # A cell whose first this-many values all fail is absent.
 _POOL_SLACK = 1.5   # Pools hold this many times the requested examples, for skipped values.
@@ -169,6 +173,9 @@ class OfflineConfig:
     seed: the only source of randomness.
     holdout: a scheme from HOLDOUT_SCHEMES (see module docstring).
     diagonal_stride: language step per task for the diagonal scheme.
+    holdout_seed, holdout_pairs: the random scheme's seed and number of unseen pairs (None:
+      one per task).
+    unseen_pairs: the explicit scheme's (task, lang) pairs.
     unseen_langs: languages never fine-tuned on (evaluation only).
     prefix: "none" (input is the value), "task" ("ordinal: 3"), "task_lang" ("ordinal fr: 3")
       for baselines without feature adapters.
@@ -186,10 +193,14 @@ class OfflineConfig:
   diagonal_stride: int = 1
   unseen_langs: tuple[str, ...] = ("pt",)
   prefix: str = "none"
+  holdout_seed: int = 0
+  holdout_pairs: int | None = None
+  unseen_pairs: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     for name in ("tasks", "langs", "unseen_langs"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
+    object.__setattr__(self, "unseen_pairs", tuple(tuple(p) for p in self.unseen_pairs))
     unknown = [t for t in self.tasks if t not in available_tasks()]
     if unknown or not self.tasks:
       raise ValueError(f"unknown offline tasks {unknown or self.tasks}; expected a non-empty "
@@ -259,11 +270,14 @@ class OfflineData:
     """Present cells, in config order (task-major)."""
     return tuple(self.examples)
 
-  def feature_space(self, ranks: Mapping[str, int] | int = 4,
-                    shared_rank: int = 0) -> FeatureSpace:
-    """The training FeatureSpace: every task, and only the seen languages."""
+  def feature_space(self, ranks: Mapping[str, int] | int = 4, shared_rank: int = 0,
+                    derived: Sequence[str] = ()) -> FeatureSpace:
+    """The training FeatureSpace: every task, and only the seen languages; `derived` adds
+    language-table fields ("family", "script") as feature types derived from `lang`."""
     return FeatureSpace.build({"task": self.config.tasks, "lang": self.config.seen_langs},
-                              ranks, shared_rank)
+                              ranks, shared_rank,
+                              languages.derived_features(self.config.langs, derived)
+                              if derived else None)
 
   def corpus(self, split: str = "train", fields: Sequence[str] = ("targets",)) -> list[str]:
     """Unlabelled texts: `fields` ("inputs", "targets") of `split` in every present cell, held-out
@@ -359,26 +373,10 @@ def _generate_cell(task: OfflineTask, lang: str, pools: Mapping[str, Sequence[in
 
 def make_holdout(config: OfflineConfig, present: Sequence[Pair]) -> HoldOut:
   """The hold-out of `config.holdout` over the present cells (see module docstring)."""
-  unseen_langs = frozenset(config.unseen_langs)
-  present_set = set(present)
-  unseen_pairs: set[Pair] = set()
-  if config.holdout == "diagonal":
-    langs = config.seen_langs
-    trained_per_lang = {l: sum(Pair(t, l) in present_set for t in config.tasks) for l in langs}
-    for i, task in enumerate(config.tasks):
-      trained_langs = sum(Pair(task, l) in present_set for l in langs)
-      if trained_langs < 2:
-        continue  # Holding out its only cell would leave the task untrained.
-      for step in range(len(langs)):
-        lang = langs[(i * config.diagonal_stride + step) % len(langs)]
-        pair = Pair(task, lang)
-        if pair in present_set and trained_per_lang[lang] > 1:
-          unseen_pairs.add(pair)
-          trained_per_lang[lang] -= 1
-          break
-  holdout = HoldOut(frozenset(unseen_pairs), unseen_langs, config.holdout)
-  holdout.check_covers(present)
-  return holdout
+  return pairs.make_holdout(config.holdout, config.tasks, config.langs, present,
+                            unseen_langs=config.unseen_langs, stride=config.diagonal_stride,
+                            seed=config.holdout_seed, n_pairs=config.holdout_pairs,
+                            unseen_pairs=[Pair(*p) for p in config.unseen_pairs])
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,14 +13,11 @@ Names (with `prefix`, default "flix_offline"):
 from __future__ import annotations
 
 import dataclasses
-import seqio
-import tensorflow as tf
 
 from flix.data import metrics, pairs
 from flix.data.offline import OfflineConfig, OfflineData, generate
-from flix.data.pairs import PairTask, RateKind
-from flix.data.span_corruption import span_corruption
-from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features
+from flix.data.pairs import HoldOut, PairTask, RateKind
+from flix.data.span_corruption import register_pretraining_task
 from flix.features import FeatureSpace
 
 OFFLINE_METRICS = (metrics.sequence_accuracy, metrics.chrf, metrics.cer)
@@ -42,6 +39,10 @@ class OfflineRegistration:
   eval_mixture: str
   pretrain_task: str
   pretrain_objective: str = "span_corruption"
+
+  @property
+  def holdout(self) -> HoldOut:
+    return self.data.holdout
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -73,20 +74,9 @@ class OfflineRegistration:
 def _register_pretrain(name: str, data: OfflineData, space: FeatureSpace,
                        noise_density: float, mean_span_length: float, objective: str,
                        fields: tuple[str, ...]) -> None:
-  texts = {split: [{"targets": t} for t in data.corpus(split, fields)]
-           for split in ("train", "validation")}
-  ids = tf.constant(space.encode({}, unknown="drop"), tf.int32)  # Every type INACTIVE.
-  seqio.TaskRegistry.add(
-      name,
-      source=pairs.examples_source(texts, keys=("targets",)),
-      output_features=pair_output_features(space.n_types, BYTE_VOCAB),
-      preprocessors=[
-          seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-          span_corruption(noise_density, mean_span_length, objective),
-          lambda ds: ds.map(lambda ex: {**ex, FEATURE_IDS: ids}),
-          seqio.preprocessors.append_eos_after_trim],
-      metric_fns=[],
-      shuffle_buffer_size=max(1, len(texts["train"])))
+  register_pretraining_task(
+      name, {split: data.corpus(split, fields) for split in ("train", "validation")},
+      space.n_types, noise_density, mean_span_length, objective)
 
 
 def register_offline(config: OfflineConfig = OfflineConfig(),

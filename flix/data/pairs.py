@@ -9,6 +9,7 @@ registered Task of a held-out pair has no `train` split, and training mixtures l
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import re
@@ -105,17 +106,106 @@ class HoldOut:
             "unseen_langs": sorted(self.unseen_langs)}
 
 
+# -- hold-out schemes over a grid's present cells ------------------------------------------------
+HOLDOUT_SCHEMES = ("none", "diagonal", "random", "explicit")
+MIN_TRAINED_CELLS = 2  # The random scheme keeps every task and seen language trained this often.
+
+
+def diagonal_holdout(tasks: Sequence[str], langs: Sequence[str], present: Collection[Pair],
+                     unseen_langs: Collection[str] = (), stride: int = 1) -> HoldOut:
+  """Task i (in `tasks` order) held out in the seen language at position (i * stride) mod L of
+  the seen languages, moving on to the next language when that cell is absent or the language
+  would lose its last trained cell; a task trained in fewer than 2 languages is not held out."""
+  seen = [l for l in langs if l not in unseen_langs]
+  present = set(present)
+  trained_per_lang = {l: sum(Pair(t, l) in present for t in tasks) for l in seen}
+  unseen_pairs: set[Pair] = set()
+  for i, task in enumerate(tasks):
+    if sum(Pair(task, l) in present for l in seen) < 2:
+      continue  # Holding out its only cell would leave the task untrained.
+    for step in range(len(seen)):
+      pair = Pair(task, seen[(i * stride + step) % len(seen)])
+      if pair in present and trained_per_lang[pair.lang] > 1:
+        unseen_pairs.add(pair)
+        trained_per_lang[pair.lang] -= 1
+        break
+  holdout = HoldOut(frozenset(unseen_pairs), frozenset(unseen_langs), "diagonal")
+  holdout.check_covers(present)
+  return holdout
+
+
+def random_holdout(present: Collection[Pair], n_pairs: int, seed: int,
+                   unseen_langs: Collection[str] = (),
+                   min_trained: int = MIN_TRAINED_CELLS) -> HoldOut:
+  """`n_pairs` unseen pairs drawn with `seed` among the present cells of seen languages, each
+  accepted only if its task and its language stay trained in >= `min_trained` cells; fewer
+  than `n_pairs` when no further cell can be held out (said in the error if none can)."""
+  if not isinstance(n_pairs, int) or n_pairs < 0:
+    raise ValueError(f"n_pairs must be an int >= 0, got {n_pairs!r}")
+  cells = sorted(p for p in present if p.lang not in unseen_langs)
+  trained_task = collections.Counter(p.task for p in cells)
+  trained_lang = collections.Counter(p.lang for p in cells)
+  chosen: set[Pair] = set()
+  for i in np.random.default_rng([seed, 7919]).permutation(len(cells)):
+    if len(chosen) == n_pairs:
+      break
+    pair = cells[i]
+    if trained_task[pair.task] > min_trained and trained_lang[pair.lang] > min_trained:
+      chosen.add(pair)
+      trained_task[pair.task] -= 1
+      trained_lang[pair.lang] -= 1
+  if n_pairs and not chosen:
+    raise ValueError(f"no pair can be held out while every task and language keeps "
+                     f">= {min_trained} trained cells (cells: {len(cells)})")
+  holdout = HoldOut(frozenset(chosen), frozenset(unseen_langs), f"random(seed={seed})")
+  holdout.check_covers(present)
+  return holdout
+
+
+def make_holdout(scheme: str, tasks: Sequence[str], langs: Sequence[str],
+                 present: Collection[Pair], *, unseen_langs: Collection[str] = (),
+                 unseen_pairs: Collection[Pair] = (), n_pairs: int | None = None,
+                 seed: int = 0, stride: int = 1) -> HoldOut:
+  """The hold-out of `scheme` (HOLDOUT_SCHEMES) over a grid's present cells.
+
+  none: only `unseen_langs`; diagonal: `diagonal_holdout`; random: `random_holdout` with
+  `n_pairs` (default: one per task); explicit: `unseen_pairs`, checked to be present cells of
+  seen languages. Every scheme raises ValueError if a task or seen language ends up untrained.
+  """
+  if scheme not in HOLDOUT_SCHEMES:
+    raise ValueError(f"hold-out scheme {scheme!r} unknown; expected one of {HOLDOUT_SCHEMES}")
+  unknown = sorted(set(unseen_langs) - set(langs))
+  if unknown:
+    raise ValueError(f"unseen languages {unknown} are not languages of the grid {list(langs)}")
+  if scheme != "explicit" and unseen_pairs:
+    raise ValueError(f"unseen pairs are given, but the hold-out scheme is {scheme!r}; use "
+                     "'explicit' to hold out exactly the listed pairs")
+  if scheme == "diagonal":
+    return diagonal_holdout(tasks, langs, present, unseen_langs, stride)
+  if scheme == "random":
+    return random_holdout(present, len(tasks) if n_pairs is None else n_pairs, seed,
+                          unseen_langs)
+  pairs = frozenset(unseen_pairs if scheme == "explicit" else ())
+  absent = sorted(f"{p.task}.{p.lang}" for p in pairs if p not in set(present))
+  if absent:
+    raise ValueError(f"unseen pairs {absent} are not cells of the grid")
+  holdout = HoldOut(pairs, frozenset(unseen_langs), scheme)
+  holdout.check_covers(present)
+  return holdout
+
+
 def encode_pair(space: FeatureSpace, pair: Pair, holdout: HoldOut | None = None) -> np.ndarray:
   """The pair's feature ids, int32 `[space.n_types]`.
 
   Only the space's types are used (a task-only space ignores `lang`). A language in
   `holdout.unseen_langs` that the space does not know becomes INACTIVE (unknown='drop'); any
-  other unknown value is an error.
+  other unknown value is an error. Derived types (e.g. the language's family) are derived by
+  `FeatureSpace.encode`, and may be INACTIVE (see `flix.features`).
   """
   features = {k: v for k, v in pair.features.items() if k in space.names}
   ids = space.encode(features, unknown="drop")
   for col, t in enumerate(space.types):
-    if ids[col] != INACTIVE:
+    if ids[col] != INACTIVE or t.derived:
       continue
     if t.name == "lang" and holdout is not None and pair.lang in holdout.unseen_langs:
       continue
@@ -185,10 +275,43 @@ def examples_source(examples: Mapping[str, Sequence[Mapping[str, str]]],
       num_input_examples={s: len(examples[s]) for s in columns})
 
 
+@dataclasses.dataclass(frozen=True)
+class PairSource:
+  """A pair's data: its split sizes, and a seqio DataSource over any subset of its splits.
+
+  Attributes:
+    num_examples: `{split: examples}`.
+    make: splits -> a seqio.DataSource offering exactly those splits.
+    preprocessors: seqio preprocessors run before tokenization, mapping the source's examples
+      to `{"inputs": str, "targets": str, ...}` (extra fields reach the postprocess_fn).
+  """
+
+  num_examples: Mapping[str, int]
+  make: Callable[[Sequence[str]], seqio.DataSource]
+  preprocessors: tuple[Callable, ...] = ()
+
+  @classmethod
+  def from_examples(cls, examples: Mapping[str, Sequence[Mapping[str, str]]]) -> "PairSource":
+    """In-memory `{split: [{"inputs": str, "targets": str}, ...]}` (`examples_source`)."""
+    return cls({s: len(v) for s, v in examples.items()},
+               lambda splits: examples_source({s: examples[s] for s in splits}))
+
+  @classmethod
+  def from_tfds(cls, data_dir: str, splits: Mapping[str, str], num_examples: Mapping[str, int],
+                preprocessors: Sequence[Callable] = ()) -> "PairSource":
+    """A prepared TFDS dataset directory (`.../name/config/version`) read through
+    `seqio.TfdsDataSource`; `splits` maps our split names to its split names."""
+    return cls(dict(num_examples),
+               lambda chosen: seqio.TfdsDataSource(
+                   tfds_data_dir=data_dir, splits={s: splits[s] for s in chosen},
+                   read_only=True),
+               tuple(preprocessors))
+
+
 def register_pair_task(
     name: str,
     pair: Pair,
-    examples: Mapping[str, Sequence[Mapping[str, str]]],
+    examples: Mapping[str, Sequence[Mapping[str, str]]] | PairSource,
     space: FeatureSpace,
     holdout: HoldOut | None = None,
     metric_fns: Sequence[Callable] = (),
@@ -196,13 +319,14 @@ def register_pair_task(
     vocabulary: seqio.Vocabulary = BYTE_VOCAB,
     shuffle_buffer_size: int | None = None,
 ) -> PairTask:
-  """Registers one seqio Task for `pair` over in-memory examples.
+  """Registers one seqio Task for `pair`.
 
   Args:
     name: seqio task name (must not be registered yet).
     pair: the pair; its features are encoded with `space` (see `encode_pair`).
-    examples: `{split: [{"inputs": str, "targets": str}, ...]}`. For a pair that `holdout`
-      does not train, the `train` split is dropped, so no training dataset can contain it.
+    examples: a PairSource, or in-memory `{split: [{"inputs": str, "targets": str}, ...]}`.
+      For a pair that `holdout` does not train, the `train` split is left out, so no training
+      dataset can contain it.
     space: the FeatureSpace of the model that will train/evaluate on this task.
     holdout: which pairs/languages are unseen; None trains every pair.
     metric_fns, postprocess_fn: as in seqio.TaskRegistry.add.
@@ -213,26 +337,27 @@ def register_pair_task(
   Returns:
     A PairTask describing the registration.
   """
+  source = examples if isinstance(examples, PairSource) else PairSource.from_examples(examples)
   holdout = holdout or HoldOut()
   kind = holdout.kind(pair)
-  if kind != "seen_pair":
-    examples = {s: v for s, v in examples.items() if s != TRAIN}
-  if not examples:
+  splits = [s for s, n in source.num_examples.items() if n and (kind == "seen_pair" or
+                                                                s != TRAIN)]
+  if not splits:
     raise ValueError(f"pair {pair} ({kind}) has no usable split; got none besides {TRAIN!r}")
   ids = encode_pair(space, pair, holdout)
-  source = examples_source(examples)
   if shuffle_buffer_size is None:
-    shuffle_buffer_size = max(1, max(len(v) for v in examples.values()))
+    shuffle_buffer_size = max(1, max(source.num_examples[s] for s in splits))
   seqio.TaskRegistry.add(
       name,
-      source=source,
+      source=source.make(splits),
       output_features=pair_output_features(space.n_types, vocabulary),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     _add_feature_ids(ids), seqio.preprocessors.append_eos_after_trim],
+      preprocessors=[*source.preprocessors, seqio.preprocessors.tokenize,
+                     seqio.CacheDatasetPlaceholder(), _add_feature_ids(ids),
+                     seqio.preprocessors.append_eos_after_trim],
       postprocess_fn=postprocess_fn,
       metric_fns=list(metric_fns),
       shuffle_buffer_size=shuffle_buffer_size)
-  return PairTask(name, pair, kind, {s: len(v) for s, v in examples.items()},
+  return PairTask(name, pair, kind, {s: source.num_examples[s] for s in splits},
                   tuple(int(i) for i in ids))
 
 
@@ -294,6 +419,80 @@ def expected_rates(tasks: Sequence[PairTask], rate: RateKind = "equal", temperat
   return {k: v / total for k, v in raw.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class PairRegistration:
+  """What a benchmark registration put in seqio: one task per pair and the two mixtures.
+
+  Attributes:
+    prefix: name prefix (`{prefix}.{task}.{lang}`, `{prefix}.train`, `{prefix}.eval`).
+    space: the training FeatureSpace (the model's adapters; unseen languages not in it).
+    holdout: unseen pairs and languages.
+    tasks: the registered pair tasks.
+    train_mixture: the trained (seen) pairs at the configured rate.
+    eval_mixture: every pair, equal rates (validation / test).
+    task_feature_lengths: `{"inputs": ..., "targets": ...}` that fit every example.
+    info: per-cell facts for reports, `{"{task}.{lang}": {...}}` (counts, drops).
+    extra_names: further registered names (e.g. a pretraining task) that `unregister` removes.
+  """
+
+  prefix: str
+  space: FeatureSpace
+  holdout: HoldOut
+  tasks: tuple[PairTask, ...]
+  train_mixture: str
+  eval_mixture: str
+  task_feature_lengths: Mapping[str, int]
+  info: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
+  extra_names: tuple[str, ...] = ()
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return (self.train_mixture, self.eval_mixture, *self.extra_names,
+            *(t.name for t in self.tasks))
+
+  def tasks_of_kind(self, kind: str) -> tuple[PairTask, ...]:
+    if kind not in SPLIT_KINDS:
+      raise ValueError(f"split kind {kind!r} unknown; expected one of {SPLIT_KINDS}")
+    return tuple(t for t in self.tasks if t.kind == kind)
+
+  def unregister(self) -> None:
+    unregister(self.names)
+
+
+def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: FeatureSpace,
+                   holdout: HoldOut, task_feature_lengths: Mapping[str, int], *,
+                   metric_fns: Callable[[Pair], Sequence[Callable]] = lambda pair: (),
+                   postprocess_fn: Callable | None = None, rate: RateKind = "equal",
+                   temperature: float = 1.0, maximum: int | None = None,
+                   info: Mapping[str, Mapping] | None = None) -> PairRegistration:
+  """Registers `{prefix}.{task}.{lang}` for every pair of `sources` and the `{prefix}.train` /
+  `{prefix}.eval` mixtures; on any error, removes what it registered and re-raises."""
+  tasks: list[PairTask] = []
+  train, evaluation = f"{prefix}.train", f"{prefix}.eval"
+  try:
+    for pair, source in sources.items():
+      tasks.append(register_pair_task(pair.task_name(prefix), pair, source, space, holdout,
+                                      metric_fns=metric_fns(pair),
+                                      postprocess_fn=postprocess_fn))
+    register_pair_mixture(train, tasks, rate, temperature, maximum)
+    register_pair_mixture(evaluation, tasks, "equal", include_untrained=True)
+  except Exception:
+    unregister([train, evaluation, *(t.name for t in tasks)])
+    raise
+  return PairRegistration(prefix, space, holdout, tuple(tasks), train, evaluation,
+                          dict(task_feature_lengths), dict(info or {}))
+
+
+def check_registered(name: str) -> None:
+  """Raises ValueError naming `name` and what is registered unless it is a seqio task/mixture."""
+  try:
+    seqio.get_mixture_or_task(name)
+  except ValueError:
+    known = sorted(seqio.MixtureRegistry.names() | seqio.TaskRegistry.names())
+    shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+    raise ValueError(f"unknown mixture or task {name!r}; registered: {shown or 'none'}") from None
+
+
 def unregister(names: Collection[str]) -> None:
   """Removes seqio Tasks/Mixtures by name (missing names are ignored)."""
   for n in names:
@@ -301,6 +500,15 @@ def unregister(names: Collection[str]) -> None:
       seqio.MixtureRegistry.remove(n)
     if n in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(n)
+
+
+def frozen(value):
+  """A comparable, order-insensitive-for-mappings form of a (gin) argument."""
+  if isinstance(value, Mapping):
+    return tuple(sorted((k, frozen(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(frozen(v) for v in value)
+  return value
 
 
 def cached_registration(cache: dict, prefix: str, arguments: tuple):

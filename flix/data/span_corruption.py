@@ -18,6 +18,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from flix.data import pairs
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features
+
 FIRST_SENTINEL = 258
 MAX_SPANS = 11
 OBJECTIVES = ("span_corruption", "reconstruction")
@@ -82,3 +85,23 @@ def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0,
     return {**features, "inputs": inputs, "targets": targets}
 
   return corrupt
+
+
+def register_pretraining_task(name: str, texts: dict[str, list[str]], n_types: int,
+                              noise_density: float = 0.15, mean_span_length: float = 3.0,
+                              objective: str = "span_corruption") -> None:
+  """Registers seqio Task `name` over unlabelled `texts` (`{split: [str]}`), corrupted by
+  `span_corruption`; every example's feature ids are INACTIVE (a base model has no adapters)."""
+  ids = tf.constant(np.full((n_types,), -1, np.int32))
+  seqio.TaskRegistry.add(
+      name,
+      source=pairs.examples_source({s: [{"targets": t} for t in v] for s, v in texts.items()},
+                                   keys=("targets",)),
+      output_features=pair_output_features(n_types, BYTE_VOCAB),
+      preprocessors=[
+          seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+          span_corruption(noise_density, mean_span_length, objective),
+          lambda ds: ds.map(lambda ex: {**ex, FEATURE_IDS: ids}),
+          seqio.preprocessors.append_eos_after_trim],
+      metric_fns=[],
+      shuffle_buffer_size=max(1, len(texts.get("train", ()))))

@@ -348,6 +348,10 @@ class XtremeUpRegistration:
   task_feature_lengths: Mapping[str, int] | None = None
 
   @property
+  def holdout(self) -> HoldOut:
+    return self.data.holdout
+
+  @property
   def names(self) -> tuple[str, ...]:
     """Every registered seqio name: the mixtures (if any), then the pair Tasks."""
     mixtures = tuple(m for m in (self.train_mixture, self.eval_mixture) if m)
@@ -469,15 +473,6 @@ def experiment_space(data: XtremeUpData, ranks: Mapping[str, int] | int = 4,
                              "lang": sorted({p.lang for p in trained})}, ranks, shared_rank)
 
 
-def _frozen(value):
-  """A comparable, order-insensitive-for-mappings form of a (gin) argument."""
-  if isinstance(value, Mapping):
-    return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
-  if isinstance(value, (list, tuple)):
-    return tuple(_frozen(v) for v in value)
-  return value
-
-
 # prefix -> (arguments, registration): registering a prefix again with the same arguments
 # returns the existing registration; with other arguments it replaces it.
 _REGISTERED: dict[str, tuple[tuple, XtremeUpRegistration]] = {}
@@ -528,8 +523,9 @@ def register_xtreme_up_experiment(
   unseen_langs = frozenset((unseen_langs,) if isinstance(unseen_langs, str)
                            else unseen_langs or ())
   pairs.mixing_rate(rate, temperature, maximum)  # Validates before anything is read.
-  arguments = (data_dir, tasks, _frozen(langs), unseen_pairs, unseen_langs, _frozen(ranks),
-               shared_rank, rate, temperature, maximum, _frozen(task_feature_lengths),
+  arguments = (data_dir, tasks, pairs.frozen(langs), unseen_pairs, unseen_langs,
+               pairs.frozen(ranks), shared_rank, rate, temperature, maximum,
+               pairs.frozen(task_feature_lengths),
                bad_records, max_input_bytes)
   previous = pairs.cached_registration(_REGISTERED, prefix, arguments)
   if previous is not None:

@@ -1,0 +1,257 @@
+"""The morphology grid in seqio: inflect / analyze / g2p x languages, from the TFDS datasets.
+
+`register_morphology_experiment` (gin: `experiments/morph_{flix,lora,eval}.gin`) builds (once,
+cached in the TFDS data dir) the `flix_morphology` dataset of every language from the release
+files in `morph_dir` (`sigmorphon2023/{lang}.{trn,dev,tst}`, `wikipron/{lang}_*.tsv`), and
+registers one seqio Task per (task, language) cell over `seqio.TfdsDataSource`:
+
+  `{prefix}.{task}.{lang}`  inputs "{task} {lang}: {source}" (prefix 'task_lang'), targets the
+                            first reference, plus `references` for the metrics;
+  `{prefix}.train`          the trained (seen) cells, at the configured rate;
+  `{prefix}.eval`           every cell (validation / test), equal rates.
+
+Hold-outs as for the offline benchmark (`flix.data.pairs.make_holdout`): none, diagonal, a
+seeded random draw that keeps every task and language trained in >= 2 cells, or an explicit
+list, plus unseen languages (no adapter; their cells are evaluation-only). Derived feature types
+(the language's family and script, `flix.data.languages`) are added with `derived`.
+
+Lengths: sources and targets of at most 56 UTF-8 bytes are kept (0.16% of all lines are longer,
+most of them Georgian; `MorphologyConfig`), so TASK_FEATURE_LENGTHS is 56 + the longest prefix
++ EOS for inputs and 56 + EOS for targets, rounded up to a multiple of 8 (72 / 64).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from flix.data import languages, metrics, morphology, pairs, span_corruption
+from flix.data.pairs import Pair, PairRegistration, PairSource, RateKind
+from flix.data.tfds import morphology as tfds_morphology
+from flix.data.tfds import release, sigmorphon2023, wikipron
+from flix.features import FeatureSpace
+
+PREFIXES = ("none", "task", "task_lang")
+METRICS = {"inflect": (metrics.exact_match_and_levenshtein,),
+           "analyze": (metrics.exact_match_and_levenshtein,),
+           "g2p": (metrics.word_and_phone_error_rates,)}
+
+# prefix -> (arguments, registration), as in flix.data.offline_tasks.
+_REGISTERED: dict[str, tuple[tuple, PairRegistration]] = {}
+
+
+def input_prefix(kind: str, pair: Pair) -> str:
+  if kind not in PREFIXES:
+    raise ValueError(f"prefix {kind!r} unknown; expected one of {PREFIXES}")
+  return {"none": "", "task": f"{pair.task}: ", "task_lang": f"{pair.task} {pair.lang}: "}[kind]
+
+
+def references_postprocessor(output, example=None, is_target: bool = False):
+  """Targets: the example's list of accepted references; predictions: the decoded text."""
+  if is_target and example is not None and "references" in example:
+    return [r.decode("utf-8") if isinstance(r, bytes) else str(r)
+            for r in np.asarray(example["references"]).tolist()]
+  return output
+
+
+def _formatter(prefix: str):
+  def format_examples(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    return dataset.map(lambda ex: {"inputs": tf.strings.join([prefix, ex["source"]]),
+                                   "targets": ex["target"], "references": ex["references"]},
+                       num_parallel_calls=tf.data.AUTOTUNE)
+  return format_examples
+
+
+def _wikipron_file(morph_dir: str, lang: str, chosen: Mapping[str, str]) -> str | None:
+  if lang in chosen:
+    return chosen[lang]
+  files = wikipron.files_for(os.path.join(morph_dir, tfds_morphology.WIKIPRON_DIR), lang)
+  if len(files) > 1:  # E.g. broad and narrow transcriptions: prefer broad.
+    broad = [f for f in files if f.endswith("_broad")]
+    logging.info("WikiPron files for %s: %s; using %s (set wikipron_files to choose)", lang,
+                 files, (broad or files)[0])
+    files = tuple(broad or files)
+  return files[0] if files else None
+
+
+def build_language(morph_dir: str, lang: str, wikipron_file: str | None,
+                   config: morphology.MorphologyConfig, data_dir: str | None):
+  """The prepared `flix_morphology` builder of `lang` (built on first use)."""
+  builder = tfds_morphology.FlixMorphology(
+      config=tfds_morphology.config(lang, wikipron_file, config), data_dir=data_dir)
+  return release.prepare(builder, morph_dir)
+
+
+def corpus(builders: Mapping[str, Any], present: Sequence[Pair], split: str) -> list[str]:
+  """Sources and targets of `split` in every cell, each text on its own, deduplicated."""
+  texts = {}
+  for pair in present:
+    rows = tfds.as_numpy(builders[pair.lang].as_dataset(split=f"{pair.task}_{split}",
+                                                        shuffle_files=False))
+    for row in rows:
+      for key in ("source", "target"):
+        texts.setdefault(row[key].decode("utf-8"), None)
+  return list(texts)
+
+
+def pretrain_feature_lengths(config: morphology.MorphologyConfig) -> dict[str, int]:
+  """Reconstruction of a whole text: inputs and targets as long as the longest text + EOS."""
+  length = 8 * math.ceil((max(config.max_source_bytes, config.max_target_bytes) + 1) / 8)
+  return {"inputs": length, "targets": length}
+
+
+def feature_lengths(config: morphology.MorphologyConfig, tasks: Sequence[str],
+                    langs: Sequence[str], prefix: str) -> dict[str, int]:
+  longest = max(len(input_prefix(prefix, Pair(t, l)).encode()) for t in tasks for l in langs)
+  round8 = lambda n: 8 * math.ceil(n / 8)
+  return {"inputs": round8(config.max_source_bytes + longest + 1),
+          "targets": round8(config.max_target_bytes + 1)}
+
+
+def _pairs(value) -> frozenset[Pair]:
+  if isinstance(value, (str, Pair)):
+    value = (value,)
+  out = set()
+  for p in value or ():
+    if isinstance(p, Pair):
+      out.add(p)
+    elif isinstance(p, str) and p.count(".") == 1:
+      out.add(Pair(*p.split(".")))
+    elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
+      out.add(Pair(*p))
+    else:
+      raise ValueError(f"an unseen pair is written ('task', 'lang') or 'task.lang', got {p!r}")
+  return frozenset(out)
+
+
+@gin.configurable(module="flix.data")
+def register_morphology_experiment(
+    morph_dir: str = gin.REQUIRED,
+    langs: Sequence[str] | None = None,
+    tasks: Sequence[str] = morphology.TASKS,
+    holdout: str = "explicit",
+    unseen_pairs=(),
+    unseen_langs: Sequence[str] = (),
+    holdout_seed: int = 0,
+    holdout_pairs: int | None = None,
+    ranks: Mapping[str, int] | int = 4,
+    shared_rank: int = 0,
+    derived: Sequence[str] = (),
+    prefix: str = "task_lang",
+    name: str = "morph",
+    rate: RateKind = "equal",
+    temperature: float = 1.0,
+    maximum: int | None = None,
+    config: morphology.MorphologyConfig = morphology.MorphologyConfig(),
+    tfds_data_dir: str | None = None,
+    wikipron_files: Mapping[str, str] | None = None,
+    pretrain_objective: str | None = None) -> PairRegistration:
+  """Builds the languages' datasets and registers the grid; what flix.train / flix.eval need.
+
+  Args:
+    morph_dir: release files in the layout of `../shared/data/morphology` (`sigmorphon2023/`,
+      `wikipron/`); MORPH_DIR in gin.
+    langs: ISO 639-3 codes; None: every language with SIGMORPHON files in morph_dir
+      (MORPH_LANGS). A language without a WikiPron file has no g2p cell.
+    tasks: from inflect, analyze, g2p (MORPH_TASKS).
+    holdout, unseen_pairs, unseen_langs, holdout_seed, holdout_pairs: the hold-out
+      (`flix.data.pairs.make_holdout`); UNSEEN_PAIRS are ('task', 'lang') or 'task.lang'.
+    ranks, shared_rank: adapter ranks per type (`{"task": 8, "lang": 4, "family": 2}`) or one.
+    derived: language-table fields to add as derived feature types ("family", "script"); a
+      language missing from the table gets none (logged).
+    prefix: input prefix, "none", "task" or "task_lang" (baselines without feature adapters
+      need it to know the task and language).
+    name: the seqio name prefix.
+    rate, temperature, maximum: the training mixture's rate (`pairs.mixing_rate`).
+    config: byte budgets and the g2p split (`MorphologyConfig`).
+    tfds_data_dir: where TFDS datasets are built and cached (default: TFDS's).
+    wikipron_files: `{lang: file name without .tsv}` where a language has several.
+    pretrain_objective: also register `{name}.pretrain`, `flix.data.span_corruption` with this
+      objective over the train-split sources and targets of every cell (unpaired texts,
+      held-out cells included, never validation or test); lengths `pretrain_feature_lengths`.
+  """
+  morph_dir = os.path.abspath(morph_dir)
+  tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+  unknown_tasks = sorted(set(tasks) - set(morphology.TASKS))
+  if unknown_tasks or not tasks:
+    raise ValueError(f"unknown morphology tasks {unknown_tasks or list(tasks)}; expected a "
+                     f"non-empty subset of {list(morphology.TASKS)}")
+  input_prefix(prefix, Pair("inflect", "eng"))  # Validates the prefix kind.
+  pairs.mixing_rate(rate, temperature, maximum)
+  sig_dir = os.path.join(morph_dir, tfds_morphology.SIGMORPHON_DIR)
+  available = sigmorphon2023.languages(sig_dir)
+  if langs is None:
+    langs = available
+    if not langs:
+      raise release.ReleaseLayoutError(
+          f"no language has SIGMORPHON files under {sig_dir}; expected "
+          f"{sigmorphon2023.LAYOUT} per language")
+  langs = (langs,) if isinstance(langs, str) else tuple(langs)
+  missing = [l for l in langs if l not in available]
+  if missing:
+    raise release.ReleaseLayoutError(
+        f"languages {missing} have no SIGMORPHON files in {sig_dir}; expected "
+        f"{sigmorphon2023.LAYOUT.format(lang=missing[0])} (found: {list(available)})")
+  unseen_pairs = _pairs(unseen_pairs)
+  unseen_langs = (unseen_langs,) if isinstance(unseen_langs, str) else tuple(unseen_langs)
+  chosen = dict(wikipron_files or {})
+  arguments = (morph_dir, langs, tasks, holdout, unseen_pairs, tuple(unseen_langs),
+               holdout_seed, holdout_pairs, pairs.frozen(ranks), shared_rank, tuple(derived),
+               prefix, rate, temperature, maximum, config, tfds_data_dir,
+               pairs.frozen(chosen), pretrain_objective)
+  previous = pairs.cached_registration(_REGISTERED, name, arguments)
+  if previous is not None:
+    return previous
+
+  builders, info = {}, {}
+  for lang in langs:
+    wiki = _wikipron_file(morph_dir, lang, chosen) if "g2p" in tasks else None
+    builders[lang] = build_language(morph_dir, lang, wiki, config, tfds_data_dir)
+  present = [Pair(t, l) for t in tasks for l in langs
+             if f"{t}_train" in builders[l].info.splits]
+  hold = pairs.make_holdout(holdout, tasks, langs, present, unseen_langs=unseen_langs,
+                            unseen_pairs=unseen_pairs, n_pairs=holdout_pairs, seed=holdout_seed)
+  trained = [p for p in present if hold.is_trained(p)]
+  space = FeatureSpace.build(
+      {"task": [t for t in tasks if any(p.task == t for p in trained)],
+       "lang": sorted({p.lang for p in trained})}, ranks, shared_rank,
+      derived=languages.derived_features(langs, derived) if derived else None)
+  sources = {}
+  for pair in present:
+    builder = builders[pair.lang]
+    split_names = {s: f"{pair.task}_{s}" for s in morphology.SPLITS}
+    sources[pair] = PairSource.from_tfds(
+        os.fspath(builder.data_dir), split_names,
+        {s: builder.info.splits[n].num_examples for s, n in split_names.items()},
+        [_formatter(input_prefix(prefix, pair))])
+    metadata = builder.info.metadata
+    info[f"{pair.task}.{pair.lang}"] = {
+        "counts": metadata["counts"][pair.task], "dropped": metadata["dropped"][pair.task],
+        "wikipron_file": metadata["wikipron_file"] if pair.task == "g2p" else None}
+  registration = pairs.register_pairs(
+      name, sources, space, hold, feature_lengths(config, tasks, langs, prefix),
+      metric_fns=lambda pair: METRICS[pair.task], postprocess_fn=references_postprocessor,
+      rate=rate, temperature=temperature, maximum=maximum, info=info)
+  if pretrain_objective is not None:
+    pretrain = f"{name}.pretrain"
+    try:
+      span_corruption.register_pretraining_task(
+          pretrain, {s: corpus(builders, present, s) for s in ("train", "validation")},
+          space.n_types, objective=pretrain_objective)
+    except Exception:
+      registration.unregister()
+      raise
+    registration = dataclasses.replace(registration, extra_names=(pretrain,))
+  _REGISTERED[name] = (arguments, registration)
+  kinds = {k: len(registration.tasks_of_kind(k)) for k in pairs.SPLIT_KINDS}
+  logging.info("morphology %r: %d cells %s from %s; space %s", name, len(present), kinds,
+               morph_dir, {t.name: len(t.values) for t in space.types})
+  return registration
