@@ -1,0 +1,141 @@
+"""`python -m flix.study [--grids offline,morph] [--seeds 0,1,2] [--methods ...] --out DIR`.
+
+Runs every (grid, method, seed), each cached (`flix.study.runs`), then writes
+`DIR/{grid}/study.json`, `study.md`, `differences.png`, `heatmap.png`. A rerun trains only what
+is new (another seed, another method). One progress line per finished run gives the count,
+the elapsed time and the ETA from the mean run time so far. `--ablation dropout|ranks|shared`
+runs a lever's methods instead (read its validation numbers). `--quick`: a tiny model on small
+grids in about two minutes (the tests run it); the morphology grid is skipped with a message
+when the release files are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from flix import host_memory  # noqa: E402
+
+DEFAULT_MORPH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), os.pardir, "shared", "data", "morphology")
+DEFAULT_METHODS = ("lora", "flix", "flix_shared", "flix_derived")
+
+
+def int_list(text: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+    raise argparse.ArgumentTypeError(f"expected distinct integers >= 0, got {text!r}")
+  return values
+
+
+def name_list(text: str) -> list[str]:
+  values = [v.strip() for v in text.split(",") if v.strip()]
+  if not values:
+    raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+  return values
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  from flix.study import methods  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="python -m flix.study", description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True, help="report directory")
+  parser.add_argument("--grids", type=name_list, default=["offline", "morph"])
+  parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
+  parser.add_argument("--methods", type=name_list, default=list(DEFAULT_METHODS),
+                      help=f"from {sorted(methods.METHODS)}")
+  parser.add_argument("--ablation", choices=sorted(methods.ABLATIONS), default=None,
+                      help="run a lever's methods (plus lora) instead of --methods")
+  parser.add_argument("--morph_dir", default=os.path.normpath(DEFAULT_MORPH_DIR),
+                      help="the release files (sigmorphon2023/, wikipron/)")
+  parser.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "flix", "study"))
+  parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (default TFDS's)")
+  parser.add_argument("--quick", action="store_true", help="tiny model, small grids (~2 min)")
+  parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap replicates")
+  args = parser.parse_args(argv)
+  unknown = [g for g in args.grids if g not in ("offline", "morph")]
+  if unknown:
+    parser.error(f"unknown grids {unknown}; expected offline and/or morph")
+  chosen = list(methods.ABLATIONS[args.ablation]) if args.ablation else list(args.methods)
+  if "lora" not in chosen:
+    chosen.insert(0, "lora")  # Every difference is against LoRA.
+  try:
+    args.specs = [methods.method(m) for m in chosen]
+    methods.check_budget(args.specs)
+  except ValueError as e:
+    parser.error(str(e))
+  if args.n_boot < 100:
+    parser.error(f"--n_boot must be >= 100, got {args.n_boot}")
+  return args
+
+
+def grids(args: argparse.Namespace) -> list:
+  from flix.study import grids as grid_lib  # pylint: disable=import-outside-toplevel
+  out = []
+  for name in args.grids:
+    if name == "offline":
+      out.append(grid_lib.offline_grid(args.quick))
+    elif not os.path.isdir(os.path.join(args.morph_dir, "sigmorphon2023")):
+      print(f"[study] skipping the morph grid: no release files under {args.morph_dir} "
+            "(pass --morph_dir)", file=sys.stderr)
+    else:
+      out.append(grid_lib.morph_grid(args.morph_dir, args.quick, args.tfds_data_dir))
+  return out
+
+
+def duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else (
+      f"{seconds // 60}m{seconds % 60:02d}s")
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  host_memory.retain_freed_memory()  # Before JAX starts its backend.
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+  from flix.study import report, runs  # pylint: disable=import-outside-toplevel
+  if args.quick and args.cache_dir == parse_args(["--out", "x"]).cache_dir:
+    args.cache_dir = os.path.join(args.out, "cache")
+  chosen = grids(args)
+  if not chosen:
+    print("error: no grid to run", file=sys.stderr)
+    return 1
+  total = len(chosen) * len(args.specs) * len(args.seeds)
+  start, done, trained = time.time(), 0, 0
+  for grid in chosen:
+    grid_start = time.time()
+    base = runs.pretrain_base(grid, args.cache_dir)
+    results = {}
+    for spec in args.specs:
+      for seed in args.seeds:
+        run_start = time.time()
+        trained += not runs.done(grid, spec, seed, args.cache_dir)
+        results.setdefault(spec.name, []).append(runs.run(grid, spec, seed, args.cache_dir, base))
+        done += 1
+        elapsed = time.time() - start
+        eta = elapsed / done * (total - done)
+        print(f"[study] {done}/{total} runs ({grid.name} {spec.name} seed {seed}, "
+              f"{duration(time.time() - run_start)}) | elapsed {duration(elapsed)} | "
+              f"ETA {duration(eta)}", file=sys.stderr, flush=True)
+    study = report.build(grid, [s.name for s in args.specs], args.seeds, results,
+                         time.time() - grid_start, args.n_boot)
+    report.write(study, os.path.join(args.out, grid.name))
+    print(report.tables(study["summary"], study["differences"], study["methods"],
+                        study["trained_params"]))
+  print(f"wrote {args.out} in {duration(time.time() - start)} ({trained} runs trained, "
+        f"{total - trained} from the cache)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,106 @@
+"""The methods a study compares, each at the same per-example rank as its LoRA baseline.
+
+Every method trains adapters on every projection of the same frozen base, with the same steps,
+batch, optimizer and learning rate (the grid's budget); only the adapters differ. LoRA's rank is
+the per-example rank of the FLix variants (16), so both cost the same per example.
+
+  lora              one shared adapter, rank 16
+  flix              task 8 + language 8, feature dropout 0.3 (the paper's design)
+  flix_shared       shared 8 + task 4 + language 4, dropout 0.3 (the pilot's best)
+  flix_derived      shared 8 + task 4 + language 2 + family 1 + script 1, dropout 0.3: an unseen
+                    language keeps its family and script adapters
+Levers (validation only), one change each against flix / flix_shared:
+  flix_p{0.0,0.5,0.7}          feature dropout
+  flix_t12_l4, flix_t4_l12     task vs language rank (the paper gives languages less)
+  flix_shared_p{0.0,0.5}       dropout with a shared adapter
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from flix.training import loop
+
+LORA_RANK = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """One compared method (JSON-serialisable; part of every run's cache key).
+
+  Attributes:
+    name: its name in reports.
+    method: "lora" or "flix".
+    feature_ranks: flix ranks per feature type, e.g. (("task", 8), ("lang", 8)).
+    shared_rank: the always-on shared adapter's rank (lora: the LoRA rank).
+    feature_dropout: flix's per-feature drop probability in training.
+    derived: language-table fields added as derived feature types ("family", "script").
+  """
+
+  name: str
+  method: str
+  feature_ranks: tuple[tuple[str, int], ...] = ()
+  shared_rank: int = 0
+  feature_dropout: float = 0.0
+  derived: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    object.__setattr__(self, "feature_ranks", tuple(tuple(r) for r in self.feature_ranks))
+    object.__setattr__(self, "derived", tuple(self.derived))
+    if self.method not in ("lora", "flix"):
+      raise ValueError(f"method {self.name!r}: kind {self.method!r} is not 'lora' or 'flix'")
+    missing = [d for d in self.derived if d not in dict(self.feature_ranks)]
+    if missing:
+      raise ValueError(f"method {self.name!r}: derived types {missing} have no rank")
+
+  @property
+  def per_example_rank(self) -> int:
+    """The rank of one example's update with every feature active."""
+    return self.shared_rank + sum(r for _, r in self.feature_ranks)
+
+  def adapters(self) -> loop.AdapterSettings:
+    if self.method == "lora":
+      return loop.AdapterSettings(method="lora", lora_rank=self.shared_rank)
+    return loop.AdapterSettings(method="flix", feature_ranks=dict(self.feature_ranks),
+                                shared_rank=self.shared_rank,
+                                feature_dropout=self.feature_dropout)
+
+
+def _flix(name, ranks: Mapping[str, int], shared=0, dropout=0.3, derived=()) -> MethodSpec:
+  return MethodSpec(name, "flix", tuple(ranks.items()), shared, dropout, tuple(derived))
+
+
+METHODS: dict[str, MethodSpec] = {m.name: m for m in (
+    MethodSpec("lora", "lora", shared_rank=LORA_RANK),
+    _flix("flix", {"task": 8, "lang": 8}),
+    _flix("flix_shared", {"task": 4, "lang": 4}, shared=8),
+    _flix("flix_derived", {"task": 4, "lang": 2, "family": 1, "script": 1}, shared=8,
+          derived=("family", "script")),
+    _flix("flix_p0.0", {"task": 8, "lang": 8}, dropout=0.0),
+    _flix("flix_p0.5", {"task": 8, "lang": 8}, dropout=0.5),
+    _flix("flix_p0.7", {"task": 8, "lang": 8}, dropout=0.7),
+    _flix("flix_t12_l4", {"task": 12, "lang": 4}),
+    _flix("flix_t4_l12", {"task": 4, "lang": 12}),
+    _flix("flix_shared_p0.0", {"task": 4, "lang": 4}, shared=8, dropout=0.0),
+    _flix("flix_shared_p0.5", {"task": 4, "lang": 4}, shared=8, dropout=0.5),
+)}
+ABLATIONS = {
+    "dropout": ("flix_p0.0", "flix", "flix_p0.5", "flix_p0.7"),
+    "ranks": ("flix_t12_l4", "flix", "flix_t4_l12"),
+    "shared": ("flix", "flix_shared", "flix_shared_p0.0", "flix_shared_p0.5"),
+}
+
+
+def method(name: str) -> MethodSpec:
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+  return METHODS[name]
+
+
+def check_budget(methods) -> None:
+  """Raises ValueError unless every method has LoRA's per-example rank."""
+  off = [f"{m.name} ({m.per_example_rank})" for m in methods if m.per_example_rank != LORA_RANK]
+  if off:
+    raise ValueError(f"methods {off} do not have the per-example rank {LORA_RANK} of the LoRA "
+                     "baseline; the comparison would not be at equal cost")

@@ -1,0 +1,185 @@
+"""A grid's study report: study.json (pinned schema), study.md and two plots.
+
+study.json:
+  {"grid": str, "seeds": [int], "methods": [str],
+   "runs": [{"method", "seed", "cells": [{"task", "lang", "split", "metric", "value", "n"}]}],
+   "summary": {method: {split: {"mean", "ci95": [lo, hi], "n_seeds"}}},
+   "differences": {"<method>-lora": {split: {"mean", "ci95": [lo, hi]}}},
+   ...}  plus "eval_split", "validation" (the same summary / differences on validation cells,
+  what settings are chosen on), "holdouts" (per seed), "budget", "model", "wall_seconds".
+Split kinds: "seen" (trained pairs), "unseen_pair", "unseen_lang"; values are exact match in
+[0, 1]. Plots: differences.png (each method minus LoRA, 95% intervals, per split kind) and
+heatmap.png (per cell, each method minus LoRA on test, averaged over the seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from flix.study import stats
+
+KINDS = ("seen", "unseen_pair", "unseen_lang")
+KIND_TITLES = {"seen": "seen pairs", "unseen_pair": "unseen pairs",
+               "unseen_lang": "unseen languages"}
+
+
+def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str, list[dict]],
+          wall_seconds: float, n_boot: int = 2000) -> dict[str, Any]:
+  """The study.json dict from `results[method] = [run results, one per seed]`."""
+  study: dict[str, Any] = {"grid": grid.name, "seeds": list(seeds), "methods": list(methods),
+                           "eval_split": "test"}
+  study["runs"] = [{"method": m, "seed": r["seed"],
+                    "cells": [{k: c[k] for k in ("task", "lang", "split", "metric", "value", "n")}
+                              for c in r["test"]]}
+                   for m in methods for r in results[m]]
+  for split, key in (("test", None), ("validation", "validation")):
+    scores = {m: stats.kind_scores(results[m], split) for m in methods}
+    summary, differences = stats.summarize(scores, KINDS, n_boot=n_boot)
+    if key is None:
+      study["summary"], study["differences"] = summary, differences
+    else:
+      study["validation"] = {"summary": summary, "differences": differences}
+  study["holdouts"] = {str(r["seed"]): r["holdout"] for r in results[methods[0]]}
+  study["trained_params"] = {m: results[m][0]["trained_params"] for m in methods}
+  study["budget"] = dataclasses.asdict(grid.budget)
+  study["model"] = dataclasses.asdict(grid.model)
+  study["wall_seconds"] = wall_seconds
+  return study
+
+
+def _fmt(entry: dict | None, signed: bool = False) -> str:
+  if entry is None:
+    return "-"
+  lo, hi = entry["ci95"]
+  sign = "+" if signed else ""
+  return f"{entry['mean']:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
+
+def tables(summary: dict, differences: dict, methods: Sequence[str], params: dict) -> str:
+  lines = ["| method | trained params | " + " | ".join(KIND_TITLES[k] for k in KINDS) + " |",
+           "| --- | ---: |" + " ---: |" * len(KINDS)]
+  for m in methods:
+    cells = [_fmt(summary.get(m, {}).get(k)) for k in KINDS]
+    lines.append(f"| {m} | {params.get(m, 0):,} | " + " | ".join(cells) + " |")
+  if differences:
+    lines += ["", "| difference (paired) | " + " | ".join(KIND_TITLES[k] for k in KINDS) + " |",
+              "| --- |" + " ---: |" * len(KINDS)]
+    for name, entry in differences.items():
+      lines.append(f"| {name} | " + " | ".join(_fmt(entry.get(k), True) for k in KINDS) + " |")
+  return "\n".join(lines)
+
+
+def markdown(study: dict) -> str:
+  seeds = ", ".join(str(s) for s in study["seeds"])
+  holdouts = []
+  for seed, h in study["holdouts"].items():
+    pairs = ", ".join(f"{t}-{l}" for t, l in h["unseen_pairs"])
+    holdouts.append(f"- seed {seed}: unseen pairs {pairs}; unseen languages "
+                    f"{', '.join(h['unseen_langs']) or 'none'}")
+  budget = study["budget"]
+  return "\n".join([
+      f"# Study: {study['grid']} grid", "",
+      f"Seeds {seeds}; exact match per cell, averaged over the cells of each kind (macro), then "
+      "over seeds; 95% intervals from a hierarchical bootstrap over seeds and examples "
+      "(paired for differences). Budget: "
+      f"{budget['finetune_steps']} fine-tuning steps, batch {budget['batch_size']}, AdamW "
+      f"{budget['finetune_learning_rate']} ({budget['schedule']}); base pretrained "
+      f"{budget['pretrain_steps']} steps. Wall time {study['wall_seconds'] / 60:.1f} min.", "",
+      "## Test (reported once)", "",
+      tables(study["summary"], study["differences"], study["methods"], study["trained_params"]),
+      "", "## Validation (settings are chosen here)", "",
+      tables(study["validation"]["summary"], study["validation"]["differences"],
+             study["methods"], study["trained_params"]),
+      "", "## Hold-outs", "", *holdouts, "",
+      "Plots: differences.png (each method minus LoRA with 95% intervals), heatmap.png "
+      "(per-cell mean difference on test).", ""])
+
+
+def plot_differences(study: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  names = list(study["differences"])
+  fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(KINDS), 3.2))
+  width = 0.8 / max(len(names), 1)
+  for i, name in enumerate(names):
+    for j, kind in enumerate(KINDS):
+      entry = study["differences"][name].get(kind)
+      if entry is None:
+        continue
+      x = j + (i - (len(names) - 1) / 2) * width
+      lo, hi = entry["ci95"]
+      ax.errorbar(x, entry["mean"], yerr=[[entry["mean"] - lo], [hi - entry["mean"]]],
+                  fmt="o", capsize=3, color=f"C{i}", label=name if j == 0 else None)
+  ax.axhline(0, color="gray", linewidth=0.8)
+  ax.set_xticks(range(len(KINDS)), [KIND_TITLES[k] for k in KINDS])
+  ax.set_ylabel("exact match minus LoRA")
+  ax.set_title(f"{study['grid']}: difference to LoRA (test, 95% CI)", fontsize=9)
+  if names:
+    ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+def plot_heatmap(study: dict, path: str, baseline: str = "lora") -> None:
+  """One panel per method: task x language, test exact match minus the baseline's, averaged
+  over seeds; cells held out (pair or language) in some seed are outlined."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  values: dict[str, dict[tuple, list[float]]] = {}
+  held = set()
+  for run in study["runs"]:
+    for c in run["cells"]:
+      values.setdefault(run["method"], {}).setdefault((c["task"], c["lang"], run["seed"]),
+                                                      c["value"])
+      if c["split"] != "seen":
+        held.add((c["task"], c["lang"]))
+  others = [m for m in study["methods"] if m != baseline]
+  if baseline not in values or not others:
+    return
+  keys = list(values[baseline])
+  tasks = list(dict.fromkeys(k[0] for k in keys))
+  langs = list(dict.fromkeys(k[1] for k in keys))
+  fig, axes = plt.subplots(len(others), 1, squeeze=False,
+                           figsize=(1.5 + 0.55 * len(langs), 0.9 + (0.9 + 0.42 * len(tasks))
+                                    * len(others)))
+  for ax, name in zip(axes[:, 0], others):
+    grid = np.full((len(tasks), len(langs)), np.nan)
+    for t_i, task in enumerate(tasks):
+      for l_i, lang in enumerate(langs):
+        diffs = [values[name][k] - values[baseline][k] for k in keys
+                 if k[:2] == (task, lang) and k in values[name]]
+        if diffs:
+          grid[t_i, l_i] = np.mean(diffs)
+    image = ax.imshow(grid, vmin=-0.5, vmax=0.5, cmap="RdBu", aspect="auto")
+    for (t_i, l_i), v in np.ndenumerate(grid):
+      if not np.isnan(v):
+        ax.text(l_i, t_i, f"{v:+.2f}", ha="center", va="center", fontsize=6)
+      if (tasks[t_i], langs[l_i]) in held:
+        ax.add_patch(plt.Rectangle((l_i - 0.5, t_i - 0.5), 1, 1, fill=False,
+                                   edgecolor="black", linewidth=1.2))
+    ax.set_xticks(range(len(langs)), langs, fontsize=7)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    ax.set_title(f"{name} minus {baseline} (test, mean over seeds; outlined: held out in "
+                 "some seed)", fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=130)
+  plt.close(fig)
+
+
+def write(study: dict, out_dir: str) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "study.json"), "w", encoding="utf-8") as f:
+    json.dump(study, f, indent=1)
+  with open(os.path.join(out_dir, "study.md"), "w", encoding="utf-8") as f:
+    f.write(markdown(study))
+  plot_differences(study, os.path.join(out_dir, "differences.png"))
+  plot_heatmap(study, os.path.join(out_dir, "heatmap.png"))

@@ -1,0 +1,158 @@
+"""One study run: fine-tune a method from the grid's cached base, evaluate every cell.
+
+A run lives in `CACHE/runs/{grid}/{method}_s{seed}_{key}/`, key = hash of everything that
+decides its numbers (grid data and budget, base model, method, seed). `results.json` is
+written last and atomically: a run with it is done and is never retrained; a run without it
+resumes training from its latest checkpoint (checkpoints every quarter of the steps) and then
+evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from flix.study.grids import Grid
+from flix.study.methods import MethodSpec
+
+RESULTS = "results.json"
+KIND_NAMES = {"seen_pair": "seen", "unseen_pair": "unseen_pair",
+              "unseen_language": "unseen_lang"}
+EVAL_SPLITS = ("validation", "test")
+
+
+def digest(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def base_key(grid: Grid) -> dict[str, Any]:
+  """What decides the base model: the grid's data and the pretraining settings."""
+  key = grid.key()
+  budget = key.pop("budget")
+  for name in ("unseen_pairs", "unseen_langs"):
+    key.pop(name)
+  key["pretrain"] = {k: budget[k] for k in ("pretrain_steps", "pretrain_learning_rate",
+                                            "batch_size")}
+  return key
+
+
+def run_key(grid: Grid, method: MethodSpec, seed: int) -> dict[str, Any]:
+  return {"grid": grid.key(), "method": dataclasses.asdict(method), "seed": seed}
+
+
+def log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, ensure_ascii=False)
+  os.replace(tmp, path)
+
+
+def pretrain_base(grid: Grid, cache_dir: str) -> str:
+  """The grid's base checkpoint: pretrained now (resumable) or found in the cache."""
+  from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
+  model_dir = os.path.join(cache_dir, "bases", f"{grid.name}_{digest(base_key(grid))}")
+  steps = grid.budget.pretrain_steps
+  path = os.path.join(model_dir, f"checkpoint_{steps}")
+  if os.path.isdir(path):
+    return path
+  task, lengths, reg = grid.register_pretraining()
+  log(f"[study] pretraining the {grid.name} base ({steps} steps) -> {model_dir}")
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, "key.json"), "w", encoding="utf-8") as f:
+    json.dump(base_key(grid), f, indent=1)
+  schedule = optimizers.learning_rate_schedule(grid.budget.pretrain_learning_rate, "constant",
+                                               warmup_steps=max(steps // 10, 1))
+  loop.train(model_dir=model_dir, mixture_or_task_name=task, task_feature_lengths=lengths,
+             train_steps=steps, batch_size=grid.budget.batch_size, model_config=grid.model,
+             registration=reg, adapters=loop.AdapterSettings(method="full"),
+             optimizer=optimizers.make_optimizer("adamw", schedule),
+             checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
+             log_period=max(steps // 10, 1), gin_config=f"# flix.study base: {base_key(grid)}\n")
+  return path
+
+
+def _correct(record: dict) -> bool:
+  references = record.get("references") or [record["target"]]
+  return record["prediction"] in references
+
+
+def _cells(report, out_dir: str) -> list[dict]:
+  """Per-cell exact match with every example's 0/1 correctness, from the predictions files."""
+  from flix import evaluation  # pylint: disable=import-outside-toplevel
+  cells = []
+  for name in sorted(report.per_pair):
+    info = report.pairs[name]
+    path = os.path.join(out_dir, evaluation.PREDICTIONS_DIR, f"{name}.jsonl")
+    with open(path, encoding="utf-8") as f:
+      correct = [int(_correct(json.loads(line))) for line in f]
+    cells.append({"task": info["task"], "lang": info["lang"],
+                  "split": KIND_NAMES[info["kind"]], "metric": "exact_match",
+                  "value": sum(correct) / len(correct), "n": len(correct), "correct": correct})
+  return cells
+
+
+def run_dir(grid: Grid, method: MethodSpec, seed: int, cache_dir: str) -> str:
+  return os.path.join(cache_dir, "runs", grid.name,
+                      f"{method.name}_s{seed}_{digest(run_key(grid, method, seed))}")
+
+
+def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str) -> bool:
+  """Whether the run's results are in the cache."""
+  return os.path.isfile(os.path.join(run_dir(grid, method, seed, cache_dir), RESULTS))
+
+
+def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str) -> dict:
+  """The run's results (trained and evaluated now, or read from its cache)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
+  from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
+  from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
+  key = run_key(grid, method, seed)
+  directory = run_dir(grid, method, seed, cache_dir)
+  results_path = os.path.join(directory, RESULTS)
+  if os.path.isfile(results_path):
+    with open(results_path, encoding="utf-8") as f:
+      return json.load(f)
+  start = time.time()
+  os.makedirs(directory, exist_ok=True)
+  _write_json(os.path.join(directory, "key.json"), key)
+  reg = grid.register(seed, method.derived)
+  budget = grid.budget
+  steps = budget.finetune_steps
+  schedule = optimizers.learning_rate_schedule(budget.finetune_learning_rate, budget.schedule,
+                                               decay_steps=steps)
+  model_dir = os.path.join(directory, "train")
+  loop.train(model_dir=model_dir, mixture_or_task_name=reg.train_mixture,
+             task_feature_lengths=reg.task_feature_lengths, train_steps=steps,
+             batch_size=budget.batch_size, model_config=grid.model, registration=reg,
+             adapters=method.adapters(), initial_checkpoint_path=base,
+             optimizer=optimizers.make_optimizer("adamw", schedule),
+             checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
+             log_period=max(steps // 10, 1), random_seed=seed,
+             gin_config=f"# flix.study run: {key}\n")
+  checkpoint = os.path.join(model_dir, f"checkpoint_{steps}")
+  model_config, flix, params = checkpoints.load_model(checkpoint)
+  model = make_model(model_config, flix)
+  results = {"method": method.name, "seed": seed, "key": key,
+             "holdout": reg.holdout.to_dict(),
+             "trained_params": int(sum(v.size for v in jax.tree.leaves(
+                 checkpoints.adapter_leaves(params))))}
+  for split in EVAL_SPLITS:
+    out_dir = os.path.join(directory, f"eval_{split}")
+    report = evaluation.evaluate(model, params, reg.eval_mixture, out_dir=out_dir,
+                                 feature_lengths=reg.task_feature_lengths,
+                                 batch_size=budget.eval_batch_size, holdout=reg.holdout,
+                                 split=split, num_examples=budget.eval_examples)
+    results[split] = _cells(report, out_dir)
+  results["wall_seconds"] = time.time() - start
+  _write_json(results_path, results)
+  return results
