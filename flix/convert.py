@@ -18,7 +18,9 @@
         into lora_B.
 
 --features names one value per feature type ("task=ordinal,lang=fr"); a type left out is
-inactive (e.g. a zero-shot unseen language). Errors exit with status 2 and one line on stderr.
+inactive (e.g. a zero-shot unseen language). Errors (a missing or malformed input, an existing
+--out without --overwrite) exit with status 1 and one line on stderr; nothing is written to
+--out. Command-line syntax errors exit with status 2 (argparse).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def from_hf(hf_dir: str, out: str, *, dropout_rate: float | None = None,
   config, params = hf.load_hf(hf_dir, dropout_rate=dropout_rate)
   return save_model(out, params, config, overwrite=overwrite,
                     extra_files={MODEL_GIN: hf.gin_bindings(config, os.path.abspath(hf_dir))})
+
+
+def _one_line(error: BaseException) -> str:
+  """The error's message on one line (some messages span several lines)."""
+  return " ".join(line.strip() for line in str(error).strip().splitlines()) or type(error).__name__
 
 
 def _combination(flix, features: str | None):
@@ -121,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
       print(f"wrote PEFT adapter {path}")
   except FileExistsError as e:
     print(f"flix.convert {args.command}: error: {e} (command line: --overwrite)", file=sys.stderr)
-    return 2
+    return 1
   except (hf.HFConversionError, UnknownFeatureError, CheckpointError, ValueError) as e:
-    print(f"flix.convert {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    print(f"flix.convert {args.command}: error: {_one_line(e)}", file=sys.stderr)
+    return 1
   return 0
 
 
