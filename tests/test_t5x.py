@@ -1,4 +1,4 @@
-"""T5X checkpoints (flix.interop.t5x).
+"""T5X checkpoints (flix.interop.t5x, python -m flix.convert from-t5x).
 
 Real checkpoints written by T5X itself (../shared/fixtures/t5x; those tests skip when the files
 are absent) and checkpoints in both layouts written here: flax msgpack files, and directories of
@@ -20,7 +20,8 @@ import pytest
 import tensorstore as ts
 from flax import serialization
 
-from flix import hf
+from flix import convert, hf
+from flix.checkpoints import load_model
 from flix.interop import t5x
 from flix.models.t5 import T5, T5Config, abstract_params
 from shared_files import shared_path
@@ -379,3 +380,66 @@ def test_not_a_checkpoint(tmp_path):
   tf_index.write_text('model_checkpoint_path: "model.ckpt-1000000"\n')
   with pytest.raises(t5x.T5XCheckpointError, match="TensorFlow checkpoint"):
     t5x.load_t5x(str(tf_index.parent))
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_from_t5x_on_t5x_file(tmp_path, capsys):
+  path = shared_path("fixtures", "t5x", "test_t5_tiny.checkpoint_0")
+  out = str(tmp_path / "ckpt")
+  assert convert.main(["from-t5x", "--t5x_dir", path, "--out", out]) == 0
+  assert "msgpack layout; 52 parameter arrays under optimizer/target" in capsys.readouterr().out
+  config, flix, read = load_model(out)
+  assert flix is None and config == dataclasses.replace(T5_TINY_CONFIG, dropout_rate=0.1)
+  assert_trees_equal(read, t5x.load_t5x(path)[1])
+
+
+def test_cli_from_t5x(tmp_path, capsys):
+  params = random_params(GATED, seed=6)
+  source = str(tmp_path / "t5x")
+  write_t5x_dir(source, params)
+  out = str(tmp_path / "ckpt")
+  assert convert.main(["from-t5x", "--t5x_dir", source, "--out", out,
+                       "--dropout_rate", "0.0"]) == 0
+  assert "tensorstore layout" in capsys.readouterr().out
+  config, flix, read = load_model(out)
+  assert config == GATED and flix is None
+  assert_trees_equal(read, params)
+  gin_text = open(os.path.join(out, "model.gin")).read()
+  assert f"T5Config of T5X checkpoint {source}" in gin_text
+  assert "T5Config.mlp_dim = 48" in gin_text and "T5Config.num_decoder_layers = 3" in gin_text
+
+  # --out exists: refused without --overwrite, replaced with it.
+  assert convert.main(["from-t5x", "--t5x_dir", source, "--out", out]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "already exists" in err and "--overwrite" in err and "\n" not in err
+  # The model gin the conversion wrote gives the same config, checked against the shapes.
+  assert convert.main(["from-t5x", "--t5x_dir", source, "--out", out, "--overwrite",
+                       "--gin_file", os.path.join(out, "model.gin")]) == 0
+  assert load_model(out)[0] == GATED
+
+
+def test_cli_from_t5x_errors(tmp_path, capsys):
+  source = str(tmp_path / "t5x")
+  write_t5x_dir(source, random_params(GATED, seed=7))
+  wrong_gin = tmp_path / "wrong.gin"
+  wrong_gin.write_text(hf.gin_bindings(dataclasses.replace(GATED, num_heads=4, head_dim=4)))
+  no_config = tmp_path / "empty.gin"
+  no_config.write_text("DROPOUT_RATE = 0.0\n")
+  out = tmp_path / "ckpt"
+  cases = [
+      (["--t5x_dir", str(tmp_path / "missing")], f"--t5x_dir {tmp_path}/missing: no such file"),
+      (["--t5x_dir", str(tmp_path)], f"{tmp_path}/checkpoint is missing"),
+      (["--t5x_dir", source, "--gin_file", str(wrong_gin)],
+       r"encoder/relpos_bias/rel_embedding has shape (2, 32) (in "
+       f"{source}/target.encoder.relpos_bias.rel_embedding) but the model config expects (4, 32)"),
+      (["--t5x_dir", source, "--gin_file", str(no_config)], "does not define MODEL_CONFIG"),
+      (["--t5x_dir", source, "--gin_file", str(tmp_path / "absent.gin")],
+       f"Unable to open file: {tmp_path}/absent.gin"),
+  ]
+  for args, message in cases:
+    assert convert.main(["from-t5x", *args, "--out", str(out)]) == 1, args
+    err = capsys.readouterr().err
+    assert err.startswith("flix.convert from-t5x: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt")]  # No temporary dirs.
