@@ -1,10 +1,18 @@
-"""Command line conversions between flix checkpoints and Hugging Face formats (no network).
+"""Command line conversions between flix checkpoints and Hugging Face / T5X formats (no network).
 
     python -m flix.convert from-hf --hf_dir DIR --out CKPT [--dropout_rate R] [--overwrite]
         A local transformers T5 / mT5 / ByT5 (gated-GELU, untied) or original T5 (ReLU, tied)
         directory (config.json + model.safetensors or pytorch_model.bin) -> a flix checkpoint
         without adapters (flix.checkpoints format), usable as a base / initial checkpoint.
         CKPT/model.gin holds `T5Config.<field> = <value>` bindings for the model.
+
+    python -m flix.convert from-t5x --t5x_dir DIR --out CKPT [--gin_file MODEL.gin ...]
+                                    [--dropout_rate R] [--overwrite]
+        A T5X checkpoint (a checkpoint_<step> directory: msgpack `checkpoint` + tensorstore
+        arrays, or an older single msgpack file) -> a flix checkpoint without adapters, plus
+        CKPT/model.gin. The T5Config is inferred from the array shapes, or, with --gin_file,
+        is the gin files' MODEL_CONFIG (e.g. configs/models/mt5_base.gin) and every array's
+        shape is checked against it. Optimizer state is not read.
 
     python -m flix.convert to-hf --checkpoint CKPT [--features task=X,lang=Y] --out DIR
         The base model, or the base with one feature combination merged exactly, as a
@@ -18,7 +26,9 @@
         into lora_B.
 
 --features names one value per feature type ("task=ordinal,lang=fr"); a type left out is
-inactive (e.g. a zero-shot unseen language). Errors exit with status 2 and one line on stderr.
+inactive (e.g. a zero-shot unseen language). Errors (a missing or malformed input, a shape
+that does not fit, an existing --out without --overwrite) exit with status 1 and one line on
+stderr; nothing is written to --out. Command-line syntax errors exit with status 2 (argparse).
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Sequence
 
 from flix import hf
 from flix.checkpoints import CheckpointError, load_model, save_model
 from flix.features import UnknownFeatureError
+from flix.models.t5 import T5Config
 
 MODEL_GIN = "model.gin"
 
@@ -42,6 +54,60 @@ def from_hf(hf_dir: str, out: str, *, dropout_rate: float | None = None,
   config, params = hf.load_hf(hf_dir, dropout_rate=dropout_rate)
   return save_model(out, params, config, overwrite=overwrite,
                     extra_files={MODEL_GIN: hf.gin_bindings(config, os.path.abspath(hf_dir))})
+
+
+def gin_model_config(gin_files: Sequence[str]) -> T5Config:
+  """The T5Config that `MODEL_CONFIG` names in `gin_files`, parsed as the entry points do (gin's
+  global config is cleared before and after)."""
+  import gin
+
+  from flix import gin_utils
+
+  gin.clear_config()
+  try:
+    try:
+      gin_utils.parse_gin(list(gin_files), [], [])
+    except (OSError, ValueError) as e:
+      raise ValueError(f"--gin_file {' '.join(gin_files)}: {_one_line(e)}") from None
+    try:
+      value = gin.query_parameter("%MODEL_CONFIG")
+    except ValueError:
+      raise ValueError(f"--gin_file {' '.join(gin_files)} does not define MODEL_CONFIG (expected a "
+                       "model gin such as configs/models/mt5_base.gin or a converted "
+                       f"checkpoint's {MODEL_GIN})") from None
+    if isinstance(value, gin.config.ConfigurableReference):
+      value = value.scoped_configurable_fn()
+    if not isinstance(value, T5Config):
+      raise ValueError(f"--gin_file {' '.join(gin_files)}: MODEL_CONFIG is {value!r}, expected "
+                       "@T5Config()")
+    return value
+  finally:
+    gin.clear_config()
+
+
+def from_t5x(t5x_dir: str, out: str, *, gin_files: Sequence[str] = (),
+             dropout_rate: float | None = None, overwrite: bool = False) -> tuple[str, str]:
+  """Converts a T5X checkpoint to a flix checkpoint; returns (its path, what was read)."""
+  from flix.interop import t5x
+
+  if not os.path.exists(t5x_dir):
+    raise t5x.T5XCheckpointError(f"--t5x_dir {t5x_dir}: no such file or directory (expected a "
+                                 "T5X checkpoint_<step> directory or a msgpack checkpoint file)")
+  if os.path.exists(out) and not overwrite:  # Before reading gigabytes.
+    raise FileExistsError(f"{os.path.abspath(out)} already exists; refusing to overwrite it")
+  model_config = gin_model_config(gin_files) if gin_files else None
+  checkpoint = t5x.open_checkpoint(t5x_dir)
+  description = checkpoint.describe()
+  config, params = t5x.load_t5x(checkpoint, model_config, dropout_rate=dropout_rate)
+  source = f"T5X checkpoint {os.path.abspath(t5x_dir)}"
+  path = save_model(out, params, config, overwrite=overwrite,
+                    extra_files={MODEL_GIN: hf.gin_bindings(config, source)})
+  return path, description
+
+
+def _one_line(error: BaseException) -> str:
+  """The error's message on one line (some messages span several lines)."""
+  return " ".join(line.strip() for line in str(error).strip().splitlines()) or type(error).__name__
 
 
 def _combination(flix, features: str | None):
@@ -88,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="T5Config.dropout_rate (default: the HF config's dropout_rate)")
   p.add_argument("--overwrite", action="store_true")
 
+  p = sub.add_parser("from-t5x",
+                     help="T5X checkpoint (directory or msgpack file) -> flix checkpoint")
+  p.add_argument("--t5x_dir", required=True,
+                 help="a T5X checkpoint_<step> directory, or an older single msgpack file")
+  p.add_argument("--out", required=True)
+  p.add_argument("--gin_file", action="append", default=[],
+                 help="model gin defining MODEL_CONFIG (repeatable); shapes are checked against "
+                      "it (default: the config is inferred from the shapes)")
+  p.add_argument("--dropout_rate", type=float, default=None,
+                 help="T5Config.dropout_rate (default: the gin file's, else T5Config's 0.1)")
+  p.add_argument("--overwrite", action="store_true")
+
   p = sub.add_parser("to-hf", help="flix checkpoint (+ merged features) -> transformers directory")
   p.add_argument("--checkpoint", required=True)
   p.add_argument("--features", default=None, help='e.g. "task=ordinal,lang=fr"')
@@ -111,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
       path = from_hf(args.hf_dir, args.out, dropout_rate=args.dropout_rate,
                      overwrite=args.overwrite)
       print(f"wrote flix checkpoint {path} (model gin: {os.path.join(path, MODEL_GIN)})")
+    elif args.command == "from-t5x":
+      path, description = from_t5x(args.t5x_dir, args.out, gin_files=args.gin_file,
+                                   dropout_rate=args.dropout_rate, overwrite=args.overwrite)
+      print(f"read {description}")
+      print(f"wrote flix checkpoint {path} (model gin: {os.path.join(path, MODEL_GIN)})")
     elif args.command == "to-hf":
       path = to_hf(args.checkpoint, args.out, features=args.features, overwrite=args.overwrite)
       print(f"wrote transformers model {path}")
@@ -121,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
       print(f"wrote PEFT adapter {path}")
   except FileExistsError as e:
     print(f"flix.convert {args.command}: error: {e} (command line: --overwrite)", file=sys.stderr)
-    return 2
+    return 1
   except (hf.HFConversionError, UnknownFeatureError, CheckpointError, ValueError) as e:
-    print(f"flix.convert {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    print(f"flix.convert {args.command}: error: {_one_line(e)}", file=sys.stderr)
+    return 1
   return 0
 
 
