@@ -429,8 +429,10 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
                         task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
                         registration: Any = None, batch_size: int = 32,
                         split: str = "validation",
-                        decode_kwargs: Mapping[str, Any] | None = None):
-  """Evaluates `checkpoint_path` on `mixture_or_task_name`; returns the Report."""
+                        decode_kwargs: Mapping[str, Any] | None = None,
+                        num_examples: int | None = None):
+  """Evaluates `checkpoint_path` on `mixture_or_task_name` (the first `num_examples` of each
+  pair; None: all); returns the Report."""
   from flix import checkpoints
   check_registered(mixture_or_task_name)
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
@@ -440,7 +442,8 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
   holdout = getattr(registration, "holdout", None)
   report = evaluate(model, params, mixture_or_task_name, out_dir=output_dir,
                                feature_lengths=task_feature_lengths, batch_size=batch_size,
-                               holdout=holdout, split=split, decode_kwargs=decode_kwargs)
+                               holdout=holdout, split=split, decode_kwargs=decode_kwargs,
+                               num_examples=num_examples)
   print(report.to_markdown())
   return report
 

@@ -2,7 +2,8 @@
 
 import gin
 
-from flix.data import offline, offline_tasks, xtreme_up  # noqa: F401 (xtreme_up registers itself)
+from flix.data import (morphology_tasks, offline, offline_tasks,  # noqa: F401 (they register
+                       xtreme_up)  # their gin configurables themselves)
 from flix import evaluation, inference  # noqa: F401 (evaluate_checkpoint, infer_file)
 from flix.models import model, t5  # noqa: F401 (model: EncoderDecoderModel)
 from flix.training import loop, optimizers, partitioning, step  # noqa: F401

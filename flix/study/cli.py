@@ -111,27 +111,32 @@ def main(argv=None) -> int:
     print("error: no grid to run", file=sys.stderr)
     return 1
   total = len(chosen) * len(args.specs) * len(args.seeds)
-  start, done, trained = time.time(), 0, 0
-  for grid in chosen:
-    grid_start = time.time()
-    base = runs.pretrain_base(grid, args.cache_dir)
-    results = {}
-    for spec in args.specs:
-      for seed in args.seeds:
+  start, done, trained, run_seconds = time.time(), 0, 0, 0.0
+  bases = {grid.name: runs.pretrain_base(grid, args.cache_dir) for grid in chosen}
+  results: dict[str, dict[str, list]] = {grid.name: {} for grid in chosen}
+  # Seed-major, grids interleaved: a partial study holds complete paired comparisons.
+  for seed in args.seeds:
+    for grid in chosen:
+      for spec in args.specs:
         run_start = time.time()
-        trained += not runs.done(grid, spec, seed, args.cache_dir)
-        results.setdefault(spec.name, []).append(runs.run(grid, spec, seed, args.cache_dir, base))
+        cached = runs.done(grid, spec, seed, args.cache_dir)
+        results[grid.name].setdefault(spec.name, []).append(
+            runs.run(grid, spec, seed, args.cache_dir, bases[grid.name]))
         done += 1
+        if not cached:
+          trained += 1
+          run_seconds += time.time() - run_start
         elapsed = time.time() - start
-        eta = elapsed / done * (total - done)
+        eta = run_seconds / max(trained, 1) * (total - done)  # Mean trained run; cache is free.
         print(f"[study] {done}/{total} runs ({grid.name} {spec.name} seed {seed}, "
               f"{duration(time.time() - run_start)}) | elapsed {duration(elapsed)} | "
               f"ETA {duration(eta)}", file=sys.stderr, flush=True)
-    study = report.build(grid, [s.name for s in args.specs], args.seeds, results,
-                         time.time() - grid_start, args.n_boot)
+  for grid in chosen:
+    study = report.build(grid, [s.name for s in args.specs], args.seeds, results[grid.name],
+                         time.time() - start, args.n_boot)
     report.write(study, os.path.join(args.out, grid.name))
-    print(report.tables(study["summary"], study["differences"], study["methods"],
-                        study["trained_params"]))
+    print(f"{grid.name}:\n" + report.tables(study["summary"], study["differences"],
+                                            study["methods"], study["trained_params"]))
   print(f"wrote {args.out} in {duration(time.time() - start)} ({trained} runs trained, "
         f"{total - trained} from the cache)")
   return 0

@@ -190,7 +190,7 @@ def morph_grid(morph_dir: str, quick: bool = False,
                                               batch_size=16, eval_examples=6,
                                               eval_batch_size=32),
                      unseen_pairs=1, unseen_langs=1, morph_dir=morph_dir,
-                     morph_langs=("dan", "deu", "tur"), tfds_data_dir=tfds_data_dir)
+                     morph_langs=("bel", "dan", "deu", "tur"), tfds_data_dir=tfds_data_dir)
   return MorphGrid("morph", SMALL_T5, Budget(pretrain_steps=4000, eval_examples=150),
                    unseen_pairs=6, unseen_langs=2, morph_dir=morph_dir,
                    tfds_data_dir=tfds_data_dir)

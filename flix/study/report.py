@@ -33,6 +33,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
   """The study.json dict from `results[method] = [run results, one per seed]`."""
   study: dict[str, Any] = {"grid": grid.name, "seeds": list(seeds), "methods": list(methods),
                            "eval_split": "test"}
+  results = {m: sorted(results[m], key=lambda r: r["seed"]) for m in methods}
   study["runs"] = [{"method": m, "seed": r["seed"],
                     "cells": [{k: c[k] for k in ("task", "lang", "split", "metric", "value", "n")}
                               for c in r["test"]]}
