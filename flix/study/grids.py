@@ -177,7 +177,9 @@ def offline_grid(quick: bool = False) -> OfflineGrid:
                                              prefix="task_lang", n_train=32, n_validation=6,
                                              n_test=6, input_length=32, target_length=32,
                                              holdout="none", unseen_langs=()))
-  return OfflineGrid("offline", SMALL_T5, Budget(), unseen_pairs=8, unseen_langs=1)
+  # Every cell has 32 validation and 32 test examples: decoded in batches of 32.
+  return OfflineGrid("offline", SMALL_T5, Budget(eval_batch_size=32), unseen_pairs=8,
+                     unseen_langs=1)
 
 
 def morph_grid(morph_dir: str, quick: bool = False,
@@ -191,6 +193,6 @@ def morph_grid(morph_dir: str, quick: bool = False,
                                               eval_batch_size=32),
                      unseen_pairs=1, unseen_langs=1, morph_dir=morph_dir,
                      morph_langs=("bel", "dan", "deu", "tur"), tfds_data_dir=tfds_data_dir)
-  return MorphGrid("morph", SMALL_T5, Budget(pretrain_steps=4000, eval_examples=150),
+  return MorphGrid("morph", SMALL_T5, Budget(eval_examples=64),
                    unseen_pairs=6, unseen_langs=2, morph_dir=morph_dir,
                    tfds_data_dir=tfds_data_dir)
