@@ -66,6 +66,7 @@ from flix.bench_train import add_size_flags, feature_config
 from flix.checkpoints import adapter_leaves, graft, strip_adapters
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
+from flix.layers import is_adapter_name
 from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5, T5Config
 from flix.trainable import freeze_base, trainable_mask
@@ -205,7 +206,7 @@ def check_lora(torch, peft_model, model: T5, params, cfg, tokens: dict) -> dict:
     raise AssertionError(f"equivalence check failed: PEFT trains other parameters than flix "
                          f"LoRA: extra {extra[:4]}, missing {missing[:4]}")
   n_flix = sum(int(np.prod(v.shape)) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
-               if str(p[-1].key).startswith("lora_"))
+               if is_adapter_name(p[-1].key))
   n_torch = sum(p.numel() for p in trainable.values())
   if n_torch != n_flix:
     raise AssertionError(f"equivalence check failed: {n_torch} trainable values in PEFT, "

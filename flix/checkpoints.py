@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from flix.config import FlixConfig
+from flix.layers import is_adapter_name
 from flix.models.t5 import T5Config
 
 MODEL_JSON = "model.json"
@@ -145,7 +146,7 @@ def adapter_leaves(params) -> dict:
     if isinstance(node, dict):
       out = {k: keep(v, path + (k,)) for k, v in node.items()}
       return {k: v for k, v in out.items() if not (v is None or isinstance(v, dict) and not v)}
-    return node if path and path[-1].startswith("lora_") else None
+    return node if path and is_adapter_name(path[-1]) else None
   return keep(nn.unbox(params))
 
 
@@ -221,7 +222,7 @@ def restore_params(path: str, target: Any = None) -> Any:
 def strip_adapters(params) -> dict:
   """`params` without adapter leaves."""
   if isinstance(params, dict):
-    return {k: strip_adapters(v) for k, v in params.items() if not k.startswith("lora_")}
+    return {k: strip_adapters(v) for k, v in params.items() if not is_adapter_name(k)}
   return params
 
 

@@ -18,7 +18,7 @@ Written under `out_dir`:
                                         by_task / by_lang / by_kind / overall (flix.data.aggregate).
   report.md                             the same as markdown tables.
 
-Use `PairEvaluator` to evaluate repeatedly (the trainer: datasets are cached once) and
+Use `PairEvaluator` to evaluate repeatedly (each pair's examples are cached once) and
 `evaluate` for a one-off.
 """
 

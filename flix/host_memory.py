@@ -30,12 +30,21 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: trim only a heap top over 2 GiB.
 
 
+_STATE = ["not set: retain_freed_memory() was not called"]
+
+
+def describe() -> str:
+  """What this process's host malloc does, for run configs and logs."""
+  return _STATE[0]
+
+
 def retain_freed_memory() -> bool:
   """Sets the glibc options above unless FLIX_HOST_MALLOC=system; whether they were set."""
   mode = os.environ.get(ENV, "retain")
   if mode not in MODES:
     raise ValueError(f"{ENV}={mode!r}; expected one of {MODES}")
   if mode == "system":
+    _STATE[0] = f"system: glibc's defaults ({ENV}=system)"
     return False
   name = ctypes.util.find_library("c")
   try:
@@ -43,7 +52,12 @@ def retain_freed_memory() -> bool:
     mallopt = libc.mallopt
     libc.gnu_get_libc_version  # glibc only: other libcs number their options differently.
   except (OSError, TypeError, AttributeError):
+    _STATE[0] = "system: not glibc, options not set"
     return False
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-  return all(mallopt(param, value) == 1 for param, value in (
+  applied = all(mallopt(param, value) == 1 for param, value in (
       (M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+  _STATE[0] = (f"retain: glibc M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB ({ENV}="
+               f"{os.environ.get(ENV, 'retain (default)')}; {ENV}=system to turn off)"
+               if applied else "system: mallopt refused the options")
+  return applied

@@ -59,12 +59,32 @@ lora_a_shared_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unif
                                                       in_axis=-1, out_axis=-2)
 
 
+ADAPTER_PREFIX = "lora_"
+SHARED = "shared"
+
+
 def a_name(type_name: str) -> str:
-  return f"lora_a_{type_name}"
+  return f"{ADAPTER_PREFIX}a_{type_name}"
 
 
 def b_name(type_name: str) -> str:
-  return f"lora_b_{type_name}"
+  return f"{ADAPTER_PREFIX}b_{type_name}"
+
+
+def is_adapter_name(name) -> bool:
+  """Whether a parameter name belongs to an adapter (shared or feature table): `lora_*`."""
+  return str(name).startswith(ADAPTER_PREFIX)
+
+
+def table_type(name) -> str | None:
+  """The feature type whose table a parameter name holds (`lora_a_<type>` / `lora_b_<type>`),
+  or None for the shared adapter and non-adapter parameters. The one definition of "is this a
+  feature table", by name (a type may itself end in "_shared")."""
+  for prefix in (a_name(""), b_name("")):
+    if str(name).startswith(prefix):
+      rest = str(name)[len(prefix):]
+      return None if rest == SHARED else rest
+  return None
 
 
 def check_feature_ids(ids, n_types: int, rows: Sequence[int], batch: int) -> jax.Array:
@@ -127,10 +147,10 @@ class FlixDense(nn.Module):
     space = self.flix.space
     if space.shared_rank:
       r = space.shared_rank
-      a = self.param(a_name("shared"),
+      a = self.param(a_name(SHARED),
                      nn.with_logical_partitioning(lora_a_shared_init, (RANK_AXIS, in_axis)),
                      (r, d_in), jnp.float32)
-      b = self.param(b_name("shared"),
+      b = self.param(b_name(SHARED),
                      nn.with_logical_partitioning(nn.initializers.zeros, (RANK_AXIS, out_axis)),
                      (r, d_out), jnp.float32)
       y = y + ((x2 @ a.astype(self.dtype).T) * self.flix.scale(r)) @ b.astype(self.dtype)

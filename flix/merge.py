@@ -14,26 +14,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix.config import FlixConfig
-from flix.layers import a_name, b_name
+from flix.layers import SHARED, a_name, b_name, is_adapter_name
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def is_adapted(layer_params) -> bool:
+  """Whether a param subtree is one adapted projection (a kernel with adapter leaves)."""
   return isinstance(layer_params, dict) and "kernel" in layer_params and any(
-      k.startswith("lora_") for k in layer_params)
+      is_adapter_name(k) for k in layer_params)
 
 
 def combination_delta(layer_params, flix: FlixConfig, ids) -> jax.Array:
   """dW_c `[d_in, d_out]` of one FlixDense's params for combination ids `[n_types]`."""
   ids = np.asarray(ids)
   flix.space.check_ids(ids[None])
+  for t in flix.space.types:
+    table = layer_params.get(a_name(t.name))
+    if table is not None and table.shape[0] != t.size:
+      raise ValueError(f"table {a_name(t.name)} has {table.shape[0]} rows but feature type "
+                       f"{t.name!r} has {t.size} values: merge needs the full tables, not the "
+                       f"compact ones of a row-sparse step (FlixConfig.row_limit)")
   kernel = layer_params["kernel"]
   delta = jnp.zeros(kernel.shape, jnp.float32)
   shared_rank = flix.space.shared_rank
-  if shared_rank and a_name("shared") in layer_params:
+  if shared_rank and a_name(SHARED) in layer_params:
     delta += flix.scale(shared_rank) * jnp.matmul(
-        layer_params[a_name("shared")].T, layer_params[b_name("shared")], precision=_HIGHEST)
+        layer_params[a_name(SHARED)].T, layer_params[b_name(SHARED)], precision=_HIGHEST)
   for t, i in zip(flix.space.types, ids):
     if i >= 0 and a_name(t.name) in layer_params:
       delta += flix.scale(t.rank) * jnp.matmul(

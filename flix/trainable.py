@@ -8,12 +8,14 @@ import flax.linen as nn
 import jax
 import optax
 
+from flix.layers import is_adapter_name
+
 Method = Literal["flix", "lora", "full"]
 METHODS = ("flix", "lora", "full")
 
 
 def is_adapter_param(path) -> bool:
-  return str(path[-1].key).startswith("lora_")
+  return is_adapter_name(path[-1].key)
 
 
 def trainable_mask(params, method: Method = "flix") -> dict:

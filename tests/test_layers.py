@@ -194,3 +194,38 @@ def test_auto_strategy_choice():
   assert big.resolved_strategy() == "gather"
   assert big.replace(row_limit=4).resolved_strategy() == "masked"
   assert big.replace(strategy="ragged").resolved_strategy() == "ragged"
+
+
+def test_one_definition_of_adapter_tables():
+  """A feature type may end in "_shared": its tables are tables everywhere (per-row optimizer
+  state, rows), and only `lora_[ab]_shared` is the shared adapter."""
+  from flix.layers import is_adapter_name, table_type
+  from flix.training.optimizers import make_optimizer
+  assert table_type("lora_a_task") == "task" and table_type("lora_b_x_shared") == "x_shared"
+  assert table_type("lora_a_shared") is None and table_type("kernel") is None
+  assert is_adapter_name("lora_b_shared") and not is_adapter_name("kernel")
+  space = FeatureSpace.build({"x_shared": ["a", "b", "c"]}, 2, shared_rank=2)
+  layer, p = layer_and_params_1type(FlixConfig(space))
+  state = make_optimizer("adamw", 1e-3).init(p)
+  counts = {jax.tree_util.keystr(path): leaf.shape
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+            if "count" in jax.tree_util.keystr(path)}
+  assert any("lora_a_x_shared" in k and s == (3,) for k, s in counts.items()), counts
+  assert any("lora_a_shared" in k and s == () for k, s in counts.items()), counts
+
+
+def layer_and_params_1type(flix):
+  layer = FlixDense(8, ("embed", "mlp"), flix)
+  x = jax.random.normal(jax.random.key(0), (2, 3, 16))
+  return layer, nn.unbox(layer.init(jax.random.key(1), x, jnp.zeros((2, 1), jnp.int32))["params"])
+
+
+def test_merge_refuses_compact_tables():
+  from flix import merge
+  flix = FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(10)]}, 2))
+  _, p = layer_and_params_1type(flix)
+  compact = rows.take_rows(p, flix, (jnp.array([3, 10]),))
+  with pytest.raises(ValueError, match="merge needs the full tables"):
+    merge.merge(compact, flix, np.array([1]))
+  np.testing.assert_allclose(merge.merge(p, flix, np.array([1])),
+                             p["kernel"] + p["lora_a_task"][1].T @ p["lora_b_task"][1], atol=1e-6)

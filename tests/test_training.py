@@ -208,6 +208,8 @@ def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
   assert run_train(model_dir, "--gin.TRAIN_STEPS=8") == 0  # Resumes at step 4.
   assert [s for s, _ in step_dirs(str(model_dir))] == [4, 8]
   ckpt = str(model_dir / "checkpoint_8")
+  # The host-malloc choice is in the run's config (the test set-up retains freed memory).
+  assert (model_dir / "config.gin").read_text().startswith("# host malloc: retain: glibc")
 
   out = tmp_path / "eval"
   assert run_entry(eval_entry, os.path.join(GIN_DIR, "tiny_eval.gin"),

@@ -1,8 +1,8 @@
 """T5.1.1 / mT5 / ByT5 (and original T5) encoder-decoder in flax.linen, with FLix adapters.
 
 The parameter tree follows T5X's (token_embedder/embedding, encoder/layers_i/attention/query/kernel,
-decoder/logits_dense/kernel, ...), so T5X-style checkpoints map one to one; adapter parameters
-sit next to the kernel they adapt (e.g. .../attention/query/lora_a_task).
+decoder/logits_dense/kernel, ...), so T5X checkpoints map one to one (`flix.interop.t5x` reads
+them); adapter parameters sit next to the kernel they adapt (e.g. .../attention/query/lora_a_task).
 
 Feature ids enter as int `[batch, n_types]` and reach every adapted projection unchanged.
 Beam search: encoder outputs are expanded per beam as `[batch * beams, ...]` with each example's
@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -61,20 +60,6 @@ class T5Config:
   @classmethod
   def from_json(cls, text: str) -> "T5Config":
     return cls(**json.loads(text))
-
-
-PRESETS = {
-    # Byte-level models (ByteVocabulary: 256 bytes + 3 specials, padded to 384 as in ByT5).
-    "tiny": T5Config(),
-    "byt5_small": T5Config(emb_dim=1472, num_heads=6, head_dim=64, mlp_dim=3584,
-                           num_encoder_layers=12, num_decoder_layers=4),
-    "byt5_base": T5Config(emb_dim=1536, num_heads=12, head_dim=64, mlp_dim=3968,
-                          num_encoder_layers=18, num_decoder_layers=6),
-    "mt5_small": T5Config(vocab_size=250112, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
-                          num_encoder_layers=8, num_decoder_layers=8),
-    "mt5_base": T5Config(vocab_size=250112, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048,
-                         num_encoder_layers=12, num_decoder_layers=12),
-}
 
 
 def expand_for_beams(x: jax.Array, beams: int) -> jax.Array:
@@ -393,10 +378,3 @@ def init_params(model: T5, rng: jax.Array, batch: int = 1, input_length: int = 8
 def abstract_params(model: T5) -> dict:
   """Plain param shapes of `model` (jax.ShapeDtypeStruct leaves), traced without initialising."""
   return nn.unbox(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
-
-
-def param_count(params, include: Sequence[str] | None = None) -> int:
-  """Number of values in `params`, optionally only leaves whose name is in `include`."""
-  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(params))[0]
-  return sum(int(np.prod(v.shape)) for path, v in flat
-             if include is None or str(path[-1].key) in include)

@@ -12,6 +12,7 @@ when the release files are absent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -58,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                           "flix", "study"))
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (default TFDS's)")
   parser.add_argument("--quick", action="store_true", help="tiny model, small grids (~2 min)")
+  parser.add_argument("--finetune_steps", type=int, default=None,
+                      help="override every grid's fine-tuning steps (a lever)")
+  parser.add_argument("--schedule", choices=("constant", "linear", "cosine"), default=None,
+                      help="override the fine-tuning learning-rate schedule (a lever)")
+  parser.add_argument("--pretrain_steps", type=int, default=None,
+                      help="override the base's pretraining steps (a lever: another base)")
   parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap replicates")
   args = parser.parse_args(argv)
   unknown = [g for g in args.grids if g not in ("offline", "morph")]
@@ -73,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(str(e))
   if args.n_boot < 100:
     parser.error(f"--n_boot must be >= 100, got {args.n_boot}")
+  for name in ("finetune_steps", "pretrain_steps"):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      parser.error(f"--{name} must be >= 1, got {value}")
   return args
 
 
@@ -87,7 +98,10 @@ def grids(args: argparse.Namespace) -> list:
             "(pass --morph_dir)", file=sys.stderr)
     else:
       out.append(grid_lib.morph_grid(args.morph_dir, args.quick, args.tfds_data_dir))
-  return out
+  overrides = {k: getattr(args, k) for k in ("finetune_steps", "schedule", "pretrain_steps")
+               if getattr(args, k) is not None}
+  return [dataclasses.replace(g, budget=dataclasses.replace(g.budget, **overrides))
+          for g in out]
 
 
 def duration(seconds: float) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -21,7 +22,7 @@ import seqio
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from flix import checkpoints
+from flix import checkpoints, host_memory
 from flix.config import FlixConfig
 from flix.data.pairs import check_registered
 from flix.features import FeatureSpace
@@ -250,7 +251,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   os.makedirs(model_dir, exist_ok=True)
   if checkpoints.is_primary():
     with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-      f.write(gin_config)
+      f.write(f"# host malloc: {host_memory.describe()}\n{gin_config}")
+    print(f"host malloc: {host_memory.describe()}", file=sys.stderr, flush=True)
   resume_from = latest_everywhere(model_dir)
   inherited = data_shards is None and resume_from is not None
   if data_shards is None:

@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from flix.layers import table_type
+
 
 class PerLeafState(NamedTuple):
   """inner: a tree like the params whose leaves are `inner`'s state for that leaf (per row on
@@ -32,10 +34,9 @@ class PerLeafState(NamedTuple):
 
 
 def is_table_param(path, leaf) -> bool:
-  """Whether a param leaf is a feature table: `lora_a_<type>` / `lora_b_<type>`, 3-D."""
-  name = str(getattr(path[-1], "key", ""))
-  return (name.startswith("lora_") and not name.endswith("_shared")
-          and getattr(leaf, "ndim", 0) == 3)
+  """Whether a param leaf is a feature table (`flix.layers.table_type` of its name)."""
+  del leaf
+  return table_type(getattr(path[-1], "key", "")) is not None
 
 
 def per_row(inner: optax.GradientTransformation,

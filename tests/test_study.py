@@ -1,0 +1,110 @@
+"""flix.study: the quick study end to end (schema, cache, resume), and its statistics."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from flix.study import cli, grids, methods, report, runs, stats
+
+
+def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, capsys):
+  out = tmp_path / "study"
+  argv = ["--quick", "--grids", "offline", "--seeds", "0", "--methods", "lora,flix",
+          "--out", str(out), "--n_boot", "200"]
+  assert cli.main(argv) == 0
+  study = json.loads((out / "offline" / "study.json").read_text())
+  assert study["grid"] == "offline" and study["seeds"] == [0]
+  assert study["methods"] == ["lora", "flix"]
+  assert {(r["method"], r["seed"]) for r in study["runs"]} == {("lora", 0), ("flix", 0)}
+  for run in study["runs"]:
+    assert {c["split"] for c in run["cells"]} == set(report.KINDS)
+    for cell in run["cells"]:
+      assert set(cell) == {"task", "lang", "split", "metric", "value", "n"}
+      assert cell["metric"] == "exact_match" and 0 <= cell["value"] <= 1 and cell["n"] > 0
+  for method in ("lora", "flix"):
+    for kind in report.KINDS:
+      entry = study["summary"][method][kind]
+      lo, hi = entry["ci95"]
+      assert lo <= entry["mean"] <= hi and entry["n_seeds"] == 1
+  assert set(study["differences"]) == {"flix-lora"}
+  assert set(study["differences"]["flix-lora"]) == set(report.KINDS)
+  holdout = study["holdouts"]["0"]
+  assert len(holdout["unseen_pairs"]) == 2 and len(holdout["unseen_langs"]) == 1
+  for name in ("study.md", "differences.png", "heatmap.png"):
+    assert (out / "offline" / name).stat().st_size > 1000, name
+  assert "2 runs trained, 0 from the cache" in capsys.readouterr().out
+
+  # A rerun trains nothing; a run whose results were lost is evaluated again from its
+  # checkpoint (an interrupted study resumes), with the same numbers.
+  assert cli.main(argv) == 0
+  assert "0 runs trained, 2 from the cache" in capsys.readouterr().out
+  grid = grids.offline_grid(quick=True)
+  results = os.path.join(runs.run_dir(grid, methods.method("flix"), 0, str(out / "cache")),
+                         runs.RESULTS)
+  before = json.loads(open(results).read())
+  os.remove(results)
+  assert cli.main(argv) == 0
+  assert "1 runs trained, 1 from the cache" in capsys.readouterr().out
+  after = json.loads(open(results).read())
+  assert after["test"] == before["test"] and after["validation"] == before["validation"]
+
+
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):
+  for argv, message in ((["--methods", "lora,flix_q"], "unknown method 'flix_q'"),
+                        (["--grids", "mnist"], "unknown grids ['mnist']"),
+                        (["--seeds", "1,1"], "expected distinct integers"),
+                        (["--finetune_steps", "0"], "--finetune_steps must be >= 1")):
+    with pytest.raises(SystemExit):
+      cli.main([*argv, "--out", str(tmp_path / "never")])
+    assert message in capsys.readouterr().err
+  assert not (tmp_path / "never").exists()
+
+
+def test_every_method_has_lora_s_per_example_rank():
+  methods.check_budget(methods.METHODS.values())
+  with pytest.raises(ValueError, match=r"per-example rank 16"):
+    methods.check_budget([methods.MethodSpec("odd", "flix", (("task", 8),))])
+
+
+def test_unseen_languages_keep_a_trained_sibling():
+  langs = ("bel", "dan", "deu", "eng", "fin", "fra", "hun", "ita", "kat", "mkd", "spa", "tur")
+  draws = {grids.draw_unseen_langs(langs, 2, seed) for seed in range(8)}
+  assert len(draws) > 3
+  family = {"bel": "Slavic", "mkd": "Slavic", "dan": "G", "deu": "G", "eng": "G", "fra": "R",
+            "ita": "R", "spa": "R"}
+  for drawn in draws:
+    assert len(drawn) == 2 and set(drawn) <= set(family)  # fin, hun, kat, tur have no sibling.
+    assert set(drawn) != {"bel", "mkd"}  # Balto-Slavic keeps a trained member.
+
+
+def fake_runs(rates, seeds=(0, 1, 2), cells=4, n=200, seed=0):
+  """Runs whose cells' examples are correct with probability rates[kind]."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for s in seeds:
+    cell_list = [{"task": f"t{c}", "lang": "x", "split": kind,
+                  "correct": (rng.random(n) < rate).astype(int).tolist()}
+                 for kind, rate in rates.items() for c in range(cells)]
+    out.append({"seed": s, "test": cell_list})
+  return out
+
+
+def test_bootstrap_intervals_cover_the_truth_and_pairing_tightens_them():
+  lora = fake_runs({"seen": 0.5, "unseen_pair": 0.2})
+  better = fake_runs({"seen": 0.5, "unseen_pair": 0.3}, seed=1)
+  summary, differences = stats.summarize(
+      {"lora": stats.kind_scores(lora), "flix": stats.kind_scores(better)},
+      ["seen", "unseen_pair"], n_boot=500)
+  for name, truth in (("lora", 0.2), ("flix", 0.3)):
+    lo, hi = summary[name]["unseen_pair"]["ci95"]
+    assert lo < truth < hi and hi - lo < 0.1
+  lo, hi = differences["flix-lora"]["unseen_pair"]["ci95"]
+  assert 0.0 < lo and hi < 0.2  # A 0.1 difference, detected.
+  lo, hi = differences["flix-lora"]["seen"]["ci95"]
+  assert lo < 0.0 < hi  # No difference.
+  # Identical runs: the paired difference is exactly zero, however noisy the runs are.
+  same = stats.summarize({"lora": stats.kind_scores(lora), "copy": stats.kind_scores(lora)},
+                         ["seen"], n_boot=200)[1]
+  assert same["copy-lora"]["seen"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n_seeds": 3}
