@@ -439,7 +439,7 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
     out_dir: predictions/*.jsonl, report.json and report.md go here (None: nothing written).
     feature_lengths: `{"inputs": ..., "targets": ...}`, e.g. `reg.task_feature_lengths`.
     batch_size: decode batch rows (short batches padded).
-    holdout: e.g. `reg.data.holdout`, for seen pair / unseen pair / unseen language kinds.
+    holdout: e.g. `reg.holdout`, for seen pair / unseen pair / unseen language kinds.
     split: "validation" or "test".
     decode_kwargs: `flix.decoding.decode` options (method, num_beams, alpha, temperature,
       top_k, rng, num_samples); default greedy.
