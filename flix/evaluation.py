@@ -9,13 +9,18 @@ The predict function runs fixed-size batches: the last, short batch of a pair is
 empty rows (PAD tokens, INACTIVE feature ids) whose outputs are dropped, so one compiled decode
 serves every batch. Predictions come from the model object's `predict_batch` (greedy by default)
 or from any `BatchPredictor` (e.g. `target_predictor`, an oracle that checks the metric path).
+A task may be decoded its own way (`task_decode_kwargs`, e.g. a registration's
+`decode_kwargs`: XTREME-UP's autocomplete returns 3 beams for accuracy@3); the others keep the
+default, so their metrics see one string per example.
 
 Written under `out_dir`:
   predictions/{seqio task name}.jsonl   one line per example: index, inputs, target, prediction
                                         (as the metrics see it), features, feature_ids, score,
                                         and `references` where a task accepts several answers.
   report.json                           per-pair metrics and pair info, and the aggregates
-                                        by_task / by_lang / by_kind / overall (flix.data.aggregate).
+                                        by_task / by_lang / by_kind / overall (flix.data.aggregate),
+                                        plus `official` where the benchmark defines its own
+                                        aggregate (e.g. XTREME-UP's score_system).
   report.md                             the same as markdown tables.
 
 Use `PairEvaluator` to evaluate repeatedly (each pair's examples are cached once) and
@@ -65,6 +70,8 @@ class Report:
     pairs: `{seqio task name: {"task", "lang", "kind", "n_examples", "feature_ids"}}`.
     by_task, by_lang, by_kind, overall: `flix.data.aggregate` groups
       (`{group: {metric: mean, "n_pairs": n}}`); by_kind keys are SPLIT_KINDS present.
+    official: the benchmark's own aggregate of `per_pair` computed as its official scorer does
+      (`{group: {metric: value, ...}}`, e.g. per XTREME-UP task and "overall"); empty if none.
   """
 
   split: str
@@ -75,6 +82,7 @@ class Report:
   by_lang: dict[str, dict[str, float]]
   by_kind: dict[str, dict[str, float]]
   overall: dict[str, dict[str, float]]
+  official: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -91,8 +99,11 @@ class Report:
              _table("By task", "task", self.by_task, metrics, ("n_pairs",)),
              _table("By language", "lang", self.by_lang, metrics, ("n_pairs",)),
              _table("Overall", "", self.overall, metrics, ("n_pairs",))]
+    if self.official:
+      columns = sorted({m for d in self.official.values() for m in d} - {"n_pairs"})
+      parts.append(_table("Official aggregate", "group", self.official, columns, ("n_pairs",)))
     per_pair = {name: {**m, "kind": self.pairs[name]["kind"],
-                       "n_examples": self.pairs[name]["n_examples"]}
+                       "n_examples": self.pairs[name].get("n_examples", "")}
                 for name, m in self.per_pair.items()}
     parts.append(_table("Per pair", "pair", per_pair, metrics, ("kind", "n_examples")))
     return "\n".join(parts)
@@ -131,7 +142,9 @@ def _plain(value) -> float:
 
 def build_report(per_pair: Mapping[str, Mapping[str, Any]], holdout: HoldOut | None = None, *,
                  split: str, step: int | None = None,
-                 pairs: Mapping[str, Mapping[str, Any]] | None = None) -> Report:
+                 pairs: Mapping[str, Mapping[str, Any]] | None = None,
+                 official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None
+                 ) -> Report:
   """A Report from per-pair metrics keyed by seqio task name `{prefix}.{task}.{lang}`.
 
   Args:
@@ -139,6 +152,8 @@ def build_report(per_pair: Mapping[str, Mapping[str, Any]], holdout: HoldOut | N
     holdout: which pairs/languages are unseen (decides the split kinds); None: all seen.
     split, step: recorded in the report.
     pairs: extra per-pair info (n_examples, feature_ids), merged into `Report.pairs`.
+    official: the benchmark's aggregate of the (unwrapped) per-pair metrics (`Report.official`),
+      e.g. a registration's `official`; None: none.
   """
   holdout = holdout or HoldOut()
   if not per_pair:
@@ -152,7 +167,8 @@ def build_report(per_pair: Mapping[str, Mapping[str, Any]], holdout: HoldOut | N
                   **dict((pairs or {}).get(name, {}))}
   groups = aggregate(plain, holdout)
   return Report(split=split, step=step, per_pair=plain, pairs=info, by_task=groups["by_task"],
-                by_lang=groups["by_lang"], by_kind=groups["by_kind"], overall=groups["overall"])
+                by_lang=groups["by_lang"], by_kind=groups["by_kind"], overall=groups["overall"],
+                official=dict(official(plain)) if official is not None else {})
 
 
 # -- predictors ---------------------------------------------------------------------------------
@@ -219,7 +235,8 @@ class PairEvaluator:
   def __init__(self, tasks: str | Sequence[str], *, feature_lengths: Mapping[str, int],
                batch_size: int, holdout: HoldOut | None = None, split: str = "validation",
                n_types: int | None = None, num_examples: int | None = None,
-               feature_converter_cls: type = EncoderDecoderModel.FEATURE_CONVERTER_CLS):
+               feature_converter_cls: type = EncoderDecoderModel.FEATURE_CONVERTER_CLS,
+               official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None):
     """
     Args:
       tasks: seqio mixture and/or task names (pair tasks named `{prefix}.{task}.{lang}`).
@@ -231,6 +248,8 @@ class PairEvaluator:
       n_types: feature types per example; default: read from the first task's dataset.
       num_examples: evaluate only the first this-many examples of each pair.
       feature_converter_cls: the model family's converter (`BaseModel.FEATURE_CONVERTER_CLS`).
+      official: the benchmark's own aggregate for `Report.official` (a registration's
+        `official`); None: none.
     """
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if not names:
@@ -242,6 +261,7 @@ class PairEvaluator:
       raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     self.split = split
     self.batch_size = batch_size
+    self.official = official
     self.holdout = holdout or HoldOut()
     self.feature_lengths = {"inputs": feature_lengths["inputs"],
                             "targets": feature_lengths["targets"]}
@@ -279,20 +299,25 @@ class PairEvaluator:
     self.task_names = tuple(t.name for e in self._evaluators for t in e.eval_tasks)
 
   def evaluate(self, model: BaseModel, params, *, out_dir: str | None, step: int | None = None,
-               decode_kwargs: Mapping[str, Any] | None = None) -> Report:
-    """Decodes every pair with `model` (greedy by default) and reports; see `evaluate`."""
+               decode_kwargs: Mapping[str, Any] | None = None,
+               task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None) -> Report:
+    """Decodes every pair with `model` (greedy by default; a task in `task_decode_kwargs` with
+    exactly its own options) and reports; see `evaluate`."""
     n_model = model.n_types
     if n_model and n_model != self.n_types:
       raise ValueError(f"the model's FeatureSpace has {n_model} feature types "
                        f"{list(model.flix.space.names)} but the tasks carry {self.n_types} "
                        "feature ids per example; evaluate with the space the tasks were "
                        "registered with")
-    predictor = model_predictor(model, params, max_length=self.feature_lengths["targets"],
-                                decode_kwargs=decode_kwargs)
-    return self.evaluate_predictor(predictor, out_dir=out_dir, step=step)
+    length = self.feature_lengths["targets"]
+    predictor = model_predictor(model, params, max_length=length, decode_kwargs=decode_kwargs)
+    own = {name: model_predictor(model, params, max_length=length, decode_kwargs=kwargs)
+           for name, kwargs in (task_decode_kwargs or {}).items() if name in self.task_names}
+    return self.evaluate_predictor(predictor, out_dir=out_dir, step=step, task_predictors=own)
 
   def evaluate_predictor(self, predictor: BatchPredictor, *, out_dir: str | None,
-                         step: int | None = None) -> Report:
+                         step: int | None = None,
+                         task_predictors: Mapping[str, BatchPredictor] | None = None) -> Report:
     """Runs `predictor` over every pair, computes seqio metrics, writes and returns the report.
 
     Args:
@@ -300,7 +325,10 @@ class PairEvaluator:
         DecodeResult.
       out_dir: where predictions and reports go; None writes nothing.
       step: recorded in the report.
+      task_predictors: `{seqio task name: predictor}` for tasks decoded otherwise (e.g. with
+        3 returned decodes); names not evaluated here are ignored.
     """
+    task_predictors = dict(task_predictors or {})
     per_pair, info = {}, {}
     for evaluator in self._evaluators:
       names = {id(ds): name for name, ds in evaluator.cached_model_datasets.items()}
@@ -308,7 +336,7 @@ class PairEvaluator:
 
       def predict_fn(ds, names=names, scores=scores):
         name = names[id(ds)]
-        out, scores[name] = self._predict(ds, predictor)
+        out, scores[name] = self._predict(ds, task_predictors.get(name, predictor))
         return out
 
       metrics, outputs = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn)
@@ -322,7 +350,8 @@ class PairEvaluator:
                            "feature_ids": records[0]["feature_ids"] if records else None}
         if out_dir is not None:
           _write_jsonl(os.path.join(out_dir, PREDICTIONS_DIR, f"{task.name}.jsonl"), records)
-    report = build_report(per_pair, self.holdout, split=self.split, step=step, pairs=info)
+    report = build_report(per_pair, self.holdout, split=self.split, step=step, pairs=info,
+                          official=self.official)
     if out_dir is not None:
       report.write(out_dir)
     return report
@@ -398,7 +427,10 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
              feature_lengths: Mapping[str, int], batch_size: int,
              holdout: HoldOut | None = None, split: str = "validation",
              decode_kwargs: Mapping[str, Any] | None = None, step: int | None = None,
-             num_examples: int | None = None) -> Report:
+             num_examples: int | None = None,
+             task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+             official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None
+             ) -> Report:
   """Evaluates `model` on every pair of `tasks` once (build a PairEvaluator to repeat).
 
   Args:
@@ -407,20 +439,23 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
     out_dir: predictions/*.jsonl, report.json and report.md go here (None: nothing written).
     feature_lengths: `{"inputs": ..., "targets": ...}`, e.g. `reg.task_feature_lengths`.
     batch_size: decode batch rows (short batches padded).
-    holdout: e.g. `reg.data.holdout`, for seen pair / unseen pair / unseen language kinds.
+    holdout: e.g. `reg.holdout`, for seen pair / unseen pair / unseen language kinds.
     split: "validation" or "test".
     decode_kwargs: `flix.decoding.decode` options (method, num_beams, alpha, temperature,
       top_k, rng, num_samples); default greedy.
     step, num_examples: see PairEvaluator.
+    task_decode_kwargs: `{seqio task name: options}` replacing `decode_kwargs` for those tasks,
+      e.g. `reg.decode_kwargs`.
+    official: the benchmark's own aggregate, e.g. `reg.official` (`Report.official`).
 
   Returns:
-    The Report (per_pair, by_task, by_lang, by_kind, overall).
+    The Report (per_pair, by_task, by_lang, by_kind, overall, official).
   """
   evaluator = PairEvaluator(tasks, feature_lengths=feature_lengths, batch_size=batch_size,
                             holdout=holdout, split=split, num_examples=num_examples,
-                            feature_converter_cls=model.FEATURE_CONVERTER_CLS)
+                            feature_converter_cls=model.FEATURE_CONVERTER_CLS, official=official)
   return evaluator.evaluate(model, params, out_dir=out_dir, step=step,
-                            decode_kwargs=decode_kwargs)
+                            decode_kwargs=decode_kwargs, task_decode_kwargs=task_decode_kwargs)
 
 
 @gin.configurable
@@ -430,9 +465,15 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
                         registration: Any = None, batch_size: int = 32,
                         split: str = "validation",
                         decode_kwargs: Mapping[str, Any] | None = None,
+                        task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                         num_examples: int | None = None):
   """Evaluates `checkpoint_path` on `mixture_or_task_name` (the first `num_examples` of each
-  pair; None: all); returns the Report."""
+  pair; None: all); returns the Report.
+
+  Tasks the registration decodes its own way (`registration.decode_kwargs`, unless
+  `task_decode_kwargs` is given) keep their options; `decode_kwargs` is everyone else's.
+  The registration's `official` aggregate, if any, is reported as `Report.official`.
+  """
   from flix import checkpoints
   check_registered(mixture_or_task_name)
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
@@ -440,10 +481,14 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
   if model.n_types and registration is not None:
     checkpoints.check_feature_space(checkpoint_path, flix.space, registration.space)
   holdout = getattr(registration, "holdout", None)
+  if task_decode_kwargs is None:
+    task_decode_kwargs = getattr(registration, "decode_kwargs", None)
   report = evaluate(model, params, mixture_or_task_name, out_dir=output_dir,
-                               feature_lengths=task_feature_lengths, batch_size=batch_size,
-                               holdout=holdout, split=split, decode_kwargs=decode_kwargs,
-                               num_examples=num_examples)
+                    feature_lengths=task_feature_lengths, batch_size=batch_size,
+                    holdout=holdout, split=split, decode_kwargs=decode_kwargs,
+                    task_decode_kwargs=task_decode_kwargs,
+                    official=getattr(registration, "official", None),
+                    num_examples=num_examples)
   print(report.to_markdown())
   return report
 

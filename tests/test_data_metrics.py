@@ -39,13 +39,18 @@ def test_chrf_matches_sacrebleu_and_perfect_is_100():
   assert 0.0 < metrics.chrf(["the cat sat"], ["the dog sat"])["chrf"] < 100.0
 
 
-def test_top3_accuracy():
+def test_top3_accuracy_needs_exactly_three_predictions():
   targets = ["hello", "world", "x"]
-  predictions = [["help", "hello", "hell"], ["word", "works", "wild"], "x"]
+  predictions = [["help", "hello", "hell"], ["word", "works", "wild"], ["y", "z", "x"]]
   assert metrics.top3_accuracy(targets, predictions)["top3_accuracy"] == pytest.approx(
       100 * 2 / 3)
-  with pytest.raises(ValueError, match="at most 3 predictions.*example 0"):
+  with pytest.raises(ValueError, match="exactly 3 predictions.*example 0 has 4 decodes"):
     metrics.top3_accuracy(["a"], [["a", "b", "c", "d"]])
+  with pytest.raises(ValueError, match="example 1 has 2 decodes"):
+    metrics.top3_accuracy(["a", "b"], [["a", "b", "c"], ["b", "c"]])
+  # A greedy decode is one string: refused, not scored as top-1.
+  with pytest.raises(ValueError, match="num_samples=3.*example 0 has one decoded string"):
+    metrics.top3_accuracy(["x"], ["x"])
 
 
 def test_length_mismatch_is_an_error():

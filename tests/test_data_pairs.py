@@ -227,3 +227,23 @@ def test_explicit_and_bad_holdout_schemes():
     pairs.make_holdout("none", tasks, langs, GRID, unseen_langs=("q",))
   with pytest.raises(ValueError, match="scheme 'zigzag' unknown"):
     pairs.make_holdout("zigzag", tasks, langs, GRID)
+
+
+def test_variants_are_tasks_of_their_own_with_the_cells_features_and_hold_out():
+  from flix.data.aggregation import aggregate, as_pair
+  back, forth = Pair("translit", "hi", "Deva2Latn"), Pair("translit", "hi", "Latn2Deva")
+  assert back.task_name("p.q") == "p.q.translit.hi:Deva2Latn"
+  assert back.key == "translit.hi:Deva2Latn"
+  assert as_pair("p.q.translit.hi:Deva2Latn") == back and as_pair("p.copy.en") == Pair("copy", "en")
+  assert back.features == {"task": "translit", "lang": "hi"} and back.cell == Pair("translit", "hi")
+  assert back != forth and back.cell == forth.cell
+  holdout = HoldOut(unseen_pairs={Pair("translit", "hi")})
+  assert holdout.kind(back) == holdout.kind(forth) == "unseen_pair"
+  with pytest.raises(ValueError, match=r"unseen pairs \['translit.hi:Deva2Latn'\] name variants"):
+    HoldOut(unseen_pairs={back})
+  with pytest.raises(ValueError, match="pair variant must be"):
+    Pair("translit", "hi", "Deva-Latn")
+  groups = aggregate({"p.translit.hi:Deva2Latn": {"cer": 10.0}, "p.translit.hi:Latn2Deva":
+                      {"cer": 30.0}, "p.copy.hi": {"cer": 50.0}})
+  assert groups["by_task"]["translit"] == {"cer": 20.0, "n_pairs": 2}  # Averaged over directions.
+  assert groups["by_lang"]["hi"] == {"cer": 30.0, "n_pairs": 3}

@@ -8,5 +8,4 @@ from flix.data.pairs import (HoldOut, Pair, PairTask, encode_pair, examples_sour
                              expected_rates, mixing_rate, register_pair_mixture,
                              register_pair_task, unregister)
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features, text_features
-from flix.data.xtreme_up import (XtremeUpRegistration, register_xtreme_up,
-                                 register_xtreme_up_experiment)
+from flix.data.xtreme_up import XtremeUpRegistration, register_xtreme_up_experiment

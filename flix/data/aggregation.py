@@ -3,7 +3,9 @@
 Input: `{pair: {metric: value}}` where a pair is a `Pair` or a seqio task name
 `{prefix}.{task}.{lang}` (e.g. from seqio.Evaluator). Each group reports the unweighted mean of
 its pairs' values (macro average; a metric is averaged over the pairs that report it) and
-`n_pairs`, the number of pairs in the group.
+`n_pairs`, the number of pairs in the group. Variants of a cell (`{prefix}.{task}.{lang}:{v}`,
+e.g. transliteration's script directions) are pairs of their own here: a task's mean is over
+its variants.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from flix.data.pairs import SPLIT_KINDS, HoldOut, Pair
 
 
 def as_pair(key: Pair | str) -> Pair:
-  """A Pair, or a task name `{prefix}.{task}.{lang}` -> Pair(task, lang)."""
+  """A Pair, or a task name `{prefix}.{task}.{lang}` -> Pair(task, lang)
+  (`{prefix}.{task}.{lang}:{variant}` -> Pair(task, lang, variant))."""
   if isinstance(key, Pair):
     return key
   parts = str(key).split(".")
   if len(parts) < 3:
     raise ValueError(f"cannot read a pair from {key!r}; expected a Pair or a task name "
                      "'{prefix}.{task}.{lang}'")
-  return Pair(parts[-2], parts[-1])
+  lang, _, variant = parts[-1].partition(":")
+  return Pair(parts[-2], lang, variant)
 
 
 def _value(v):

@@ -4,7 +4,7 @@ Implemented after the XTREME-UP evaluation definitions: sequence accuracy (exact
 SQuAD EM/F1 (lower-case, punctuation and English articles removed, whitespace tokens), span F1
 over "LABEL: entity $$ ..." strings, chrF (sacrebleu corpus chrF), CER (character edit distance
 over NFKC-normalized text, summed over the corpus, divided by the target characters), and
-top-3 accuracy (any of up to 3 predictions matches exactly).
+top-3 accuracy (one of exactly 3 predictions matches exactly).
 
 And after the SIGMORPHON shared tasks' evaluation scripts, where a target may be a list of
 accepted references (a syncretic form's analyses, a word's pronunciations): inflection and
@@ -139,19 +139,24 @@ def cer(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
   return {"cer": 100.0 * sum(edit_distance(t, p) for t, p in zip(ts, ps)) / chars}
 
 
-def top3_accuracy(targets: Sequence[str], predictions: Sequence[Sequence[str]]) -> dict[str, float]:
-  """Percentage of examples where one of (at most 3) predictions equals the target.
+TOP_K = 3
 
-  Each prediction is a list of up to 3 decodes, best first; a bare string counts as one decode.
+
+def top3_accuracy(targets: Sequence[str], predictions: Sequence[Sequence[str]]) -> dict[str, float]:
+  """Accuracy@3 as XTREME-UP scores autocomplete: the percentage of examples where one of
+  exactly 3 predictions (e.g. the 3 beams of a beam search) equals the target.
+
+  Each prediction is a list of TOP_K decodes; anything else (a bare string from greedy
+  decoding, another count) is an error: decode the task with 3 returned decodes.
   """
   _check_lengths(targets, predictions)
   hits = []
   for i, (target, topk) in enumerate(zip(targets, predictions)):
-    if isinstance(topk, (str, bytes)):
-      topk = [topk]
-    if len(topk) > 3:
-      raise ValueError(f"top-3 accuracy needs a list of at most 3 predictions per example; "
-                       f"example {i} has {topk!r}")
+    if isinstance(topk, (str, bytes)) or len(topk) != TOP_K:
+      got = "one decoded string" if isinstance(topk, (str, bytes)) else f"{len(topk)} decodes"
+      raise ValueError(f"top-3 accuracy needs exactly {TOP_K} predictions per example (decode "
+                       f"with method='beam', num_beams={TOP_K}, num_samples={TOP_K}); example "
+                       f"{i} has {got}: {topk!r}")
     hits.append(any(_text(p) == _text(target) for p in topk))
   return {"top3_accuracy": 100.0 * float(np.mean(hits))}
 

@@ -13,7 +13,7 @@ import collections
 import dataclasses
 import functools
 import re
-from typing import Callable, Collection, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -32,25 +32,45 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Pair:
-  """A (task, language) cell of a benchmark."""
+  """A (task, language) cell of a benchmark, or one variant of a cell.
+
+  A variant (e.g. the script direction `Latn2Deva` of a transliteration cell) is its own seqio
+  Task, scored on its own, with the cell's features: variants of a cell share the task and
+  language adapters and are held out together (`HoldOut` works on cells).
+  """
 
   task: str
   lang: str
+  variant: str = ""
 
   def __post_init__(self):
     for field, value in (("task", self.task), ("lang", self.lang)):
       if not isinstance(value, str) or not _NAME_PART.match(value):
         raise ValueError(f"pair {field} must be a non-empty string of letters, digits and '_' "
                          f"(it becomes part of a seqio task name), got {value!r}")
+    if not isinstance(self.variant, str) or (self.variant and
+                                              not _NAME_PART.match(self.variant)):
+      raise ValueError(f"pair variant must be '' or a string of letters, digits and '_', got "
+                       f"{self.variant!r}")
 
   @property
   def features(self) -> dict[str, str]:
-    """The dataset features of this pair's examples."""
+    """The dataset features of this pair's examples (a variant is not a feature)."""
     return {"task": self.task, "lang": self.lang}
 
+  @property
+  def cell(self) -> "Pair":
+    """The (task, language) cell, without the variant."""
+    return Pair(self.task, self.lang) if self.variant else self
+
+  @property
+  def key(self) -> str:
+    """`{task}.{lang}`, or `{task}.{lang}:{variant}` for a variant."""
+    return f"{self.task}.{self.lang}" + (f":{self.variant}" if self.variant else "")
+
   def task_name(self, prefix: str) -> str:
-    """seqio task name `{prefix}.{task}.{lang}`."""
-    return f"{prefix}.{self.task}.{self.lang}"
+    """seqio task name `{prefix}.{task}.{lang}` (a variant adds `:{variant}`)."""
+    return f"{prefix}.{self.key}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +90,10 @@ class HoldOut:
 
   def __post_init__(self):
     object.__setattr__(self, "unseen_pairs", frozenset(self.unseen_pairs))
+    variants = sorted(p.key for p in self.unseen_pairs if p.variant)
+    if variants:
+      raise ValueError(f"unseen pairs {variants} name variants; hold out whole cells "
+                       "(task, lang): a cell's variants share its adapters")
     object.__setattr__(self, "unseen_langs", frozenset(self.unseen_langs))
     clash = sorted(p for p in self.unseen_pairs if p.lang in self.unseen_langs)
     if clash:
@@ -80,7 +104,7 @@ class HoldOut:
     """'unseen_language', 'unseen_pair' or 'seen_pair'."""
     if pair.lang in self.unseen_langs:
       return "unseen_language"
-    if pair in self.unseen_pairs:
+    if pair.cell in self.unseen_pairs:
       return "unseen_pair"
     return "seen_pair"
 
@@ -433,6 +457,11 @@ class PairRegistration:
     task_feature_lengths: `{"inputs": ..., "targets": ...}` that fit every example.
     info: per-cell facts for reports, `{"{task}.{lang}": {...}}` (counts, drops).
     extra_names: further registered names (e.g. a pretraining task) that `unregister` removes.
+    decode_kwargs: `{seqio task name: flix.decoding options}` for tasks a benchmark decodes
+      its own way (e.g. 3 beams for top-3 accuracy); the evaluator decodes the others with its
+      default (greedy).
+    official: the benchmark's own aggregate of per-pair metrics, `{task name: {metric: value}}
+      -> {group: {...}}`, reported as `Report.official`; None if it has none.
   """
 
   prefix: str
@@ -444,6 +473,8 @@ class PairRegistration:
   task_feature_lengths: Mapping[str, int]
   info: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
   extra_names: tuple[str, ...] = ()
+  decode_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  official: Callable[[Mapping[str, Mapping[str, float]]], dict] | None = None
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -464,9 +495,15 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
                    metric_fns: Callable[[Pair], Sequence[Callable]] = lambda pair: (),
                    postprocess_fn: Callable | None = None, rate: RateKind = "equal",
                    temperature: float = 1.0, maximum: int | None = None,
-                   info: Mapping[str, Mapping] | None = None) -> PairRegistration:
+                   info: Mapping[str, Mapping] | None = None,
+                   decode_kwargs: Callable[[Pair], Mapping[str, Any] | None] = lambda pair: None,
+                   official: Callable | None = None) -> PairRegistration:
   """Registers `{prefix}.{task}.{lang}` for every pair of `sources` and the `{prefix}.train` /
-  `{prefix}.eval` mixtures; on any error, removes what it registered and re-raises."""
+  `{prefix}.eval` mixtures; on any error, removes what it registered and re-raises.
+
+  `decode_kwargs(pair)`: the pair's own decoding options, or None for the evaluator's default;
+  `official`: see PairRegistration.
+  """
   tasks: list[PairTask] = []
   train, evaluation = f"{prefix}.train", f"{prefix}.eval"
   try:
@@ -479,8 +516,10 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
   except Exception:
     unregister([train, evaluation, *(t.name for t in tasks)])
     raise
+  own = {t.name: dict(kwargs) for t in tasks if (kwargs := decode_kwargs(t.pair)) is not None}
   return PairRegistration(prefix, space, holdout, tuple(tasks), train, evaluation,
-                          dict(task_feature_lengths), dict(info or {}))
+                          dict(task_feature_lengths), dict(info or {}), decode_kwargs=own,
+                          official=official)
 
 
 def check_registered(name: str) -> None:

@@ -1,9 +1,11 @@
-"""What every release builder shares: strict line parsing and manual_dir checks."""
+"""What every release builder shares: strict line parsing (TSV, JSON Lines) and manual_dir
+checks."""
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -40,6 +42,36 @@ def tsv_lines(path: str, fields: Sequence[str]) -> Iterator[tuple[int, list[str]
           raise ReleaseFormatError(f"{path}:{number}: field {name!r} is empty or has "
                                    f"surrounding whitespace: {line!r}")
       yield number, values
+
+
+def jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, object) of a UTF-8 JSON Lines file: one JSON object per line.
+
+  Strict: invalid UTF-8, a blank line, invalid JSON or a value other than an object raises
+  ReleaseFormatError naming the file and line; so does a file without any line.
+  """
+  number = 0
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ReleaseFormatError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte "
+                                 f"{e.start} of the line)") from None
+      if not line.strip():
+        raise ReleaseFormatError(f"{path}:{number}: blank line; expected one JSON object per "
+                                 "line")
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ReleaseFormatError(f"{path}:{number}: not valid JSON ({e.msg} at column "
+                                 f"{e.colno})") from None
+      if not isinstance(record, dict):
+        raise ReleaseFormatError(f"{path}:{number}: expected a JSON object, got "
+                                 f"{type(record).__name__}")
+      yield number, record
+  if number == 0:
+    raise ReleaseFormatError(f"{path}: empty file; expected one JSON object per line")
 
 
 def require_files(directory: str, names: Sequence[str], layout: str) -> list[str]:
