@@ -39,8 +39,8 @@ import sys
 from typing import Sequence
 
 from flix import hf
-from flix.checkpoints import CheckpointError, load_model, save_model
-from flix.features import UnknownFeatureError
+from flix.checkpoints import CheckpointError, load_model, save_model, strip_adapters
+from flix.features import UnknownFeatureError, parse_features
 from flix.models.t5 import T5Config
 
 MODEL_GIN = "model.gin"
@@ -116,7 +116,7 @@ def _combination(flix, features: str | None):
   if flix is None:
     raise hf.HFConversionError("--features given, but the checkpoint has no adapters "
                                "(no flix.json)")
-  return hf.combination_ids(flix.space, features)
+  return flix.space.encode(parse_features(features), partial=True)
 
 
 def to_hf(checkpoint: str, out: str, *, features: str | None = None,
@@ -125,7 +125,7 @@ def to_hf(checkpoint: str, out: str, *, features: str | None = None,
   config, flix, params = load_model(checkpoint)
   ids = _combination(flix, features)
   if ids is None:
-    params = hf.base_params(params)
+    params = strip_adapters(params)
   else:
     params = hf.merge_params(params, flix, ids)
   return hf.save_hf(out, params, config, overwrite=overwrite)

@@ -200,11 +200,14 @@ class FeatureSpace:
     raise UnknownFeatureError(f"unknown feature type {name!r}; known types: {list(self.names)}")
 
   # -- examples -> ids ------------------------------------------------------------------------
-  def encode(self, features: Mapping[str, str], unknown: UnknownPolicy = "error") -> np.ndarray:
+  def encode(self, features: Mapping[str, str], unknown: UnknownPolicy = "error", *,
+             partial: bool = False) -> np.ndarray:
     """Maps one example's features to int32 ids `[n_types]`, deriving derived types.
 
     Every non-derived type of the space must be named (a missing type is an error under
-    `error`, INACTIVE under `drop`); naming a type the space does not have is always an error.
+    `error`, INACTIVE under `drop`), unless `partial` (a combination of some of the features,
+    e.g. one adapter to export: unnamed types are INACTIVE, unknown values still follow
+    `unknown`); naming a type the space does not have is always an error.
     Derived types (see the module docstring) are looked up from their source's value, or taken
     from `features` when named there.
     """
@@ -220,7 +223,7 @@ class FeatureSpace:
         ids[i] = self._derived_id(t, features, unknown)
       elif t.name in features:
         ids[i] = t.id_of(features[t.name], unknown)
-      elif unknown == "error":
+      elif unknown == "error" and not partial:
         raise UnknownFeatureError(
             f"example {dict(features)} has no value for feature type {t.name!r}")
     return ids
@@ -306,3 +309,19 @@ def feature_dropout(ids: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
     return ids
   keep = jax.random.bernoulli(rng, 1.0 - rate, ids.shape)
   return jnp.where(keep, ids, INACTIVE).astype(ids.dtype)
+
+
+def parse_features(text: str) -> dict[str, str]:
+  """"task=ordinal,lang=fr" -> {"task": "ordinal", "lang": "fr"} (a CLI's --features)."""
+  out = {}
+  for item in text.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" not in item:
+      raise ValueError(f"--features: expected TYPE=VALUE items separated by commas, got {item!r}")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key in out:
+      raise ValueError(f"--features: feature type {key!r} given twice")
+    out[key] = value
+  return out

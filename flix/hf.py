@@ -7,13 +7,14 @@ Reading and writing safetensors needs only numpy (and `safetensors` for writing)
 Usage::
 
     from flix import hf
+    from flix.features import parse_features
     from flix.models.t5 import T5
 
     config, params = hf.load_hf("path/to/t5-hf-dir")        # T5Config, plain float32 params
     logits = T5(config).apply({"params": params}, enc_tokens, dec_tokens)
 
     hf.save_hf("out/hf", params, config)                      # config.json + model.safetensors
-    ids = hf.combination_ids(flix_config.space, "task=ordinal,lang=fr")
+    ids = flix_config.space.encode(parse_features("task=ordinal,lang=fr"), partial=True)
     hf.save_hf("out/hf_fr", hf.merge_params(params, flix_config, ids), config)
     hf.save_peft("out/peft_fr", params, config, flix_config, ids)  # PEFT LoRA adapter
 
@@ -55,9 +56,9 @@ import flax.linen as nn
 import numpy as np
 
 from flix import merge as flix_merge
-from flix.checkpoints import atomic_directory, strip_adapters
+from flix.checkpoints import atomic_directory
 from flix.config import FlixConfig
-from flix.features import INACTIVE, FeatureSpace, UnknownFeatureError
+from flix.features import INACTIVE, UnknownFeatureError
 from flix.layers import a_name, b_name
 from flix.models.t5 import T5Config
 
@@ -431,14 +432,14 @@ def to_hf_state_dict(params, config: T5Config) -> dict[str, np.ndarray]:
   """transformers T5ForConditionalGeneration state dict (float32 numpy) of flix base params.
 
   Adapter leaves are not allowed: merge a combination first (`merge_params`) or drop them
-  (`base_params`). Tied input embeddings are written once, as `shared.weight`.
+  (`flix.checkpoints.strip_adapters`). Tied input embeddings are written once, as `shared.weight`.
   """
   params = nn.unbox(params)
   adapters = [".".join(p) for p, _, _ in projection_map(config)
-              if _has_adapters(_get_or_none(params, p))]
+              if flix_merge.is_adapted(_get_or_none(params, p))]
   if adapters:
     raise HFConversionError(f"params carry adapters (e.g. at {adapters[0]}); merge a feature "
-                            "combination (merge_params) or drop them (base_params) first")
+                            "combination (merge_params) or drop them (checkpoints.strip_adapters) first")
   out = {}
 
   def put(key, value):
@@ -461,15 +462,6 @@ def _get_or_none(tree, path):
     return _get(tree, path)
   except (KeyError, TypeError):
     return None
-
-
-def _has_adapters(node) -> bool:
-  return isinstance(node, dict) and any(k.startswith("lora_") for k in node)
-
-
-def base_params(params) -> dict:
-  """`params` without adapter leaves (`flix.checkpoints.strip_adapters`)."""
-  return strip_adapters(params)
 
 
 def merge_params(params, flix: FlixConfig, ids) -> dict:
@@ -500,36 +492,6 @@ def save_hf(out_dir: str, params, config: T5Config, *, overwrite: bool = False) 
 
 
 # -- feature combinations -----------------------------------------------------------------------
-def parse_features(text: str) -> dict[str, str]:
-  """"task=ordinal,lang=fr" -> {"task": "ordinal", "lang": "fr"}."""
-  out = {}
-  for item in text.split(","):
-    item = item.strip()
-    if not item:
-      continue
-    if "=" not in item:
-      raise ValueError(f"--features: expected TYPE=VALUE items separated by commas, got {item!r}")
-    key, value = (s.strip() for s in item.split("=", 1))
-    if key in out:
-      raise ValueError(f"--features: feature type {key!r} given twice")
-    out[key] = value
-  return out
-
-
-def combination_ids(space: FeatureSpace, features: Mapping[str, str] | str) -> np.ndarray:
-  """int32 ids `[n_types]` of one combination; types not named are inactive (INACTIVE).
-
-  Unknown types or values raise `UnknownFeatureError` naming them and listing the known ones.
-  """
-  if isinstance(features, str):
-    features = parse_features(features)
-  ids = np.full((space.n_types,), INACTIVE, np.int32)
-  for name, value in features.items():
-    t = space.type(name)  # Raises for an unknown type, listing the known ones.
-    ids[space.names.index(name)] = t.id_of(value)
-  return ids
-
-
 # -- PEFT ---------------------------------------------------------------------------------------
 def _check_full_tables(params, flix: FlixConfig) -> None:
   params = nn.unbox(params)
@@ -607,7 +569,7 @@ def peft_adapter(params, config: T5Config, flix: FlixConfig, ids, *,
   tensors, modules = {}, []
   for path, hf_module, target in projection_map(config):
     layer = _get_or_none(params, path)
-    if not _has_adapters(layer):
+    if not flix_merge.is_adapted(layer):
       continue
     a, b = combination_lora(layer, flix, ids)  # Not None: rank > 0.
     prefix = f"base_model.model.{hf_module}"
@@ -661,7 +623,6 @@ def save_peft(out_dir: str, params, config: T5Config, flix: FlixConfig, ids, *,
 __all__ = [
     "HFConversionError", "t5_config_from_hf", "hf_config_from_t5", "gin_bindings", "load_hf",
     "read_hf_weights", "read_hf_config", "read_safetensors", "from_hf_state_dict",
-    "to_hf_state_dict", "save_hf", "base_params", "merge_params", "parse_features",
-    "combination_ids", "combination_lora", "combination_rank", "peft_adapter", "save_peft",
+    "to_hf_state_dict", "save_hf", "merge_params", "combination_lora", "combination_rank", "peft_adapter", "save_peft",
     "projection_map", "UnknownFeatureError",
 ]

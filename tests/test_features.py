@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from flix.config import FlixConfig
-from flix.features import INACTIVE, FeatureSpace, FeatureType, UnknownFeatureError, feature_dropout
+from flix.features import (INACTIVE, FeatureSpace, FeatureType, UnknownFeatureError,
+                           feature_dropout, parse_features)
 import tiny
 
 
@@ -37,6 +38,26 @@ def test_unknown_type_and_missing_type():
   np.testing.assert_array_equal(sp.encode({"task": "ordinal"}, unknown="drop"), [1, INACTIVE])
   with pytest.raises(ValueError, match="unknown policy 'skip'"):
     sp.encode({"task": "ordinal", "lang": "en"}, unknown="skip")
+
+
+def test_a_partial_combination_derives_and_leaves_the_rest_inactive():
+  """What `flix.convert --features task=X,lang=Y` exports: named types, their derived types."""
+  sp = FeatureSpace((FeatureType("task", ("inflect", "g2p"), 4),
+                     FeatureType("lang", ("tur", "dan"), 4),
+                     FeatureType("family", ("Turkic", "Germanic"), 2, source="lang",
+                                 table={"tur": "Turkic", "dan": "Germanic"})))
+  np.testing.assert_array_equal(sp.encode(parse_features("lang=dan"), partial=True),
+                                [INACTIVE, 1, 1])
+  np.testing.assert_array_equal(sp.encode(parse_features(" task=g2p , lang=tur "), partial=True),
+                                [1, 0, 0])
+  with pytest.raises(UnknownFeatureError, match="'fin'.*'lang'"):
+    sp.encode({"lang": "fin"}, partial=True)
+  with pytest.raises(UnknownFeatureError, match="no value for feature type 'task'"):
+    sp.encode({"lang": "dan"})
+  with pytest.raises(ValueError, match="expected TYPE=VALUE items.*'dan'"):
+    parse_features("task=g2p,dan")
+  with pytest.raises(ValueError, match="'task' given twice"):
+    parse_features("task=g2p,task=inflect")
 
 
 def test_invalid_spaces_are_refused():

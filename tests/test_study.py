@@ -12,7 +12,7 @@ from flix.study import cli, grids, methods, report, runs, stats
 def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, capsys):
   out = tmp_path / "study"
   argv = ["--quick", "--grids", "offline", "--seeds", "0", "--methods", "lora,flix",
-          "--out", str(out), "--n_boot", "200"]
+          "--out", str(out), "--cache_dir", str(tmp_path / "cache"), "--n_boot", "200"]
   assert cli.main(argv) == 0
   study = json.loads((out / "offline" / "study.json").read_text())
   assert study["grid"] == "offline" and study["seeds"] == [0]
@@ -41,7 +41,7 @@ def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, cap
   assert cli.main(argv) == 0
   assert "0 runs trained, 2 from the cache" in capsys.readouterr().out
   grid = grids.offline_grid(quick=True)
-  results = os.path.join(runs.run_dir(grid, methods.method("flix"), 0, str(out / "cache")),
+  results = os.path.join(runs.run_dir(grid, methods.method("flix"), 0, str(tmp_path / "cache")),
                          runs.RESULTS)
   before = json.loads(open(results).read())
   os.remove(results)
