@@ -151,6 +151,13 @@ def finetune(cfg: DemoConfig, reg, base: str, method: str, model_dir: str,
   return path, int(trained)
 
 
+def train_losses(model_dir: str) -> dict[str, float]:
+  """The first and last logged training loss of a run (`metrics.jsonl`): did it learn?"""
+  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    losses = [json.loads(line)["loss"] for line in f if line.strip()]
+  return {"first": losses[0], "last": losses[-1]}
+
+
 def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str) -> dict[str, Any]:
   """Greedy decoding on every pair of `split`; returns the method's results record."""
   from flix import checkpoints, evaluation
@@ -192,9 +199,12 @@ def heatmap(methods: dict[str, dict[str, Any]], path: str) -> None:
   first = next(iter(methods.values()))["cells"]
   tasks = list(dict.fromkeys(c["task"] for c in first))
   langs = list(dict.fromkeys(c["lang"] for c in first))
-  fig, axes = plt.subplots(1, len(methods), figsize=(1.0 + 0.55 * len(langs) * len(methods),
-                                                    1.2 + 0.45 * len(tasks)), squeeze=False)
-  for ax, (name, m) in zip(axes[0], methods.items()):
+  # Task names label the first panel only (they overlapped the neighbouring panel before), and
+  # the constrained layout keeps labels, titles and the colour bar apart.
+  fig, axes = plt.subplots(1, len(methods), sharey=True, squeeze=False, layout="constrained",
+                           figsize=(1.8 + 0.55 * len(langs) * len(methods),
+                                    1.4 + 0.45 * len(tasks)))
+  for i, (ax, (name, m)) in enumerate(zip(axes[0], methods.items())):
     grid = np.full((len(tasks), len(langs)), np.nan)
     for c in m["cells"]:
       grid[tasks.index(c["task"]), langs.index(c["lang"])] = c["value"]
@@ -209,6 +219,7 @@ def heatmap(methods: dict[str, dict[str, Any]], path: str) -> None:
                                    linewidth=1.5, linestyle=style))
     ax.set_xticks(range(len(langs)), langs, fontsize=7)
     ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    ax.tick_params(axis="y", labelleft=i == 0)
     ax.set_title(f"{name} (exact match)", fontsize=9)
   fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
   fig.suptitle("red solid: unseen pair; red dotted: unseen language; blank: absent cell",
@@ -245,7 +256,8 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
       result = evaluate(cfg, reg, ckpt, os.path.join(out, name, f"eval_{cfg.eval_split}"),
                         cfg.eval_split)
     methods[name] = {"params_trained": trained, **result,
-                     "validation_summary": validation["summary"]}
+                     "validation_summary": validation["summary"],
+                     "train_loss": train_losses(os.path.join(out, name))}
     print(summary_table({name: methods[name]}), file=sys.stderr)
   results = {"wall_seconds": time.time() - start, "methods": methods,
              "config": json.loads(json.dumps(dataclasses.asdict(cfg))),

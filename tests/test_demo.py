@@ -20,6 +20,8 @@ def test_quick_demo_writes_results_heatmap_and_report(tmp_path):
   cells_by_method = {}
   for name, m in results["methods"].items():
     assert isinstance(m["params_trained"], int) and m["params_trained"] > 0
+    # Fails when nothing is learned: fine-tuning must cut the training loss well down.
+    assert m["train_loss"]["last"] < 0.7 * m["train_loss"]["first"], (name, m["train_loss"])
     assert {c["split"] for c in m["cells"]} == SPLITS
     for c in m["cells"]:
       assert set(c) == {"task", "lang", "split", "metric", "value", "n"}
