@@ -2,7 +2,7 @@
 
 Decodes every task-language pair of a mixture with a checkpoint and writes per-pair
 predictions (JSONL), per-pair metrics and an aggregate report per task, language and split
-kind (report.json, report.md) into OUTPUT_DIR.
+kind (report.json, report.md) into EVAL_OUTPUT_DIR.
 """
 
 from flix import gin_utils

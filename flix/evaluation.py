@@ -43,7 +43,7 @@ from seqio import metrics as seqio_metrics
 
 from flix import decoding
 from flix.data.aggregation import aggregate, as_pair
-from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered
+from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered, import_task_modules
 from flix.data.vocab import FEATURE_IDS
 from flix.features import INACTIVE
 from flix.models.model import BaseModel, EncoderDecoderModel, make_model
@@ -213,9 +213,9 @@ def _pad_batch(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarr
   return out
 
 
-def _infer_n_types(task: seqio.Task, split: str) -> int:
+def _infer_n_types(task: seqio.Task, split: str, use_cached: bool = False) -> int:
   spec = task.get_dataset(sequence_length=None, split=split, shuffle=False,
-                          num_epochs=1).element_spec
+                          num_epochs=1, use_cached=use_cached).element_spec
   if FEATURE_IDS not in spec:
     raise ValueError(f"task {task.name!r} has no {FEATURE_IDS!r} feature; register it with "
                      "flix.data.register_pair_task (or register_offline)")
@@ -236,7 +236,8 @@ class PairEvaluator:
                batch_size: int, holdout: HoldOut | None = None, split: str = "validation",
                n_types: int | None = None, num_examples: int | None = None,
                feature_converter_cls: type = EncoderDecoderModel.FEATURE_CONVERTER_CLS,
-               official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None):
+               official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None,
+               use_cached: bool = False):
     """
     Args:
       tasks: seqio mixture and/or task names (pair tasks named `{prefix}.{task}.{lang}`).
@@ -250,6 +251,7 @@ class PairEvaluator:
       feature_converter_cls: the model family's converter (`BaseModel.FEATURE_CONVERTER_CLS`).
       official: the benchmark's own aggregate for `Report.official` (a registration's
         `official`); None: none.
+      use_cached: read seqio's offline cache of the tasks (T5X's USE_CACHED_TASKS).
     """
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     if not names:
@@ -288,12 +290,14 @@ class PairEvaluator:
                          f"{sorted({m.model_output_type.name for m in others})}; only "
                          "prediction metrics are supported")
       as_pair(task.name)  # Loud now, not after decoding, if a name is not a pair name.
-    self.n_types = _infer_n_types(valid[0], split) if n_types is None else n_types
+    self.n_types = (_infer_n_types(valid[0], split, use_cached) if n_types is None
+                    else n_types)
     converter = feature_converter_cls(self.n_types)
     self._evaluators = []
     for name in names:
       self._evaluators.append(seqio.Evaluator(
           name, converter, eval_split=split, sequence_length=self.feature_lengths,
+          use_cached=use_cached,
           num_examples=num_examples, shuffle=False, use_memory_cache=True,
           async_compute_metrics=False))
     self.task_names = tuple(t.name for e in self._evaluators for t in e.eval_tasks)
@@ -429,8 +433,8 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
              decode_kwargs: Mapping[str, Any] | None = None, step: int | None = None,
              num_examples: int | None = None,
              task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-             official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None
-             ) -> Report:
+             official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None,
+             use_cached: bool = False) -> Report:
   """Evaluates `model` on every pair of `tasks` once (build a PairEvaluator to repeat).
 
   Args:
@@ -447,13 +451,15 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
     task_decode_kwargs: `{seqio task name: options}` replacing `decode_kwargs` for those tasks,
       e.g. `reg.decode_kwargs`.
     official: the benchmark's own aggregate, e.g. `reg.official` (`Report.official`).
+    use_cached: read seqio's offline cache of the tasks (T5X's USE_CACHED_TASKS).
 
   Returns:
     The Report (per_pair, by_task, by_lang, by_kind, overall, official).
   """
   evaluator = PairEvaluator(tasks, feature_lengths=feature_lengths, batch_size=batch_size,
                             holdout=holdout, split=split, num_examples=num_examples,
-                            feature_converter_cls=model.FEATURE_CONVERTER_CLS, official=official)
+                            feature_converter_cls=model.FEATURE_CONVERTER_CLS, official=official,
+                            use_cached=use_cached)
   return evaluator.evaluate(model, params, out_dir=out_dir, step=step,
                             decode_kwargs=decode_kwargs, task_decode_kwargs=task_decode_kwargs)
 
@@ -466,15 +472,21 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
                         split: str = "validation",
                         decode_kwargs: Mapping[str, Any] | None = None,
                         task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-                        num_examples: int | None = None):
+                        num_examples: int | None = None,
+                        mixture_or_task_module: str | Sequence[str] | None = None,
+                        use_cached_tasks: bool = False):
   """Evaluates `checkpoint_path` on `mixture_or_task_name` (the first `num_examples` of each
   pair; None: all); returns the Report.
 
   Tasks the registration decodes its own way (`registration.decode_kwargs`, unless
   `task_decode_kwargs` is given) keep their options; `decode_kwargs` is everyone else's.
   The registration's `official` aggregate, if any, is reported as `Report.official`.
+  `mixture_or_task_module` (T5X's MIXTURE_OR_TASK_MODULE): module name(s) imported first, so
+  that they register their seqio tasks; `use_cached_tasks` (USE_CACHED_TASKS): read seqio's
+  offline cache of the tasks.
   """
   from flix import checkpoints
+  import_task_modules(mixture_or_task_module)
   check_registered(mixture_or_task_name)
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
   model = make_model(model_config, flix)
@@ -488,7 +500,7 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
                     holdout=holdout, split=split, decode_kwargs=decode_kwargs,
                     task_decode_kwargs=task_decode_kwargs,
                     official=getattr(registration, "official", None),
-                    num_examples=num_examples)
+                    num_examples=num_examples, use_cached=use_cached_tasks)
   print(report.to_markdown())
   return report
 

@@ -89,9 +89,17 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
                output_file: str = gin.REQUIRED,
                task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 32,
                unknown_features: str = "error",
-               decode_kwargs: Mapping[str, Any] | None = None) -> list[dict]:
-  """Decodes every request of `input_file` into `output_file` (written atomically)."""
+               decode_kwargs: Mapping[str, Any] | None = None,
+               mixture_or_task_module: str | Sequence[str] | None = None) -> list[dict]:
+  """Decodes every request of `input_file` into `output_file` (written atomically).
+
+  `mixture_or_task_module` (T5X's MIXTURE_OR_TASK_MODULE): module name(s) imported first, as
+  in train and eval, so one set of macros serves all three (requests come from `input_file`,
+  not from a seqio task, so nothing here looks a task up).
+  """
   from flix import checkpoints
+  from flix.data.pairs import import_task_modules
+  import_task_modules(mixture_or_task_module)
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
   requests = read_requests(input_file)
   results = predict(make_model(model_config, flix), params, requests,

@@ -468,7 +468,7 @@ def test_train_and_eval_entry_points_with_the_xtreme_up_gin_files(experiment_dir
 
     code = run_entry(eval_entry, "--gin_file=experiments/xtreme_up_eval.gin", *data,
                      f"--gin.CHECKPOINT_PATH='{run_dir / 'checkpoint_3'}'",
-                     f"--gin.OUTPUT_DIR='{out}'")
+                     f"--gin.EVAL_OUTPUT_DIR='{out}'")
     assert code == 0, capsys.readouterr().err[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}

@@ -153,6 +153,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     (["--gin.METHOD='adapters'"], "unknown method 'adapters'; expected one of"),
     (["--gin.MESH_SHAPE=(3, 2)"], "BATCH_SIZE 8 is not divisible by the mesh's data axis (3)"),
     (["--gin.MESH_SHAPE=(16, 1)"], "mesh_shape (16, 1) needs 16 devices, 8 are available"),
+    (["--gin.MIXTURE_OR_TASK_MODULE='no_such_tasks_module'"],
+     "error: ValueError: MIXTURE_OR_TASK_MODULE 'no_such_tasks_module' could not be imported: "
+     "ModuleNotFoundError: No module named 'no_such_tasks_module'"),
+    # USE_CACHED_TASKS reaches seqio's use_cached: these in-memory tasks were never cached.
+    (["--gin.USE_CACHED_TASKS=True"], "does not exist in any of the task cache directories"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, capsys, bindings, message):
   assert run_train(tmp_path, *bindings) == 1
@@ -213,7 +218,7 @@ def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
 
   out = tmp_path / "eval"
   assert run_entry(eval_entry, os.path.join(GIN_DIR, "tiny_eval.gin"),
-                   f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.OUTPUT_DIR='{out}'") == 0
+                   f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.EVAL_OUTPUT_DIR='{out}'") == 0
   report = json.loads((out / "report.json").read_text())
   assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
   predictions = sorted(os.listdir(out / "predictions"))
@@ -238,3 +243,58 @@ def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
   results = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert [r["inputs"] for r in results] == ["ordinal fr: 12", "cardinal de: 7"]
   assert all(isinstance(r["prediction"], str) and r["score"] <= 0 for r in results)
+
+
+USER_TASKS = """
+from flix.data.offline import OfflineConfig
+from flix.data.offline_tasks import register_offline
+
+REGISTRATION = register_offline(
+    OfflineConfig(tasks=('cardinal',), langs=('en', 'fr'), unseen_langs=(), n_train=8,
+                  n_validation=2, n_test=2, input_length=24, target_length=48),
+    prefix='user_tasks')
+"""
+
+
+def test_mixture_or_task_module_registers_the_users_task(tmp_path, monkeypatch, capsys):
+  """T5X's MIXTURE_OR_TASK_MODULE: train and eval name only a user's module and its task."""
+  import seqio
+  from flix import eval as eval_entry, infer as infer_entry
+  from flix.data import offline_tasks
+  (tmp_path / "flix_user_tasks.py").write_text(USER_TASKS)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  offline_tasks._REGISTERED.pop("user_tasks", None)  # pylint: disable=protected-access
+  assert "user_tasks.train" not in seqio.MixtureRegistry.names()  # Until the module is imported.
+  tiny = ["--gin.T5Config.emb_dim=32", "--gin.T5Config.num_heads=2", "--gin.T5Config.head_dim=8",
+          "--gin.T5Config.mlp_dim=64", "--gin.T5Config.num_encoder_layers=1",
+          "--gin.T5Config.num_decoder_layers=1"]
+  common = ["--gin.MIXTURE_OR_TASK_MODULE=['flix_user_tasks']",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}", "--gin.BATCH_SIZE=8"]
+  model_dir = tmp_path / "run"
+  try:
+    assert run_entry(train_entry, "models/tiny.gin", "--gin_file=runs/finetune.gin", *tiny,
+                     *common, f"--gin.MODEL_DIR='{model_dir}'",
+                     "--gin.MIXTURE_OR_TASK_NAME='user_tasks.train'", "--gin.TRAIN_STEPS=2",
+                     "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.METHOD='lora'") == 0, (
+                         capsys.readouterr().err[-2000:])
+    assert [s for s, _ in step_dirs(str(model_dir))] == [2]
+    out = tmp_path / "eval"
+    assert run_entry(eval_entry, "runs/eval.gin", *common, "--gin.EVAL_EXAMPLES=1",
+                     f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
+                     f"--gin.EVAL_OUTPUT_DIR='{out}'",
+                     "--gin.MIXTURE_OR_TASK_NAME='user_tasks.eval'") == 0, (
+                         capsys.readouterr().err[-2000:])
+    assert sorted(os.listdir(out / "predictions")) == [
+        "user_tasks.cardinal.en.jsonl", "user_tasks.cardinal.fr.jsonl"]
+    capsys.readouterr()
+    assert run_entry(infer_entry, "runs/infer.gin", "--gin.MIXTURE_OR_TASK_MODULE='nope_mod'",
+                     "--gin.CHECKPOINT_PATH='unused'", "--gin.INPUT_FILE='unused'",
+                     "--gin.OUTPUT_FILE='unused'",
+                     "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}") == 1
+    assert "MIXTURE_OR_TASK_MODULE 'nope_mod' could not be imported" in (
+        capsys.readouterr().err.strip().splitlines()[-1])
+  finally:
+    module = sys.modules.pop("flix_user_tasks", None)
+    if module is not None:
+      module.REGISTRATION.unregister()
+      offline_tasks._REGISTERED.pop("user_tasks", None)  # pylint: disable=protected-access

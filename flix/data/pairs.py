@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import importlib
 import re
 from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
 
@@ -520,6 +521,22 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
   return PairRegistration(prefix, space, holdout, tuple(tasks), train, evaluation,
                           dict(task_feature_lengths), dict(info or {}), decode_kwargs=own,
                           official=official)
+
+
+def import_task_modules(modules: str | Sequence[str] | None) -> None:
+  """Imports T5X's MIXTURE_OR_TASK_MODULE: a module name or a list of them (None: nothing), so
+  that a user's module registers its seqio tasks/mixtures before the mixture is looked up. A
+  module that fails to import is a ValueError naming it."""
+  names = [] if modules is None else [modules] if isinstance(modules, str) else list(modules)
+  for name in names:
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"MIXTURE_OR_TASK_MODULE must be a module name or a list of them, got "
+                       f"{modules!r}")
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"MIXTURE_OR_TASK_MODULE {name!r} could not be imported: "
+                       f"{type(e).__name__}: {e}") from e
 
 
 def check_registered(name: str) -> None:

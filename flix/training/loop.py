@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 
 from flix import checkpoints, host_memory
 from flix.config import FlixConfig
-from flix.data.pairs import check_registered
+from flix.data.pairs import check_registered, import_task_modules
+from flix.data.vocab import FEATURE_IDS
 from flix.features import FeatureSpace
 from flix.models.model import BaseModel, make_model
 from flix.trainable import METHODS, freeze_base, trainable_mask
@@ -89,7 +90,8 @@ def check_data_shards(batch_size: int, data_shards: int, resumed: str | None = N
 
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                   batch_size: int, converter: seqio.FeatureConverter, seed: int, skip: int,
-                  data_shards: int | None = None, input_threads: int | None = 1):
+                  data_shards: int | None = None, input_threads: int | None = 1,
+                  use_cached: bool = False):
   """Endless numpy batches of this host's rows, starting after `skip` batches (exact resume).
 
   T5X-style per-host seqio shards: the data is read as `data_shards` (default: one per
@@ -109,6 +111,9 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   checkpoint resumes exactly on any host count dividing its data_shards. (Reading one global
   stream and keeping this host's rows would make the batches independent of data_shards too,
   but every host would run the whole input pipeline.)
+
+  `use_cached`: read seqio's offline cache of the tasks (T5X's USE_CACHED_TASKS; the tasks must
+  have been cached with seqio's `seqio_cache_tasks`, flix's own registrations are not).
   """
   check_registered(mixture_or_task_name)
   hosts, host = jax.process_count(), jax.process_index()
@@ -119,7 +124,7 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
   def shard(index: int):
     ds = seqio.get_dataset(
         mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True,
-        num_epochs=None, seed=seed + index, use_cached=False,
+        num_epochs=None, seed=seed + index, use_cached=use_cached,
         shard_info=seqio.ShardInfo(index, shards),
         feature_converter=converter)
     return ds.batch(batch_size // shards, drop_remainder=True).skip(skip)
@@ -132,6 +137,17 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
     options.threading.private_threadpool_size = input_threads
     ds = ds.with_options(options)
   return ds.prefetch(2).as_numpy_iterator()
+
+
+def data_n_types(mixture_or_task_name: str, use_cached: bool = False) -> int:
+  """The length of the data's feature ids (0 without them), from the first task's train split:
+  what a run without a registration (a LoRA or full run on a user's tasks) reads."""
+  check_registered(mixture_or_task_name)
+  task = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))[0]
+  spec = task.get_dataset(sequence_length=None, split="train", shuffle=False, num_epochs=1,
+                          use_cached=use_cached).element_spec
+  ids = spec.get(FEATURE_IDS)
+  return 0 if ids is None or ids.shape[0] is None else int(ids.shape[0])
 
 
 def initial_params(model: BaseModel, rng: jax.Array, initial_checkpoint_path: str | None) -> dict:
@@ -213,7 +229,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, log_period: int = 50,
           random_seed: int = 0, partitioner: Partitioner | None = None,
           step_config: StepConfig = StepConfig(), gin_config: str = "",
-          data_shards: int | None = None, input_threads: int | None = 1) -> TrainState:
+          data_shards: int | None = None, input_threads: int | None = 1,
+          mixture_or_task_module: str | Sequence[str] | None = None,
+          use_cached_tasks: bool = False) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
 
   Multi-process (jax.distributed): every process runs this with the same `model_dir`; each
@@ -232,8 +250,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       resumed checkpoint's, else one per process.
     input_threads: tf.data's private threads (see `train_batches`); None: TF's default pool
       (more input throughput, for hosts whose cores the accelerator leaves free).
+    mixture_or_task_module: T5X's MIXTURE_OR_TASK_MODULE: module name(s) imported first, so
+      that they register their seqio tasks (`flix.data.pairs.import_task_modules`).
+    use_cached_tasks: T5X's USE_CACHED_TASKS: read seqio's offline cache of the tasks.
   Returns the final TrainState.
   """
+  import_task_modules(mixture_or_task_module)
   partitioner = partitioner or Partitioner()
   if batch_size % partitioner.data_size:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "
@@ -242,7 +264,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if data_space is None and adapters.method == "flix":
     raise ValueError("method 'flix' needs a data registration with a feature space "
                      "(train.registration = @register_offline() or similar)")
-  n_types = data_space.n_types if data_space is not None else 0
+  n_types = (data_space.n_types if data_space is not None else
+             data_n_types(mixture_or_task_name, use_cached_tasks))
   flix = adapters.flix_config(data_space) if data_space is not None else (
       adapters.flix_config(FeatureSpace.lora(adapters.lora_rank)))
   model = make_model(model_config, flix, feature_dropout=adapters.feature_dropout)
@@ -287,7 +310,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
   batches = train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
                           model.feature_converter(n_types), random_seed, data_position,
-                          data_shards, input_threads)
+                          data_shards, input_threads, use_cached_tasks)
   start = int(jax.device_get(state.step))
   logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
                          tokens_per_step=batch_size * sum(task_feature_lengths.values()),
