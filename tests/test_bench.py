@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from flix import bench
+from flix.bench import layer
+from flix.bench.__main__ import main
+from flix.bench.synthetic import feature_config
 
 TINY = ["layer", "--d", "32", "--batch", "4", "--length", "8", "--F", "8,64", "--repeats", "2"]
 KEYS = {"strategy", "F", "seconds", "ratio_vs_lora_r16", "ratio_vs_own_smallest_F", "all_seconds"}
@@ -12,7 +14,7 @@ KEYS = {"strategy", "F", "seconds", "ratio_vs_lora_r16", "ratio_vs_own_smallest_
 
 def test_layer_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  bench.main(TINY + ["--json", str(out)])
+  main(TINY + ["--json", str(out)])
   data = json.loads(out.read_text())
   assert set(data) == {"config", "records", "bar"}
   assert data["config"]["F"] == [8, 64] and data["config"]["repeats"] == 2
@@ -49,8 +51,8 @@ def test_layer_bench_writes_schema(tmp_path, capsys):
 
 
 def test_skips_are_recorded_with_reason():
-  flix = bench.feature_config(8192, 8)
-  assert "masked" in bench.skip_reason("masked", flix, 8192)
-  assert "ragged_dot" in bench.skip_reason("ragged", flix, 8192)
-  assert bench.skip_reason("gather", flix, 8192) is None
-  assert bench.skip_reason("masked", bench.feature_config(1024, 8), 1024) is None
+  flix = feature_config(8192, 8)
+  assert "masked" in layer.skip_reason("masked", flix, 8192)
+  assert "ragged_dot" in layer.skip_reason("ragged", flix, 8192)
+  assert layer.skip_reason("gather", flix, 8192) is None
+  assert layer.skip_reason("masked", feature_config(1024, 8), 1024) is None

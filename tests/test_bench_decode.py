@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from flix import bench, bench_decode
+from flix.bench import decode, synthetic
+from flix.bench.__main__ import main, parse_args
 
 TINY = ["decode", "--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2", "--head-dim", "8",
         "--layers", "2", "--batch", "6", "--in-len", "10", "--max-length", "5", "--F", "8",
@@ -16,7 +17,7 @@ METHODS = ["base", "merged", "flix_homogeneous", "flix_heterogeneous"]
 
 def test_decode_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "decode.json"
-  bench.main(TINY + ["--json", str(out)])
+  main(TINY + ["--json", str(out)])
   data = json.loads(out.read_text())
   assert set(data) == {"config", "checks", "records", "bar"}
   records = data["records"]
@@ -48,20 +49,19 @@ def test_merged_decode_equals_adapter_path():
   from flix.merge import merge_params
   from flix.models.t5 import T5
 
-  args = bench.parse_args(TINY)
-  cfg = bench.bench_train.model_config(args)
-  flix = bench_decode.feature_config(8, 4)
+  cfg = synthetic.model_config(parse_args(TINY))
+  flix = synthetic.feature_config(8, 4)
   model = T5(cfg, flix)
-  params = bench_decode.random_params(model, 0)
-  combos = bench_decode.combinations(flix, 6, 0)
+  params = synthetic.random_params(model, 0)
+  combos = synthetic.combinations(flix, 6, 0)
   assert len({tuple(c) for c in combos}) == 6
-  enc = jnp.asarray(bench_decode.random_tokens(np.random.default_rng(0), cfg.vocab_size, (6, 9)))
+  enc = jnp.asarray(synthetic.random_tokens(np.random.default_rng(0), cfg.vocab_size, (6, 9)))
   hetero = np.asarray(decoding.decode(model, params, enc, jnp.asarray(combos), max_length=7,
-                                      eos_id=bench_decode.NO_EOS).tokens)
+                                      eos_id=decode.NO_EOS).tokens)
   assert hetero.shape == (6, 7)
   for r in range(6):
     merged = np.asarray(decoding.decode(T5(cfg), merge_params(params, flix, combos[r]), enc,
-                                        max_length=7, eos_id=bench_decode.NO_EOS).tokens)
+                                        max_length=7, eos_id=decode.NO_EOS).tokens)
     np.testing.assert_array_equal(merged[r], hetero[r])
 
 
@@ -72,17 +72,17 @@ def test_check_same_decodes_allows_only_near_ties():
   logits[0, 1, 6], logits[0, 1, 2] = 3.0, 2.95  # Row 0, position 1: a near tie 6 vs 2.
   logits[1, 2, 7], logits[1, 2, 4] = 3.0, 1.0  # Row 1, position 2: a clear preference.
   never = lambda: pytest.fail("logits computed although the decodes agree")
-  assert bench_decode.check_same_decodes(ref.copy(), ref, never, "same") == 0
+  assert decode.check_same_decodes(ref.copy(), ref, never, "same") == 0
   near = ref.copy()
   near[0, 1:] = [2, 3]  # Differs from position 1 on (later positions may follow).
-  assert bench_decode.check_same_decodes(near, ref, lambda: logits, "near") == 1
+  assert decode.check_same_decodes(near, ref, lambda: logits, "near") == 1
   far = ref.copy()
   far[1, 2] = 4
   with pytest.raises(AssertionError, match="far: row 1 differs at position 2"):
-    bench_decode.check_same_decodes(far, ref, lambda: logits, "far")
+    decode.check_same_decodes(far, ref, lambda: logits, "far")
 
 
 def test_too_few_combinations_for_the_batch(capsys):
   with pytest.raises(SystemExit):
-    bench.parse_args(["decode", "--F", "8", "--batch", "32"])
+    parse_args(["decode", "--F", "8", "--batch", "32"])
   assert "fewer than --batch 32" in capsys.readouterr().err

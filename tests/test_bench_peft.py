@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from flix import bench, bench_peft
+from flix.bench import peft
+from flix.bench.__main__ import main, parse_args
 
 SIZES = ["--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2", "--head-dim", "8",
          "--layers", "2", "--batch", "8", "--in-len", "12", "--out-len", "6", "--F", "8",
@@ -21,7 +22,7 @@ KEYS = {"bench", "framework", "method", "F", "adapters", "tokens", "seconds", "m
 
 def test_peft_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "peft.json"
-  bench.main(TINY + ["--json", str(out)])
+  main(TINY + ["--json", str(out)])
   data = json.loads(out.read_text())
   assert set(data) == {"config", "checks", "records", "bars"}
   assert data["config"]["adapters"] == [1, 2, 4] and data["config"]["torch_threads"] == 1
@@ -66,35 +67,35 @@ def test_peft_bench_writes_schema(tmp_path, capsys):
 
 def test_equivalence_check_catches_a_different_adapter():
   """A PEFT model whose adapter differs from flix's fails the check loudly."""
-  args = bench.parse_args(TINY)
-  s = bench_peft.build(args, torch, *bench_peft.require_hf()[1:])
-  bench_peft.check_equivalence(torch, s, [1, 4])  # Passes as built.
+  args = parse_args(TINY)
+  s = peft.build(args, torch, *peft.require_hf()[1:])
+  peft.check_equivalence(torch, s, [1, 4])  # Passes as built.
   lora_b = dict(s.mixed.named_parameters())[
       "base_model.model.decoder.block.1.layer.2.DenseReluDense.wo.lora_B.c3.weight"]
   with torch.no_grad():
     lora_b.mul_(1.5)
-  bench_peft.check_equivalence(torch, s, [1])  # c3 is not used with one adapter.
+  peft.check_equivalence(torch, s, [1])  # c3 is not used with one adapter.
   with pytest.raises(AssertionError, match="PEFT mixed batch vs FLix batch with 4"):
-    bench_peft.check_equivalence(torch, s, [4])
+    peft.check_equivalence(torch, s, [4])
   lora_a = dict(s.peft_lora.named_parameters())[
       "base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.default.weight"]
   with torch.no_grad():
     lora_a.add_(0.1)
   with pytest.raises(AssertionError, match="PEFT LoRA vs flix LoRA logits"):
-    bench_peft.check_equivalence(torch, s, [1])
+    peft.check_equivalence(torch, s, [1])
 
 
 def test_assert_close_tolerance():
   ref = np.array([[10.0, -3.0]])
-  assert bench_peft.assert_close(ref + 5e-4, ref, "x") == pytest.approx(5e-4)
+  assert peft.assert_close(ref + 5e-4, ref, "x") == pytest.approx(5e-4)
   with pytest.raises(AssertionError, match="x: max"):
-    bench_peft.assert_close(ref + 2e-3, ref, "x")
+    peft.assert_close(ref + 2e-3, ref, "x")
 
 
 def test_missing_hf_extra_is_one_clear_line(monkeypatch):
   monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError.
   with pytest.raises(SystemExit) as e:
-    bench.main(TINY)
+    main(TINY)
   message = str(e.value)
   assert "\n" not in message and "hf extra" in message and ".[hf]" in message
 
@@ -105,5 +106,5 @@ def test_missing_hf_extra_is_one_clear_line(monkeypatch):
     (["--rank", "3"], "--rank must be even")])
 def test_bad_arguments(flags, error, capsys):
   with pytest.raises(SystemExit):
-    bench.parse_args(["peft"] + flags)
+    parse_args(["peft"] + flags)
   assert error in capsys.readouterr().err

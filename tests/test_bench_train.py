@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flix import bench
+from flix.bench.__main__ import main
 
 TINY = ["train", "--emb-dim", "16", "--mlp-dim", "32", "--num-heads", "2", "--head-dim", "8",
         "--layers", "1", "--batch", "4", "--in-len", "8", "--out-len", "4", "--F", "8",
@@ -14,7 +14,7 @@ TINY = ["train", "--emb-dim", "16", "--mlp-dim", "32", "--num-heads", "2", "--he
 
 def test_train_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  bench.main(TINY + ["--json", str(out)])
+  main(TINY + ["--json", str(out)])
   data = json.loads(out.read_text())
   assert set(data) == {"config", "records", "largest_F"}
   names = [(r["method"], r["F"], r["optimizer"]) for r in data["records"]]
@@ -31,4 +31,4 @@ def test_train_bench_writes_schema(tmp_path, capsys):
 
 def test_methods_must_include_the_reference():
   with pytest.raises(SystemExit):
-    bench.main(["train", "--methods", "full"])
+    main(["train", "--methods", "full"])

@@ -1,59 +1,53 @@
-"""flix.host_memory: with freed memory retained, a repeated jitted gradient stops page-faulting.
+"""flix.host_memory: the malloc options are set under 'retain' and not under 'system'.
 
-Each case runs in a fresh process: the malloc options must be set before JAX starts its
-backend, and this test process already set them (conftest.py).
+Each case runs in a fresh process: the options must be set before JAX starts its backend, and
+this test process already set them (conftest.py). What the options do to a step's page faults
+is measured by `python -m flix.bench memory`, not asserted here (that is glibc's behaviour).
 """
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-# A 4-layer MLP gradient at batch 8192: ~80 MiB of XLA temporaries (20,480 pages) per call.
+from flix.bench.__main__ import main
+
+# A 64 MiB malloc: with M_MMAP_MAX = 0 it comes from the heap, else glibc mmaps it (its mmap
+# threshold is at most 32 MiB on 64-bit), which mallinfo2 counts in `hblks`.
 SCRIPT = """
-import resource
+import ctypes, ctypes.util
 from flix import host_memory
 applied = host_memory.retain_freed_memory()
-import jax, jax.numpy as jnp
-x = jnp.ones((8192, 512), jnp.float32)
-ws = [jnp.full((512, 512), 0.01, jnp.float32) for _ in range(4)]
-def loss(ws, x):
-  for w in ws:
-    x = jnp.tanh(x @ w)
-  return jnp.sum(x * x)
-step = jax.jit(jax.grad(loss))
-for _ in range(3):
-  jax.block_until_ready(step(ws, x))
-faults = []
-for _ in range(9):
-  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  jax.block_until_ready(step(ws, x))
-  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-faults = sorted(faults)[4]  # Median: a call that has to grow the heap first faults once.
-temp_pages = step.lower(ws, x).compile().memory_analysis().temp_size_in_bytes / 4096
-print(applied, faults, temp_pages)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+class Info(ctypes.Structure):
+  _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                             "usmblks", "fsmblks", "uordblks", "fordblks",
+                                             "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+before = libc.mallinfo2().hblks
+block = libc.malloc(64 << 20)
+mmapped = libc.mallinfo2().hblks - before
+libc.free(block)
+print(applied, mmapped, host_memory.describe().split(":")[0])
 """
 
 
 def run(mode):
-  env = dict(os.environ, FLIX_HOST_MALLOC=mode, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # One host device.
+  env = dict(os.environ, FLIX_HOST_MALLOC=mode)
   out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
-  applied, faults, temp_pages = out.stdout.split()
-  return applied == "True", float(faults), float(temp_pages)
+  applied, mmapped, described = out.stdout.split()
+  return applied == "True", int(mmapped), described
 
 
-def test_retained_memory_removes_per_step_page_faults():
-  applied, faults, temp_pages = run("retain")
-  system_applied, system_faults, _ = run("system")
-  assert applied and not system_applied
-  assert temp_pages > 10_000
-  # glibc mmaps and unmaps the temporaries on every call: each page faults again.
-  assert system_faults > 0.5 * temp_pages, (system_faults, temp_pages)
-  assert faults < 0.01 * temp_pages, (faults, temp_pages)
+def test_retain_sets_the_options_and_system_does_not():
+  assert run("retain") == (True, 0, "retain")  # No mmap for a large block: the option is set.
+  assert run("system") == (False, 1, "system")  # glibc's default: a large block is mmapped.
 
 
 def test_unknown_mode_is_refused(monkeypatch):
@@ -62,3 +56,21 @@ def test_unknown_mode_is_refused(monkeypatch):
   with pytest.raises(ValueError, match=r"FLIX_HOST_MALLOC='jemalloc'; expected one of "
                                        r"\('retain', 'system'\)"):
     host_memory.retain_freed_memory()
+
+
+def test_memory_bench_writes_schema(tmp_path, capsys):
+  out = tmp_path / "memory.json"
+  main(["memory", "--batch", "64", "--d", "32", "--layers", "2", "--warmup", "1", "--calls", "3",
+        "--json", str(out)])
+  data = json.loads(out.read_text())
+  assert set(data) == {"config", "records"}
+  assert data["config"]["calls"] == 3 and data["config"]["batch"] == 64
+  records = data["records"]
+  assert [(r["mode"], r["applied"]) for r in records] == [("retain", True), ("system", False)]
+  for r in records:
+    assert len(r["all_faults"]) == 3 and all(f >= 0 for f in r["all_faults"])
+    assert r["faults_per_call"] == sorted(r["all_faults"])[1]
+    assert r["temp_pages"] > 0
+    assert r["faults_per_temp_page"] == pytest.approx(r["faults_per_call"] / r["temp_pages"])
+    assert r["host_malloc"].startswith(r["mode"])
+  assert "faults/call" in capsys.readouterr().out

@@ -1,45 +1,31 @@
-"""Microbenchmarks: `python -m flix.bench <command> [flags]`.
-
-`train`: whole train steps of the tiny T5 per method, optimizer and path (`flix.bench_train`).
-
-`peft`: transformers + PEFT LoRA (torch) vs flix LoRA and FLix: training tokens/s and
-heterogeneous-batch inference with 1, 4 and 16 adapters per batch (`flix.bench_peft`; needs the
-`hf` extra).
-
-`decode`: greedy KV-cache decode tokens/s of a heterogeneous FLix batch vs one combination merged
-into the base vs the base model alone (`flix.bench_decode`).
-
-`layer`: forward+backward time of one T5-small-like `FlixDense` projection (d_in = d_out = 512,
-batch 32 x 128 tokens, float32, rank 8 per feature, two feature types `task` and `lang` with F/2
-values each, every example with one task and one language) for every compute strategy and
-several feature counts F, against a plain layer (`base`) and plain LoRA (`lora_r8`, `lora_r16`).
+"""`python -m flix.bench layer`: forward+backward time of one T5-small-like `FlixDense`
+projection (d_in = d_out = 512, batch 32 x 128 tokens, float32, rank 8 per feature, two feature
+types `task` and `lang` with F/2 values each, every example with one task and one language) for
+every compute strategy and several feature counts F, against a plain layer (`base`) and plain
+LoRA (`lora_r8`, `lora_r16`).
 Each configuration times `jit(value_and_grad(loss))` with respect to the input x (a layer inside
 a network back-propagates to its input) and its trainable adapter parameters; the base kernel is
 frozen. `auto` is the path training takes: the batch's rows are gathered into compact tables
 (`flix.rows`) inside the jitted step and the layer runs with `row_limit=batch`, so its gradients
 are compact; `auto_dense` is `auto` on the full tables.
 
-Everything is compiled first; then every round runs every configuration once in a fixed
-interleaved order, and the median over rounds is reported.
+Everything is compiled and run once first; then every round runs every configuration in a fixed
+interleaved order (`--settle` untimed calls, one timed), and the median over rounds is reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix import bench_decode, bench_peft, bench_train, host_memory
-from flix.bench_train import feature_config
+from flix.bench import core
+from flix.bench.synthetic import feature_config, uniform_ids
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.layers import FlixDense
@@ -62,13 +48,6 @@ Step = Callable[[], Any]
 
 
 # -- problem set-up -------------------------------------------------------------------------------
-def draw_ids(flix: FlixConfig, batch: int, seed: int) -> jax.Array:
-  """One uniformly drawn active value per type per example: int32 `[batch, n_types]`."""
-  rng = np.random.default_rng(seed)
-  cols = [rng.integers(0, t.size, batch) for t in flix.space.types]
-  return jnp.asarray(np.stack(cols, axis=1).astype(np.int32))
-
-
 def init_params(flix: FlixConfig | None, x: jax.Array, ids: jax.Array | None,
                 seed: int) -> dict[str, jax.Array]:
   """Random params of a `FlixDense` without running its initialisers (B non-zero: no path is 0)."""
@@ -125,8 +104,7 @@ def compact_step(flix: FlixConfig, d: int, batch: int) -> Callable:
 def compile_step(fn: Callable, args: tuple, max_temp_gib: float) -> tuple[Step | None, str | None]:
   """Compiles `fn` for `args`; (None, reason) if XLA plans more temporaries than allowed."""
   compiled = fn.lower(*args).compile()
-  stats = compiled.memory_analysis()
-  temp_gib = (getattr(stats, "temp_size_in_bytes", 0) or 0) / 2**30
+  temp_gib = core.memory_plan(compiled)["temp_bytes"] / 2**30
   if temp_gib > max_temp_gib:
     return None, (f"compiled step needs {temp_gib:.1f} GiB of temporaries > --max-temp-gib "
                   f"{max_temp_gib:g}")
@@ -165,7 +143,7 @@ def build_configs(args: argparse.Namespace) -> list[dict]:
     add(f"lora_r{r}", None, dense_step(lora, args.d), (x, tables, kernel, None))
   for n in args.F:
     flix = feature_config(n, args.rank)
-    ids = draw_ids(flix, args.batch, args.seed)
+    ids = jnp.asarray(uniform_ids(flix, args.batch, np.random.default_rng(args.seed)))
     tables = adapters(init_params(flix, x, ids, args.seed))  # Shared by all strategies at F=n.
     fn_args = (x, tables, kernel, ids)
     for strategy in STRATEGIES:
@@ -177,37 +155,18 @@ def build_configs(args: argparse.Namespace) -> list[dict]:
   return configs
 
 
-# -- timing ---------------------------------------------------------------------------------------
-def run_once(step: Step) -> tuple[float, Any]:
-  """Seconds of one call, blocked on its whole (loss, grads) tree, and the loss."""
-  start = time.perf_counter()
-  loss, grads = jax.block_until_ready(step())
-  seconds = time.perf_counter() - start
-  del grads  # Table-sized at large F: never hold on to it.
-  return seconds, loss
-
-
-def time_configs(configs: list[dict], repeats: int, settle: int,
-                 log: Callable[[str], None]) -> None:
-  """Warms up every step, then times `repeats` interleaved rounds into `all_seconds`.
-
-  Before each timed call, `settle` untimed calls of the same step absorb what the previous
-  configuration left behind (caches evicted and allocator pages released by table-sized
-  gradients), so each time is that configuration's own steady-state cost.
-  """
+# -- measurement ----------------------------------------------------------------------------------
+def time_configs(configs: list[dict], repeats: int, settle: int) -> None:
+  """Runs every compiled step once (its loss), then times `repeats` interleaved rounds, `settle`
+  untimed calls before each timed one, into `all_seconds`. A call blocks on its whole (loss,
+  grads) tree; the table-sized gradients are dropped after the clock stops."""
   live = [c for c in configs if c["step"] is not None]
-  start = time.perf_counter()
   for c in live:
-    c["loss"] = float(run_once(c["step"])[1])
-    c["all_seconds"] = []
-  log(f"warmed up {len(live)} configurations in {time.perf_counter() - start:.1f} s")
-  for i in range(repeats):
-    start = time.perf_counter()
-    for c in live:
-      for _ in range(settle):
-        run_once(c["step"])
-      c["all_seconds"].append(run_once(c["step"])[0])
-    log(f"round {i + 1}/{repeats}: {time.perf_counter() - start:.1f} s")
+    c["loss"] = float(jax.block_until_ready(c["step"]())[0])
+  calls = [lambda step=c["step"]: jax.block_until_ready(step()) for c in live]
+  for c, seconds in zip(live, core.time_rounds(calls, repeats, warmup=0, settle=settle,
+                                               label="layer")):
+    c["all_seconds"] = seconds
 
 
 def make_records(configs: list[dict]) -> list[dict]:
@@ -220,7 +179,7 @@ def make_records(configs: list[dict]) -> list[dict]:
     if c.get("skipped"):
       rec["skipped"] = c["skipped"]
     times = c.get("all_seconds", [])
-    rec["seconds"] = statistics.median(times) if times else None
+    rec["seconds"] = core.summary(times)["seconds"] if times else None
     rec["all_seconds"] = times
     rec["loss"] = c.get("loss")  # Same x and tables: equal across strategies at one F.
     records.append(rec)
@@ -248,43 +207,31 @@ def check_bar(records: list[dict]) -> dict:
           "holds": vs_lora <= BAR_VS_LORA and vs_small <= BAR_VS_SMALLEST_F}
 
 
-def format_table(records: list[dict]) -> str:
-  def num(v, fmt):
-    return "-" if v is None else format(v, fmt)
-
-  lines = [f"{'strategy':<11} {'F':>6} {'resolved':<9} {'median ms':>10} "
-           f"{'x lora_r16':>10} {'x own@minF':>10}"]
-  for r in records:
-    head = f"{r['strategy']:<11} {num(r['F'], 'd'):>6} {r.get('resolved', ''):<9} "
-    if r.get("skipped"):
-      lines.append(head + f"skipped: {r['skipped']}")
-      continue
-    lines.append(head + f"{r['seconds'] * 1e3:>10.2f} {r['ratio_vs_lora_r16']:>10.3f} "
-                 f"{num(r['ratio_vs_own_smallest_F'], '.3f'):>10}")
-  return "\n".join(lines)
+COLUMNS = [("strategy", lambda r: r["strategy"]), ("F", lambda r: core.dash(r["F"])),
+           ("resolved", lambda r: r.get("resolved", "")),
+           ("median ms", lambda r: core.dash(r["seconds"] and r["seconds"] * 1e3, ".2f")),
+           ("x lora_r16", lambda r: core.dash(r["ratio_vs_lora_r16"], ".3f")),
+           ("x own@minF", lambda r: core.dash(r["ratio_vs_own_smallest_F"], ".3f")),
+           ("skipped", lambda r: r.get("skipped", ""))]
 
 
 def format_bar(bar: dict) -> str:
-  verdict = "HOLDS" if bar["holds"] else "DOES NOT HOLD"
-  return (f"bar {verdict}: auto@F={bar['largest_F']} = {bar['auto_vs_lora_r16']:.3f}x lora_r16 "
-          f"(limit {bar['limit_vs_lora_r16']}), {bar['auto_vs_auto_smallest_F']:.3f}x "
-          f"auto@F={bar['smallest_F']} (limit {bar['limit_vs_auto_smallest_F']})")
+  return core.bar_line(
+      bar["holds"], f"auto@F={bar['largest_F']} = {bar['auto_vs_lora_r16']:.3f}x lora_r16 "
+      f"(limit {bar['limit_vs_lora_r16']}), {bar['auto_vs_auto_smallest_F']:.3f}x "
+      f"auto@F={bar['smallest_F']} (limit {bar['limit_vs_auto_smallest_F']})")
 
 
-def log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
-
-
-# -- commands -------------------------------------------------------------------------------------
-def run_layer(args: argparse.Namespace) -> dict:
-  load = os.getloadavg()  # Other work on the machine skews every time.
+# -- command --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+  load = os.getloadavg()
   start = time.perf_counter()
   configs = build_configs(args)
-  log(f"compiled {len(configs)} configurations in {time.perf_counter() - start:.1f} s")
-  time_configs(configs, args.repeats, args.settle, log)
+  core.log(f"layer: compiled {len(configs)} configurations in {time.perf_counter() - start:.1f} s")
+  time_configs(configs, args.repeats, args.settle)
   records = make_records(configs)
   bar = check_bar(records)
-  print(format_table(records))
+  print(core.table(COLUMNS, records))
   print(format_bar(bar))
   result = {"config": {
       "command": "layer", "d_in": args.d, "d_out": args.d, "batch": args.batch,
@@ -294,24 +241,15 @@ def run_layer(args: argparse.Namespace) -> dict:
       "statistic": "median over interleaved rounds", "settle": args.settle,
       "reference": REFERENCE,
       "masked_max_columns": MASKED_MAX_COLUMNS, "ragged_max_F": RAGGED_MAX_F,
-      "max_temp_gib": args.max_temp_gib,
-      "jax": jax.__version__, "backend": jax.default_backend(),
-      "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
-      "python": platform.python_version(), "loadavg_at_start": load},
+      "max_temp_gib": args.max_temp_gib, **core.environment(load)},
       "records": records, "bar": bar}
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+  core.write_json(args.json, result)
   return result
 
 
-def int_list(text: str) -> list[int]:
-  return [int(v) for v in text.split(",") if v.strip()]
-
-
-def add_layer_parser(sub) -> None:
+def add_parser(sub) -> None:
   p = sub.add_parser("layer", help="forward+backward time of one FlixDense per strategy and F")
-  p.add_argument("--F", type=int_list, default=list(DEFAULT_F),
+  p.add_argument("--F", type=core.int_list, default=list(DEFAULT_F),
                  help="comma-separated total feature counts (split evenly over task and lang)")
   p.add_argument("--repeats", type=int, default=7, help="timed rounds")
   p.add_argument("--batch", type=int, default=32)
@@ -324,35 +262,10 @@ def add_layer_parser(sub) -> None:
   p.add_argument("--max-temp-gib", type=float, default=4.0,
                  help="skip a configuration whose compiled step plans more temporaries than this")
   p.add_argument("--json", help="write the results here")
-  p.set_defaults(func=run_layer)
+  p.set_defaults(run=run, check=check_args)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m flix.bench", description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  add_layer_parser(sub)
-  bench_train.add_train_parser(sub, int_list)
-  bench_peft.add_peft_parser(sub, int_list)
-  bench_decode.add_decode_parser(sub)
-  args = parser.parse_args(argv)
-  if args.command == "train":
-    bench_train.check_train_args(parser, args)
-  if args.command == "peft":
-    bench_peft.check_peft_args(parser, args)
-  if args.command == "decode":
-    bench_decode.check_decode_args(parser, args)
-  if args.command == "layer":
-    args.F = sorted(set(args.F))
-    if args.repeats < 1 or args.settle < 0:
-      parser.error("--repeats must be >= 1 and --settle >= 0")
-  return args
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-  args = parse_args(argv)
-  host_memory.retain_freed_memory()  # Before JAX starts its backend.
-  return args.func(args)
-
-
-if __name__ == "__main__":
-  main()
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  args.F = sorted(set(args.F))
+  if args.repeats < 1 or args.settle < 0:
+    parser.error("--repeats must be >= 1 and --settle >= 0")

@@ -1,6 +1,6 @@
 """`python -m flix.bench decode`: greedy decode throughput with the KV cache.
 
-The tiny byte-level T5.1.1 of `flix.bench_train` (d_model 256, 4 + 4 layers, d_ff 1024;
+The tiny byte-level T5.1.1 of `flix.bench.train` (d_model 256, 4 + 4 layers, d_ff 1024;
 `--model small` and size flags as there) with FLix on every projection: two feature types
 (task, lang) of F/2 values each (default F = 64), rank 8 each, random non-zero adapters. A batch
 of B = 32 examples x 64 random input bytes is decoded greedily by `flix.decoding.decode` (one
@@ -22,34 +22,27 @@ max |logit|); any other mismatch raises AssertionError.
 Everything is compiled and warmed up first; then every round runs every configuration once in a
 fixed interleaved order; medians over rounds are reported. The bar (issue #7): merged decode
 takes <= 1.05 x the base model's time.
-
-The helpers here (feature spaces, random params, interleaved timing) are shared with
-`flix.bench_peft`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 import os
-import platform
-import statistics
-import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix import bench_train, decoding
-from flix.bench_train import feature_config
+from flix import decoding
+from flix.bench import core
+from flix.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
+                                  forward, model_config, random_params, random_tokens,
+                                  shift_right)
 from flix.checkpoints import strip_adapters
-from flix.config import FlixConfig
 from flix.merge import merge_params
-from flix.models.t5 import T5, T5Config
+from flix.models.t5 import T5
 
 BAR_MERGED_VS_BASE = 1.05
 NO_EOS = -1  # An id argmax never returns: every decode runs max_length steps.
@@ -57,117 +50,11 @@ TIE_TOLERANCE = 1e-3  # Relative to max |logit|: an argmax flip below this is fl
 LOGITS_TOLERANCE = 1e-4  # Relative to max |logit|: teacher-forced logits of equivalent models.
 
 
-# -- shared helpers -------------------------------------------------------------------------------
-def log(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
-
-
-def combinations(flix: FlixConfig, n: int, seed: int) -> np.ndarray:
-  """n distinct (task, lang) combinations, int32 `[n, 2]`, in a seeded random order."""
-  sizes = flix.space.sizes
-  total = int(np.prod(sizes))
-  if n > total:
-    raise ValueError(f"{n} distinct combinations asked for, but F = {sum(sizes)} gives only "
-                     f"{' x '.join(map(str, sizes))} = {total}")
-  flat = np.random.default_rng(seed).permutation(total)[:n]
-  return np.stack(np.unravel_index(flat, sizes), axis=1).astype(np.int32)
-
-
-def batch_ids(combos: np.ndarray, batch: int) -> np.ndarray:
-  """Feature ids `[batch, n_types]`: example i gets combination i mod len(combos)."""
-  return combos[np.arange(batch) % len(combos)]
-
-
-def random_params(model: T5, seed: int, b_scale: float = 0.1) -> dict:
-  """Plain float32 params of `model` (numpy draws, `bench_train.synthetic_params`) with every
-  LoRA B set to N(0, b_scale^2) instead of zero, so that adapters change the outputs, and the
-  query kernels scaled by head_dim**-0.5 as T5's init does (unscaled, the attention softmax is
-  nearly one-hot and float32 rounding differences between equivalent models grow)."""
-  params = bench_train.synthetic_params(model, seed)
-  rng = np.random.default_rng(seed + 1)
-  query_scale = np.float32(model.config.head_dim ** -0.5)
-
-  def fill(path, leaf):
-    keys = [str(p.key) for p in path]
-    if keys[-1].startswith("lora_b"):
-      return jnp.asarray(b_scale * rng.standard_normal(leaf.shape, np.float32))
-    if keys[-2:] == ["query", "kernel"]:
-      return leaf * query_scale
-    return leaf
-
-  return jax.tree_util.tree_map_with_path(fill, params)
-
-
-def random_tokens(rng: np.random.Generator, vocab: int, shape: tuple[int, int]) -> np.ndarray:
-  """int32 bytes in [3, vocab): no PAD (0) or EOS (1), so no example is padded."""
-  return rng.integers(3, vocab, shape).astype(np.int32)
-
-
-@dataclasses.dataclass
-class Case:
-  """One timed configuration; `run` does one blocking call (compiled before the first)."""
-
-  bench: str
-  framework: str
-  method: str
-  setting: dict
-  tokens: int
-  run: Callable[[], Any]
-  seconds: list[float] = dataclasses.field(default_factory=list)
-
-  @property
-  def name(self) -> str:
-    extra = ",".join(f"{k}={v}" for k, v in self.setting.items() if v is not None)
-    return f"{self.framework}/{self.method}" + (f"[{extra}]" if extra else "")
-
-
-def time_interleaved(cases: list[Case], repeats: int, warmup: int, label: str) -> None:
-  """`warmup` untimed calls of every case, then `repeats` rounds running every case once."""
-  start = time.perf_counter()
-  for c in cases:
-    for _ in range(warmup):
-      c.run()
-  log(f"{label}: warmed up {len(cases)} configurations in {time.perf_counter() - start:.1f} s")
-  for i in range(repeats):
-    start = time.perf_counter()
-    for c in cases:
-      t0 = time.perf_counter()
-      c.run()
-      c.seconds.append(time.perf_counter() - t0)
-    log(f"{label}: round {i + 1}/{repeats}: {time.perf_counter() - start:.1f} s")
-
-
-def base_record(c: Case) -> dict:
-  median = statistics.median(c.seconds)
-  return {"bench": c.bench, "framework": c.framework, "method": c.method, **c.setting,
-          "tokens": c.tokens, "seconds": median, "min_seconds": min(c.seconds),
-          "all_seconds": list(c.seconds),
-          "tokens_per_s": c.tokens / median}
-
-
-def environment() -> dict:
-  return {"jax": jax.__version__, "backend": jax.default_backend(),
-          "device": str(jax.devices()[0].device_kind), "cpu_count": os.cpu_count(),
-          "python": platform.python_version(), "platform": platform.platform()}
-
-
-def write_json(path: str | None, result: dict) -> None:
-  if path:
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2, default=str)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def apply_jit(model: T5, params, enc, dec, ids):
-  """Teacher-forced logits `[B, L, V]`; compiled once per model and shapes."""
-  return model.apply({"params": params}, enc, dec, ids)
-
-
-# -- decode bench ---------------------------------------------------------------------------------
+# -- checks ---------------------------------------------------------------------------------------
 def forced_logits(model: T5, params, enc, tokens, ids) -> np.ndarray:
   """Teacher-forced logits `[B, L, V]` of decodes `tokens` `[B, L]` (start token prepended)."""
-  dec = np.pad(np.asarray(tokens)[:, :-1], ((0, 0), (1, 0)), constant_values=decoding.PAD_ID)
-  return np.asarray(apply_jit(model, params, jnp.asarray(enc), jnp.asarray(dec, jnp.int32), ids))
+  dec = jnp.asarray(shift_right(tokens))
+  return np.asarray(forward(model, params, jnp.asarray(enc), dec, ids))
 
 
 def check_same_decodes(got: np.ndarray, ref: np.ndarray, ref_logits: Callable[[], np.ndarray],
@@ -194,9 +81,10 @@ def check_same_decodes(got: np.ndarray, ref: np.ndarray, ref_logits: Callable[[]
   return int(rows.size)
 
 
-def run_decode(args: argparse.Namespace) -> dict:
+# -- command --------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
   load = os.getloadavg()
-  cfg = bench_train.model_config(args)
+  cfg = model_config(args)
   flix = feature_config(args.F, args.rank)
   combos = combinations(flix, args.batch, args.seed)  # One per example: all distinct.
   model, base_model = T5(cfg, flix), T5(cfg)
@@ -217,14 +105,14 @@ def run_decode(args: argparse.Namespace) -> dict:
                 ("flix_homogeneous", model, params, homo_ids, 1),
                 ("flix_heterogeneous", model, params, hetero_ids, args.batch)]
   tokens = args.batch * args.max_length
-  cases = [Case("decode", "flix", name, {"F": args.F if p is params else None,
-                                         "combinations": n}, tokens, decoder(m, p, ids))
+  cases = [core.Case("decode", "flix", name, {"F": args.F if p is params else None,
+                                              "combinations": n}, tokens, decoder(m, p, ids))
            for name, m, p, ids, n in cases_spec]
 
   start = time.perf_counter()
   out = {c.method: c.run() for c in cases}  # Compiles (merged reuses base's program).
-  log(f"decode: compiled and ran {len(cases)} configurations in "
-      f"{time.perf_counter() - start:.1f} s")
+  core.log(f"decode: compiled and ran {len(cases)} configurations in "
+           f"{time.perf_counter() - start:.1f} s")
   checks = {"merged_vs_adapter_path_near_tie_rows": check_same_decodes(
       out["merged"], out["flix_homogeneous"],
       lambda: forced_logits(model, params, enc, out["flix_homogeneous"], homo_ids),
@@ -253,19 +141,19 @@ def run_decode(args: argparse.Namespace) -> dict:
                  "heterogeneous_rows_checked": check_rows,
                  "heterogeneous_near_tie_rows": tie_rows,
                  "merged_differs_from_base": True})
-  log(f"decode: equivalence checks passed: {checks}")
+  core.log(f"decode: equivalence checks passed: {checks}")
 
-  time_interleaved(cases, args.repeats, args.warmup, "decode")
-  records = [base_record(c) for c in cases]
+  core.time_cases(cases, args.repeats, args.warmup, "decode")
+  records = [c.record() for c in cases]
   by = {r["method"]: r for r in records}
   for r in records:
     r["ratio_vs_base"] = r["seconds"] / by["base"]["seconds"]
     r["ratio_vs_merged"] = r["seconds"] / by["merged"]["seconds"]
   bar = {"merged_vs_base": by["merged"]["ratio_vs_base"], "limit": BAR_MERGED_VS_BASE,
          "holds": by["merged"]["ratio_vs_base"] <= BAR_MERGED_VS_BASE}
-  print(format_decode_table(records))
-  print(f"bar {'HOLDS' if bar['holds'] else 'DOES NOT HOLD'}: merged decode = "
-        f"{bar['merged_vs_base']:.3f}x the base model's time (limit {BAR_MERGED_VS_BASE})")
+  print(core.table(COLUMNS, records))
+  print(core.bar_line(bar["holds"], f"merged decode = {bar['merged_vs_base']:.3f}x the base "
+                                    f"model's time (limit {BAR_MERGED_VS_BASE})"))
   result = {"config": {
       "command": "decode", "model": args.model, "t5": dataclasses.asdict(cfg),
       "batch": args.batch, "input_length": args.in_len, "max_length": args.max_length,
@@ -274,27 +162,24 @@ def run_decode(args: argparse.Namespace) -> dict:
       "strategy": flix.resolved_strategy(), "merged_combination": combos[0].tolist(),
       "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed, "dtype": "float32",
       "statistic": "median over interleaved rounds", "tokens": "batch x max_length",
-      **environment(), "loadavg_at_start": load, "loadavg_at_end": os.getloadavg()},
+      **core.environment(load)},
       "checks": checks, "records": records, "bar": bar}
-  write_json(args.json, result)
+  core.write_json(args.json, result)
   return result
 
 
-def format_decode_table(records: list[dict]) -> str:
-  lines = [f"{'method':<19} {'F':>4} {'combos':>6} {'median ms':>10} {'min ms':>8} "
-           f"{'tokens/s':>9} {'x base':>7} {'x merged':>8}"]
-  for r in records:
-    f = "-" if r["F"] is None else str(r["F"])
-    lines.append(f"{r['method']:<19} {f:>4} {r['combinations']:>6} {r['seconds'] * 1e3:>10.1f} "
-                 f"{r['min_seconds'] * 1e3:>8.1f} "
-                 f"{r['tokens_per_s']:>9.0f} {r['ratio_vs_base']:>7.3f} "
-                 f"{r['ratio_vs_merged']:>8.3f}")
-  return "\n".join(lines)
+COLUMNS = [("method", lambda r: r["method"]), ("F", lambda r: core.dash(r["F"])),
+           ("combos", lambda r: r["combinations"]),
+           ("median ms", lambda r: f"{r['seconds'] * 1e3:.1f}"),
+           ("min ms", lambda r: f"{r['min_seconds'] * 1e3:.1f}"),
+           ("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+           ("x base", lambda r: f"{r['ratio_vs_base']:.3f}"),
+           ("x merged", lambda r: f"{r['ratio_vs_merged']:.3f}")]
 
 
-def add_decode_parser(sub) -> None:
+def add_parser(sub) -> None:
   p = sub.add_parser("decode", help="greedy decode tokens/s: heterogeneous FLix vs merged vs base")
-  bench_train.add_size_flags(p)
+  add_size_flags(p)
   p.add_argument("--F", type=int, default=64,
                  help="FLix feature count (two types of F/2 values); (F/2)^2 >= --batch")
   p.add_argument("--rank", type=int, default=8, help="rank of every FLix feature adapter")
@@ -307,10 +192,10 @@ def add_decode_parser(sub) -> None:
                  help="heterogeneous rows checked against their own merged combination")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", help="write the results here")
-  p.set_defaults(func=run_decode)
+  p.set_defaults(run=run, check=check_args)
 
 
-def check_decode_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   if args.F < 2 or args.F % 2:
     parser.error(f"--F must be an even number >= 2 (two feature types), got {args.F}")
   if (args.F // 2) ** 2 < args.batch:

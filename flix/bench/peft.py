@@ -2,7 +2,7 @@
 
 Needs the `hf` extra (torch, transformers, peft, safetensors): `pip install -e '.[hf]'`.
 
-One model and one batch for both frameworks: the tiny byte-level T5.1.1 of `flix.bench_train`
+One model and one batch for both frameworks: the tiny byte-level T5.1.1 of `flix.bench.train`
 (d_model 256, 4 + 4 layers, d_ff 1024, gated GELU, untied head, dropout 0.1; `--model small`
 and the size flags as there) with random float32 weights, written by `flix.hf.save_hf` and read
 back by `T5ForConditionalGeneration.from_pretrained`; a batch of B = 32 examples x (64 input +
@@ -58,11 +58,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flix import bench_train, hf
-from flix.bench_decode import (Case, apply_jit, base_record, batch_ids, combinations,
-                               environment, log, random_params, random_tokens, time_interleaved,
-                               write_json)
-from flix.bench_train import add_size_flags, feature_config
+from flix import hf
+from flix.bench import core
+from flix.bench.core import Case
+from flix.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
+                                  forward, model_config, random_params, random_tokens,
+                                  shift_right, trainer_batch, uniform_ids)
 from flix.checkpoints import adapter_leaves, graft, strip_adapters
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
@@ -88,7 +89,7 @@ def require_hf(omp_wait_policy: str | None = None):
   """(torch, transformers, peft), or SystemExit with a one-line message naming the extra.
 
   `omp_wait_policy` sets OMP_WAIT_POLICY for torch's OpenMP runtime, which reads it when torch
-  is first imported (a later value has no effect: `run_peft` logs and records that case).
+  is first imported (a later value has no effect: `run` logs and records that case).
   """
   if omp_wait_policy is not None and "torch" not in sys.modules:
     os.environ["OMP_WAIT_POLICY"] = omp_wait_policy
@@ -104,17 +105,9 @@ def require_hf(omp_wait_policy: str | None = None):
 
 
 def train_batch(flix: FlixConfig | None, tokens: dict, seed: int) -> dict:
-  """The trainer's batch dict for `tokens` (enc, dec, targets numpy); FLix ids drawn uniformly."""
-  batch = len(tokens["enc"])
-  rng = np.random.default_rng(seed + 2)
-  types = flix.space.types if flix is not None else ()
-  ids = np.stack([rng.integers(0, t.size, batch) for t in types], axis=1) if types else (
-      np.zeros((batch, 0)))
-  return {"encoder_input_tokens": jnp.asarray(tokens["enc"]),
-          "decoder_input_tokens": jnp.asarray(tokens["dec"]),
-          "decoder_target_tokens": jnp.asarray(tokens["targets"]),
-          "decoder_loss_weights": jnp.ones(tokens["targets"].shape, jnp.float32),
-          "feature_ids": jnp.asarray(ids, jnp.int32)}
+  """The trainer's batch dict for `tokens` (enc, targets numpy); FLix ids drawn uniformly."""
+  ids = uniform_ids(flix, len(tokens["enc"]), np.random.default_rng(seed + 2))
+  return trainer_batch(tokens["enc"], tokens["targets"], ids)
 
 
 def flix_train_step(model: T5, params, batch: dict, seed: int) -> Callable[[], None]:
@@ -180,7 +173,7 @@ def flix_forward(model: T5, params, tokens: dict, ids) -> Callable[[], jax.Array
   """Teacher-forced logits of `model` (jit, compiled on the first call); ids `[B, n_types]`."""
   enc, dec = jnp.asarray(tokens["enc"]), jnp.asarray(tokens["dec"])
   ids = None if ids is None else jnp.asarray(ids)
-  return lambda: jax.block_until_ready(apply_jit(model, params, enc, dec, ids))
+  return lambda: jax.block_until_ready(forward(model, params, enc, dec, ids))
 
 
 # -- equivalence ----------------------------------------------------------------------------------
@@ -264,7 +257,7 @@ class Setup:
 
 def build(args: argparse.Namespace, torch, transformers, peft) -> Setup:
   """Random flix weights; the HF base, PEFT LoRA and PEFT mixed models loaded from their exports."""
-  cfg = bench_train.model_config(args)
+  cfg = model_config(args)
   lora = FlixConfig(FeatureSpace.lora(args.rank))
   flix = feature_config(args.F, args.rank // 2)
   models = {"lora": T5(cfg, lora), "flix": T5(cfg, flix), "base": T5(cfg)}
@@ -276,7 +269,7 @@ def build(args: argparse.Namespace, torch, transformers, peft) -> Setup:
   rng = np.random.default_rng(args.seed)
   targets = random_tokens(rng, cfg.vocab_size, (args.batch, args.out_len))
   tokens = {"enc": random_tokens(rng, cfg.vocab_size, (args.batch, args.in_len)),
-            "dec": np.concatenate([np.zeros((args.batch, 1), np.int32), targets[:, :-1]], 1),
+            "dec": shift_right(targets),
             "targets": targets}
   with tempfile.TemporaryDirectory(prefix="flix-bench-peft-") as tmp:
     base_dir = hf.save_hf(os.path.join(tmp, "base"), base_params, cfg)
@@ -321,22 +314,22 @@ def check_equivalence(torch, s: Setup, adapters: list[int]) -> dict:
   return checks
 
 
-def run_peft(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict:
   imported = "torch" in sys.modules
   torch, transformers, peft = require_hf(args.omp_wait_policy)
   policy = os.environ.get("OMP_WAIT_POLICY")
   if imported and policy != args.omp_wait_policy:
-    log(f"peft: torch was imported before the bench: OMP_WAIT_POLICY is {policy!r}, not "
-        f"{args.omp_wait_policy!r}")
+    core.log(f"peft: torch was imported before the bench: OMP_WAIT_POLICY is {policy!r}, not "
+             f"{args.omp_wait_policy!r}")
   load = os.getloadavg()
   torch.set_num_threads(args.threads)
   torch.manual_seed(args.seed)
   transformers.logging.set_verbosity_error()  # Loading notes; the checks below verify the models.
   start = time.perf_counter()
   s = build(args, torch, transformers, peft)
-  log(f"peft: built the models in {time.perf_counter() - start:.1f} s")
+  core.log(f"peft: built the models in {time.perf_counter() - start:.1f} s")
   checks = check_equivalence(torch, s, args.adapters)
-  log(f"peft: equivalence checks passed: {checks}")
+  core.log(f"peft: equivalence checks passed: {checks}")
 
   tokens = args.batch * (args.in_len + args.out_len)
   setting = lambda f=None, n=None: {"F": f, "adapters": n}
@@ -349,7 +342,7 @@ def run_peft(args: argparse.Namespace) -> dict:
       Case("train", "flix", "flix", setting(args.F), tokens,
            flix_train_step(s.models["flix"], s.params["flix"],
                            train_batch(s.flix, s.tokens, args.seed), args.seed))]
-  time_interleaved(train_cases, args.repeats, args.warmup, "peft train")
+  core.time_cases(train_cases, args.repeats, args.warmup, "peft train")
 
   s.peft_lora.eval()
   infer_cases = [Case("infer", TORCH, "base", setting(), tokens,
@@ -367,11 +360,11 @@ def run_peft(args: argparse.Namespace) -> dict:
                        flix_forward(s.models["flix"], s.params["flix"], s.tokens,
                                     batch_ids(s.combos[:n], args.batch)))
                   for n in args.adapters]
-  time_interleaved(infer_cases, args.infer_repeats, args.warmup, "peft infer")
+  core.time_cases(infer_cases, args.infer_repeats, args.warmup, "peft infer")
 
   records = make_records(train_cases + infer_cases)
   bars = check_bars(records)
-  print(format_table(records))
+  print(core.table(COLUMNS, records))
   print(format_bars(bars))
   result = {"config": {
       "command": "peft", "model": args.model, "t5": dataclasses.asdict(s.cfg),
@@ -390,10 +383,9 @@ def run_peft(args: argparse.Namespace) -> dict:
       "statistic": "median over interleaved rounds", "torch": torch.__version__,
       "torch_threads": torch.get_num_threads(), "omp_wait_policy": policy,
       "torch_imported_before_bench": imported, "transformers": transformers.__version__,
-      "peft": peft.__version__, **environment(), "loadavg_at_start": load,
-      "loadavg_at_end": os.getloadavg()},
+      "peft": peft.__version__, **core.environment(load)},
       "checks": checks, "records": records, "bars": bars}
-  write_json(args.json, result)
+  core.write_json(args.json, result)
   return result
 
 
@@ -401,7 +393,7 @@ def make_records(cases: list[Case]) -> list[dict]:
   """Medians, ratio_vs_base (infer: vs the same framework's base) and speedup_vs_torch (the
   torch counterpart's median / this one's: train vs PEFT LoRA; infer: FLix vs PEFT's mixed batch
   with as many adapters, LoRA vs PEFT LoRA, base vs HF base)."""
-  records = [base_record(c) for c in cases]
+  records = [c.record() for c in cases]
   seconds = {(r["bench"], r["framework"], r["method"], r["adapters"]): r["seconds"]
              for r in records}
   for r in records:
@@ -430,31 +422,28 @@ def check_bars(records: list[dict]) -> dict:
                           "limit": BAR_INFER, "holds": flix_n["speedup_vs_torch"] >= BAR_INFER}}
 
 
-def format_table(records: list[dict]) -> str:
-  dash = lambda v, fmt="": "-" if v is None else format(v, fmt)
-  lines = [f"{'bench':<6} {'framework':<11} {'method':<6} {'F':>4} {'adapters':>8} "
-           f"{'median ms':>10} {'min ms':>8} {'tokens/s':>9} {'x base':>7} "
-           f"{'speedup vs torch':>16}"]
-  for r in records:
-    lines.append(f"{r['bench']:<6} {r['framework']:<11} {r['method']:<6} {dash(r['F']):>4} "
-                 f"{dash(r['adapters']):>8} {r['seconds'] * 1e3:>10.1f} "
-                 f"{r['min_seconds'] * 1e3:>8.1f} "
-                 f"{r['tokens_per_s']:>9.0f} {dash(r.get('ratio_vs_base'), '.3f'):>7} "
-                 f"{r['speedup_vs_torch']:>16.3f}")
-  return "\n".join(lines)
+COLUMNS = [("bench", lambda r: r["bench"]), ("framework", lambda r: r["framework"]),
+           ("method", lambda r: r["method"]), ("F", lambda r: core.dash(r["F"])),
+           ("adapters", lambda r: core.dash(r["adapters"])),
+           ("median ms", lambda r: f"{r['seconds'] * 1e3:.1f}"),
+           ("min ms", lambda r: f"{r['min_seconds'] * 1e3:.1f}"),
+           ("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+           ("x base", lambda r: core.dash(r.get("ratio_vs_base"), ".3f")),
+           ("speedup vs torch", lambda r: f"{r['speedup_vs_torch']:.3f}")]
 
 
 def format_bars(bars: dict) -> str:
   t, i = bars["train_lora"], bars["infer_mixed"]
-  verdict = lambda b: "HOLDS" if b["holds"] else "DOES NOT HOLD"
-  return (f"bar {verdict(t)}: flix LoRA training = {t['flix_vs_peft']:.3f}x PEFT LoRA's tokens/s "
-          f"(limit >= {t['limit']})\n"
-          f"bar {verdict(i)}: FLix batch with {i['adapters']} combinations = "
-          f"{i['flix_speedup_vs_peft']:.3f}x as fast as PEFT's mixed batch (limit >= "
-          f"{i['limit']}){'' if i['is_the_issue_setting'] else ' [not the issue setting of 16]'}")
+  note = "" if i["is_the_issue_setting"] else " [not the issue setting of 16]"
+  return "\n".join([
+      core.bar_line(t["holds"], f"flix LoRA training = {t['flix_vs_peft']:.3f}x PEFT LoRA's "
+                                f"tokens/s (limit >= {t['limit']})"),
+      core.bar_line(i["holds"], f"FLix batch with {i['adapters']} combinations = "
+                                f"{i['flix_speedup_vs_peft']:.3f}x as fast as PEFT's mixed "
+                                f"batch (limit >= {i['limit']}){note}")])
 
 
-def add_peft_parser(sub, int_list: Callable[[str], list[int]]) -> None:
+def add_parser(sub) -> None:
   p = sub.add_parser("peft", help="transformers+PEFT LoRA vs flix LoRA/FLix: training tokens/s "
                                   "and mixed-adapter inference (needs the hf extra)")
   add_size_flags(p)
@@ -462,7 +451,7 @@ def add_peft_parser(sub, int_list: Callable[[str], list[int]]) -> None:
                  help="LoRA / PEFT rank; FLix uses rank/2 per type (two active types)")
   p.add_argument("--F", type=int, default=64,
                  help="FLix feature count (two types of F/2 values); (F/2)^2 >= max(--adapters)")
-  p.add_argument("--adapters", type=int_list, default=[1, 4, 16],
+  p.add_argument("--adapters", type=core.int_list, default=[1, 4, 16],
                  help="comma-separated distinct adapters (combinations) per inference batch")
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--in-len", type=int, default=64)
@@ -480,10 +469,10 @@ def add_peft_parser(sub, int_list: Callable[[str], list[int]]) -> None:
                       "default spinning makes torch several times slower on a busy machine")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", help="write the results here")
-  p.set_defaults(func=run_peft)
+  p.set_defaults(run=run, check=check_args)
 
 
-def check_peft_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   args.adapters = sorted(set(args.adapters))
   if not args.adapters or args.adapters[0] < 1:
     parser.error(f"--adapters must be positive counts, got {args.adapters}")

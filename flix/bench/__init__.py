@@ -1,0 +1,13 @@
+"""Benchmarks: `python -m flix.bench <bench> [flags] [--json OUT]`.
+
+  layer   forward+backward of one `FlixDense` per compute strategy and feature count F (`layer`);
+  train   whole train steps of the tiny T5 per method, optimizer and path: time, tokens/s and
+          XLA's memory plan (`train`);
+  peft    transformers + PEFT LoRA (torch) vs flix LoRA and FLix: training tokens/s and
+          mixed-adapter inference (`peft`; needs the `hf` extra);
+  decode  greedy KV-cache decoding: heterogeneous FLix batch vs merged vs base (`decode`);
+  memory  host page faults per step with freed memory retained or not (`memory`).
+
+`core` holds the timing, environment and report every bench shares; `synthetic` the model
+sizes, random weights and batches of the model benches.
+"""

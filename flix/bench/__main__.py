@@ -1,0 +1,32 @@
+"""`python -m flix.bench <bench> [flags]`: one subcommand per bench module."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from flix import host_memory
+from flix.bench import decode, layer, memory, peft, train
+
+BENCHES = (layer, train, peft, decode, memory)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m flix.bench",
+                                   description="flix benchmarks (see flix/bench/__init__.py)")
+  sub = parser.add_subparsers(dest="command", required=True)
+  for bench in BENCHES:
+    bench.add_parser(sub)
+  args = parser.parse_args(argv)
+  args.check(parser, args)
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args = parse_args(argv)
+  host_memory.retain_freed_memory()  # Before JAX starts its backend.
+  return args.run(args)
+
+
+if __name__ == "__main__":
+  main()
