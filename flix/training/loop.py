@@ -23,10 +23,10 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from flix import checkpoints, host_memory
-from flix.gin_utils import check_counts
 from flix.config import FlixConfig
 from flix.data.pairs import check_registered
 from flix.features import FeatureSpace
+from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
 from flix.trainable import METHODS, freeze_base, trainable_mask
 from flix.training.checkpointer import (Checkpointer, latest_everywhere, read_train_state_json,
@@ -205,6 +205,8 @@ def restore_latest(checkpointer: Checkpointer, model_dir: str, target: TrainStat
       state, position = checkpointer.restore(path, target)
       return state, position, path
     except checkpoints.DamagedCheckpointError as e:
+      if os.path.abspath(e.checkpoint) != os.path.abspath(path):
+        raise  # Its base checkpoint: an earlier step would not help.
       if not skip_damaged or jax.process_count() > 1:
         raise checkpoints.DamagedCheckpointError(
             e.checkpoint, e.arrays, advice=_resume_advice(model_dir, path)) from None
