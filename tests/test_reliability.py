@@ -253,7 +253,8 @@ def _(env):
 
 @check("request-too-long-marked")
 def _(env):
-  return infer(env, env.requests("long1.jsonl", {"inputs": LONG, "features": FR}))
+  return infer(env, env.requests("long1.jsonl", {"inputs": LONG, "features": FR}),
+               "--gin.BATCH_SIZE=1")
 
 
 @check("request-truncation-unknown")
