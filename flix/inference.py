@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 from flix import decoding
-from flix.gin_utils import check_counts
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS
 from flix.features import INACTIVE, UnknownPolicy
+from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
 
 
@@ -126,8 +126,8 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
   "error" refuses the file before anything is decoded or written.
   """
   from flix import checkpoints
-  check_counts(BATCH_SIZE=batch_size, **{f"TASK_FEATURE_LENGTHS[{k!r}]": task_feature_lengths[k]
-                                         for k in ("inputs", "targets")})
+  check_counts(BATCH_SIZE=batch_size, **{
+      f"TASK_FEATURE_LENGTHS[{k!r}]": task_feature_lengths.get(k) for k in ("inputs", "targets")})
   if truncation not in TRUNCATION:
     raise ValueError(f"unknown truncation {truncation!r}; expected one of {TRUNCATION}")
   numbered = read_numbered_requests(input_file)

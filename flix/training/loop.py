@@ -222,6 +222,9 @@ def _resume_advice(model_dir: str, damaged: str) -> str:
   if not earlier:
     return (keep + f"There is no earlier checkpoint in {model_dir}: move {damaged} aside to "
             "train from the start")
+  if jax.process_count() > 1:  # Renaming needs every process to agree: done by hand.
+    return (keep + f"To resume from the previous checkpoint {earlier[-1]}, move {damaged} "
+            "aside (e.g. to a name not matching checkpoint_<step>) and rerun")
   return (keep + f"To resume from the previous checkpoint {earlier[-1]}, rerun with "
           f"--gin.train.skip_damaged_checkpoints=True (renames {damaged} to "
           f"{os.path.basename(damaged)}.damaged), or move {damaged} aside yourself")
