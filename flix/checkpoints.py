@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Iterator
@@ -48,6 +49,21 @@ PARAMS = "params"
 
 class CheckpointError(ValueError):
   """A checkpoint directory that is missing, incomplete or inconsistent."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """Array files of a checkpoint that cannot be read (missing, truncated or corrupted).
+
+  Attributes: `checkpoint` (the checkpoint directory), `arrays` ({name: reason}, names like
+  `params/encoder/layers_0/mlp/wi/kernel`, relative to the checkpoint).
+  """
+
+  def __init__(self, checkpoint: str, arrays: dict[str, str], advice: str = ""):
+    names = list(arrays)
+    more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
+    super().__init__(f"checkpoint {checkpoint} is damaged: cannot read {', '.join(names[:3])}"
+                     f"{more}: {arrays[names[0]]}" + (f". {advice}" if advice else ""))
+    self.checkpoint, self.arrays = checkpoint, arrays
 
 
 def is_primary() -> bool:
@@ -134,10 +150,59 @@ def restore_pytree(path: str, target: Any = None) -> Any:
     raise CheckpointError(f"no orbax checkpoint at {path}")
   checkpointer = ocp.StandardCheckpointer()
   path = os.path.abspath(path)
-  if target is None:
-    metadata = checkpointer.metadata(path).item_metadata.tree
-    target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), metadata)
-  return checkpointer.restore(path, target)
+  try:
+    if target is None:
+      metadata = checkpointer.metadata(path).item_metadata.tree
+      target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), metadata)
+    return checkpointer.restore(path, target)
+  except Exception as e:  # pylint: disable=broad-except
+    damaged = damaged_arrays(path) or _named_in(path, str(e))
+    if not damaged:
+      raise
+    checkpoint = os.path.dirname(path)
+    where = os.path.basename(path)
+    raise DamagedCheckpointError(checkpoint, {f"{where}/{k}": v for k, v in damaged.items()}
+                                 ) from None
+
+
+def damaged_arrays(path: str) -> dict[str, str]:
+  """{array name (`encoder/w`): why it cannot be read} for the orbax checkpoint at `path`.
+
+  Reads every array store its metadata lists (`path/<a.b.c>/`, zarr) on its own with
+  TensorStore, missing chunks included; empty when everything reads.
+  """
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+  try:
+    with open(os.path.join(path, "_METADATA"), encoding="utf-8") as f:
+      tree = json.load(f)["tree_metadata"]
+    names = [".".join(str(k["key"]) for k in leaf["key_metadata"]) for leaf in tree.values()
+             if leaf.get("value_metadata", {}).get("value_type") in ("jax.Array", "np.ndarray")]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return {"_METADATA": f"orbax metadata unreadable ({type(e).__name__}: {_first_line(e)})"}
+  damaged = {}
+  for name in names:
+    store = os.path.join(path, name)
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": store},
+            "fill_missing_data_reads": False}
+    try:
+      ts.open(spec, read=True).result().read().result()
+    except Exception as e:  # pylint: disable=broad-except
+      damaged[name.replace(".", "/")] = _first_line(e)
+  return damaged
+
+
+def _named_in(path: str, message: str) -> dict[str, str]:
+  """{array: message} for an array directory of `path` that an error message names."""
+  found = re.search(re.escape(path) + r"/([^/\"' ]+)", message)
+  if not found or found.group(1).startswith("_"):
+    return {}
+  return {found.group(1).replace(".", "/"): _first_line(message)}
+
+
+def _first_line(error) -> str:
+  text = str(error).strip().splitlines()
+  line = text[0].split(" [tensorstore_spec=")[0] if text else type(error).__name__
+  return line[:300]
 
 
 def adapter_leaves(params) -> dict:

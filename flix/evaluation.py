@@ -16,8 +16,11 @@ default, so their metrics see one string per example.
 Written under `out_dir`:
   predictions/{seqio task name}.jsonl   one line per example: index, inputs, target, prediction
                                         (as the metrics see it), features, feature_ids, score,
-                                        and `references` where a task accepts several answers.
-  report.json                           per-pair metrics and pair info, and the aggregates
+                                        `truncated` (the features trimmed to feature_lengths:
+                                        [], ["inputs"], ...), and `references` where a task
+                                        accepts several answers.
+  report.json                           per-pair metrics and pair info (n_examples, feature_ids,
+                                        truncated_inputs, truncated_targets), and the aggregates
                                         by_task / by_lang / by_kind / overall (flix.data.aggregate),
                                         plus `official` where the benchmark defines its own
                                         aggregate (e.g. XTREME-UP's score_system).
@@ -67,7 +70,8 @@ class Report:
     split: the evaluated split.
     step: training step, if given.
     per_pair: `{seqio task name: {metric: value}}`.
-    pairs: `{seqio task name: {"task", "lang", "kind", "n_examples", "feature_ids"}}`.
+    pairs: `{seqio task name: {"task", "lang", "kind", "n_examples", "feature_ids",
+      "truncated_inputs", "truncated_targets"}}` (examples trimmed to the feature lengths).
     by_task, by_lang, by_kind, overall: `flix.data.aggregate` groups
       (`{group: {metric: mean, "n_pairs": n}}`); by_kind keys are SPLIT_KINDS present.
     official: the benchmark's own aggregate of `per_pair` computed as its official scorer does
@@ -102,10 +106,10 @@ class Report:
     if self.official:
       columns = sorted({m for d in self.official.values() for m in d} - {"n_pairs"})
       parts.append(_table("Official aggregate", "group", self.official, columns, ("n_pairs",)))
-    per_pair = {name: {**m, "kind": self.pairs[name]["kind"],
-                       "n_examples": self.pairs[name].get("n_examples", "")}
+    info = ("kind", "n_examples", "truncated_inputs", "truncated_targets")
+    per_pair = {name: {**m, **{k: self.pairs[name].get(k, "") for k in info}}
                 for name, m in self.per_pair.items()}
-    parts.append(_table("Per pair", "pair", per_pair, metrics, ("kind", "n_examples")))
+    parts.append(_table("Per pair", "pair", per_pair, metrics, info))
     return "\n".join(parts)
 
   def write(self, out_dir: str) -> None:
@@ -225,6 +229,18 @@ def _infer_n_types(task: seqio.Task, split: str, use_cached: bool = False) -> in
   return int(n)
 
 
+def _truncated(task: seqio.Task, split: str, lengths: Mapping[str, int],
+               num_examples: int | None, use_cached: bool = False) -> list[list[str]]:
+  """Per example (dataset order): the features ("inputs", "targets") longer than `lengths`,
+  EOS included, which seqio trims before the model sees them."""
+  ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                        use_cached=use_cached)
+  if num_examples is not None:
+    ds = ds.take(num_examples)
+  return [[k for k in ("inputs", "targets") if len(ex[k]) > lengths[k]]
+          for ex in ds.as_numpy_iterator()]
+
+
 class PairEvaluator:
   """Evaluates models on every task-language pair of seqio tasks/mixtures, repeatedly.
 
@@ -292,6 +308,13 @@ class PairEvaluator:
       as_pair(task.name)  # Loud now, not after decoding, if a name is not a pair name.
     self.n_types = (_infer_n_types(valid[0], split, use_cached) if n_types is None
                     else n_types)
+    self.truncated = {t.name: _truncated(t, split, self.feature_lengths, num_examples,
+                                         use_cached) for t in valid}
+    total = sum(bool(flags) for per_task in self.truncated.values() for flags in per_task)
+    if total:
+      logging.warning("%d examples are longer than feature_lengths %s and are trimmed (counts "
+                      "per pair: truncated_inputs / truncated_targets in the report)", total,
+                      self.feature_lengths)
     converter = feature_converter_cls(self.n_types)
     self._evaluators = []
     for name in names:
@@ -350,8 +373,13 @@ class PairEvaluator:
         tokens = outputs[task.name][seqio_metrics.ModelOutputType.PREDICTION]
         records = self._records(task, evaluator.cached_task_datasets[task.name], tokens,
                                 scores.get(task.name, {}))
+        flags = self.truncated.get(task.name, [])
         info[task.name] = {"n_examples": len(records),
-                           "feature_ids": records[0]["feature_ids"] if records else None}
+                           "feature_ids": records[0]["feature_ids"] if records else None,
+                           "truncated_inputs": sum("inputs" in f for f in flags),
+                           "truncated_targets": sum("targets" in f for f in flags)}
+        for record, trimmed in zip(records, flags):
+          record["truncated"] = trimmed
         if out_dir is not None:
           _write_jsonl(os.path.join(out_dir, PREDICTIONS_DIR, f"{task.name}.jsonl"), records)
     report = build_report(per_pair, self.holdout, split=self.split, step=step, pairs=info,

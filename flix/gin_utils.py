@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tokenize
 from typing import Callable, Sequence
 
 import gin
@@ -53,9 +54,32 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   quiet = lambda record: not record.getMessage().startswith("Path not found:")
   logging.getLogger().addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(list(files), list(bindings))
+    gin.parse_config_files_and_bindings(list(files), [], finalize_config=False)
   finally:
     logging.getLogger().removeFilter(quiet)
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except (SyntaxError, tokenize.TokenError) as e:
+      name, _, value = binding.partition(" = ")
+      raise ValueError(f"--gin.{name}={value} is not a valid gin binding ({_reason(e)}); the "
+                       "value is a Python literal or a @reference, strings in quotes: "
+                       f"--gin.{name}=\"'text'\"") from None
+  gin.finalize()
+
+
+def _reason(error: Exception) -> str:
+  if isinstance(error, tokenize.TokenError):
+    return str(error.args[0])
+  message = getattr(error, "msg", None) or str(error).splitlines()[0]
+  return message[message.find("Failed to parse"):] if "Failed to parse" in message else message
+
+
+def check_counts(**values) -> None:
+  """Each keyword (named as the user sets it, e.g. `TRAIN_STEPS`) must be an int >= 1."""
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 --gin.INPUT_FILE="'requests.jsonl'" --gin.OUTPUT_FILE="'predictions.jsonl'"`
 
 Requests are JSONL lines `{"inputs": "...", "features": {"task": "...", "lang": "..."}}`.
+An input longer than TASK_FEATURE_LENGTHS['inputs'] is truncated, its record marked
+`"truncated": true` and counted in the log; `--gin.TRUNCATION="'error'"` refuses it instead.
 """
 
 from flix import gin_utils

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Iterator, Mapping, Sequence
 
 import gin
@@ -19,11 +20,20 @@ import numpy as np
 from flix import decoding
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS
 from flix.features import INACTIVE, UnknownPolicy
+from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
+
+
+TRUNCATION = ("mark", "error")
 
 
 def read_requests(path: str) -> list[dict[str, Any]]:
   """Parsed JSONL requests; a bad line raises naming file and line."""
+  return [record for _, record in read_numbered_requests(path)]
+
+
+def read_numbered_requests(path: str) -> list[tuple[int, dict[str, Any]]]:
+  """(line number, request) pairs of a JSONL file; a bad line raises naming file and line."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"inference input file {path} does not exist")
   requests = []
@@ -40,13 +50,30 @@ def read_requests(path: str) -> list[dict[str, Any]]:
       if not isinstance(record.get("features", {}), dict):
         raise ValueError(f"{path}:{line_no}: 'features' must be an object like "
                          '{"task": "ordinal", "lang": "fr"}')
-      requests.append(record)
+      requests.append((line_no, record))
   return requests
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
   for start in range(0, len(items), size):
     yield items[start:start + size]
+
+
+def n_input_tokens(text: str) -> int:
+  """Encoder tokens of `text` before truncation: its bytes plus EOS."""
+  return len(BYTE_VOCAB.encode(text)) + 1
+
+
+def check_lengths(numbered: Sequence[tuple[int, Mapping[str, Any]]], length: int,
+                  path: str) -> None:
+  """Refuses the first request longer than `length` encoder tokens, naming file and line."""
+  for line_no, request in numbered:
+    n = n_input_tokens(request["inputs"])
+    if n > length:
+      raise ValueError(
+          f"{path}:{line_no}: input of {n} tokens ({n - 1} bytes + EOS) is longer than "
+          f"TASK_FEATURE_LENGTHS['inputs'] = {length}; raise it, shorten the input, or set "
+          f"TRUNCATION = 'mark' to decode its first {length - 1} bytes")
 
 
 def tokenize(texts: Sequence[str], length: int, batch_size: int) -> np.ndarray:
@@ -61,7 +88,8 @@ def tokenize(texts: Sequence[str], length: int, batch_size: int) -> np.ndarray:
 def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, input_length: int,
             max_length: int, batch_size: int = 32, unknown: UnknownPolicy = "error",
             decode_kwargs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-  """Decodes every request; returns the requests with `prediction` and `score` added."""
+  """Decodes every request; returns the requests with `prediction`, `score` and `truncated`
+  (whether the input was cut to `input_length` tokens) added."""
   space = model.flix.space if model.n_types else None
   kwargs = dict(decode_kwargs or {})
   rng = kwargs.pop("rng", None)  # Sampling: folded with the batch index.
@@ -80,7 +108,8 @@ def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, 
     for i, request in enumerate(chunk):
       seq = [int(t) for t in tokens_out[i] if t > decoding.EOS_ID]
       results.append({**request, "prediction": BYTE_VOCAB.decode(seq),
-                      "score": float(scores[i])})
+                      "score": float(scores[i]),
+                      "truncated": n_input_tokens(request["inputs"]) > input_length})
   return results
 
 
@@ -88,11 +117,14 @@ def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, 
 def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQUIRED,
                output_file: str = gin.REQUIRED,
                task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 32,
-               unknown_features: str = "error",
+               unknown_features: str = "error", truncation: str = "mark",
                decode_kwargs: Mapping[str, Any] | None = None,
                mixture_or_task_module: str | Sequence[str] | None = None) -> list[dict]:
   """Decodes every request of `input_file` into `output_file` (written atomically).
 
+  An input longer than `task_feature_lengths['inputs']` tokens (bytes + EOS) is cut to it (as
+  T5X does); truncation="mark" flags its record `"truncated": true` and counts it in the log,
+  "error" refuses the file before anything is decoded or written.
   `mixture_or_task_module` (T5X's MIXTURE_OR_TASK_MODULE): module name(s) imported first, as
   in train and eval, so one set of macros serves all three (requests come from `input_file`,
   not from a seqio task, so nothing here looks a task up).
@@ -100,10 +132,18 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
   from flix import checkpoints
   from flix.data.pairs import import_task_modules
   import_task_modules(mixture_or_task_module)
+  check_counts(BATCH_SIZE=batch_size, **{
+      f"TASK_FEATURE_LENGTHS[{k!r}]": task_feature_lengths.get(k) for k in ("inputs", "targets")})
+  if truncation not in TRUNCATION:
+    raise ValueError(f"unknown truncation {truncation!r}; expected one of {TRUNCATION}")
+  numbered = read_numbered_requests(input_file)
+  length = task_feature_lengths["inputs"]
+  if truncation == "error":
+    check_lengths(numbered, length, input_file)
+  requests = [record for _, record in numbered]
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
-  requests = read_requests(input_file)
   results = predict(make_model(model_config, flix), params, requests,
-                              input_length=task_feature_lengths["inputs"],
+                              input_length=length,
                               max_length=task_feature_lengths["targets"], batch_size=batch_size,
                               unknown=unknown_features, decode_kwargs=decode_kwargs)
   tmp = f"{output_file}.tmp"
@@ -112,6 +152,11 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
     for r in results:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
   os.replace(tmp, output_file)
-  print(f"wrote {len(results)} predictions to {output_file}")
+  truncated = sum(r["truncated"] for r in results)
+  if truncated:
+    print(f"warning: {truncated} of {len(results)} inputs were longer than "
+          f"TASK_FEATURE_LENGTHS['inputs'] = {length} tokens and were truncated (their records "
+          "say \"truncated\": true; TRUNCATION = 'error' refuses them)", file=sys.stderr)
+  print(f"wrote {len(results)} predictions to {output_file} ({truncated} truncated)")
   return results
 

@@ -135,3 +135,26 @@ def test_bad_setups_fail_loudly(reg, evaluator):
     evaluation.model_predictor(task_only, {}, max_length=4, decode_kwargs={"max_length": 3})
   with pytest.raises(ValueError, match="needs rng"):
     evaluation.model_predictor(task_only, {}, max_length=4, decode_kwargs={"method": "sample"})
+
+
+def test_truncation_is_counted_per_pair_and_marked_per_example(reg, tmp_path):
+  lengths = {"inputs": 3, "targets": 20}  # Shorter than some examples (EOS included).
+  short = evaluation.PairEvaluator(reg.eval_mixture, feature_lengths=lengths, batch_size=BATCH,
+                                   holdout=reg.data.holdout)
+  report = short.evaluate_predictor(evaluation.target_predictor, out_dir=str(tmp_path))
+  totals = {"inputs": 0, "targets": 0}
+  for task in reg.tasks:
+    examples = reg.data.examples[task.pair]["validation"]
+    lines = _lines(tmp_path / evaluation.PREDICTIONS_DIR / f"{task.name}.jsonl")
+    for key in totals:
+      long = [len(ex[key].encode("utf-8")) + 1 > lengths[key] for ex in examples]
+      assert report.pairs[task.name][f"truncated_{key}"] == sum(long), (task.name, key)
+      assert [key in line["truncated"] for line in lines] == long
+      totals[key] += sum(long)
+  assert totals["inputs"] > 0 and totals["targets"] > 0  # The lengths do cut something.
+  assert "| truncated_inputs | truncated_targets |" in report.to_markdown()
+  # At the registration's own lengths nothing is cut.
+  full = evaluation.PairEvaluator(reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
+                                  batch_size=BATCH, holdout=reg.data.holdout)
+  report = full.evaluate_predictor(evaluation.target_predictor, out_dir=None)
+  assert all(p["truncated_inputs"] == p["truncated_targets"] == 0 for p in report.pairs.values())

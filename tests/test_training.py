@@ -186,6 +186,32 @@ def test_resume_with_other_feature_values_or_data_shards_is_refused(tmp_path, ca
           "sets 2: its data position would not continue the same batches.") in err
 
 
+def test_damaged_checkpoint_names_itself_and_resumes_from_the_previous_on_request(tmp_path,
+                                                                                capsys):
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=1") == 0
+  store = tmp_path / "checkpoint_2" / "params" / "encoder.encoder_norm.scale"
+  chunk = next(p for p in store.iterdir() if not p.name.startswith("."))
+  chunk.write_bytes(b"\0" * 7)  # A torn write.
+  files = sorted(str(p) for p in tmp_path.rglob("*"))
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1") == 1
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith(f"error: DamagedCheckpointError: checkpoint {tmp_path / 'checkpoint_2'} "
+                        "is damaged: cannot read params/encoder/encoder_norm/scale: "), err
+  assert (f"Nothing was deleted. To resume from the previous checkpoint "
+          f"{tmp_path / 'checkpoint_1'}, rerun with --gin.train.skip_damaged_checkpoints=True"
+          in err)
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == files  # Nothing written or removed.
+
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=3", "--gin.CHECKPOINT_PERIOD=1",
+                   "--gin.train.skip_damaged_checkpoints=True") == 0
+  assert [s for s, _ in step_dirs(str(tmp_path))] == [1, 2, 3]
+  assert (tmp_path / "checkpoint_2.damaged" / "params" / "encoder.encoder_norm.scale" /
+          chunk.name).read_bytes() == b"\0" * 7  # Kept as it was.
+  meta = json.loads((tmp_path / "checkpoint_3" / "train_state.json").read_text())
+  assert meta["step"] == 3 and meta["data_position"] == 3
+  saved_state(tmp_path / "checkpoint_2")  # Rewritten, readable.
+
+
 def test_interrupted_write_leaves_no_checkpoint(tmp_path):
   params = {"w": np.ones((2, 2), np.float32)}
   target = tmp_path / "checkpoint_1"
@@ -243,6 +269,7 @@ def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
   results = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert [r["inputs"] for r in results] == ["ordinal fr: 12", "cardinal de: 7"]
   assert all(isinstance(r["prediction"], str) and r["score"] <= 0 for r in results)
+  assert not any(r["truncated"] for r in results)
 
 
 USER_TASKS = """

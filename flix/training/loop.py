@@ -27,9 +27,11 @@ from flix.config import FlixConfig
 from flix.data.pairs import check_registered, import_task_modules
 from flix.data.vocab import FEATURE_IDS
 from flix.features import FeatureSpace
+from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
 from flix.trainable import METHODS, freeze_base, trainable_mask
-from flix.training.checkpointer import Checkpointer, latest_everywhere, read_train_state_json
+from flix.training.checkpointer import (Checkpointer, latest_everywhere, read_train_state_json,
+                                        step_dirs)
 from flix.training.optimizers import make_optimizer
 from flix.training.partitioning import Partitioner
 from flix.training.progress import MetricsLogger
@@ -86,6 +88,22 @@ def check_data_shards(batch_size: int, data_shards: int, resumed: str | None = N
                      "processes")
   if batch_size % data_shards:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by data_shards {data_shards}")
+
+
+def check_settings(*, train_steps, batch_size, checkpoint_period, log_period, keep_checkpoints,
+                   task_feature_lengths, data_shards, input_threads) -> None:
+  """Step counts, periods, sizes and lengths that make sense, before anything is written."""
+  check_counts(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size,
+               CHECKPOINT_PERIOD=checkpoint_period, LOG_PERIOD=log_period,
+               **{"train.keep_checkpoints": keep_checkpoints})
+  if not isinstance(task_feature_lengths, Mapping) or not task_feature_lengths:
+    raise ValueError("TASK_FEATURE_LENGTHS must be a dict like {'inputs': 32, 'targets': 64}, "
+                     f"got {task_feature_lengths!r}")
+  check_counts(**{f"TASK_FEATURE_LENGTHS[{k!r}]": v for k, v in task_feature_lengths.items()})
+  if data_shards is not None:
+    check_counts(**{"train.data_shards": data_shards})
+  if input_threads is not None:
+    check_counts(**{"train.input_threads": input_threads})
 
 
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -180,6 +198,54 @@ def _has_path(tree, path) -> bool:
   return True
 
 
+def set_aside(path: str) -> str:
+  """Renames checkpoint `path` to `path.damaged` (or `.damaged-N`): kept, no longer resumed."""
+  aside, n = f"{path}.damaged", 1
+  while os.path.exists(aside):
+    aside, n = f"{path}.damaged-{n}", n + 1
+  os.rename(path, aside)
+  return aside
+
+
+def restore_latest(checkpointer: Checkpointer, model_dir: str, target: TrainState,
+                   skip_damaged: bool = False) -> tuple[TrainState, int, str | None]:
+  """(state, data position, checkpoint) of the newest checkpoint of `model_dir`; `(target, 0,
+  None)` without one. A damaged checkpoint is an error that names it, the array and the way
+  back; with `skip_damaged` (one process) it is renamed `*.damaged` (nothing is deleted) and
+  the previous checkpoint is tried."""
+  while True:
+    path = latest_everywhere(model_dir)
+    if path is None:
+      return target, 0, None
+    try:
+      state, position = checkpointer.restore(path, target)
+      return state, position, path
+    except checkpoints.DamagedCheckpointError as e:
+      if os.path.abspath(e.checkpoint) != os.path.abspath(path):
+        raise  # Its base checkpoint: an earlier step would not help.
+      if not skip_damaged or jax.process_count() > 1:
+        raise checkpoints.DamagedCheckpointError(
+            e.checkpoint, e.arrays, advice=_resume_advice(model_dir, path)) from None
+      aside = set_aside(path)
+      print(f"warning: {e}; moved it to {aside} and trying the previous checkpoint",
+            file=sys.stderr, flush=True)
+
+
+def _resume_advice(model_dir: str, damaged: str) -> str:
+  earlier = [p for _, p in step_dirs(model_dir)
+             if os.path.abspath(p) != os.path.abspath(damaged)]
+  keep = "Nothing was deleted. "
+  if not earlier:
+    return (keep + f"There is no earlier checkpoint in {model_dir}: move {damaged} aside to "
+            "train from the start")
+  if jax.process_count() > 1:  # Renaming needs every process to agree: done by hand.
+    return (keep + f"To resume from the previous checkpoint {earlier[-1]}, move {damaged} "
+            "aside (e.g. to a name not matching checkpoint_<step>) and rerun")
+  return (keep + f"To resume from the previous checkpoint {earlier[-1]}, rerun with "
+          f"--gin.train.skip_damaged_checkpoints=True (renames {damaged} to "
+          f"{os.path.basename(damaged)}.damaged), or move {damaged} aside yourself")
+
+
 class _StopFlag:
   """Turns SIGTERM/SIGINT into a stop after a step, so the loop can save first.
 
@@ -231,7 +297,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           step_config: StepConfig = StepConfig(), gin_config: str = "",
           data_shards: int | None = None, input_threads: int | None = 1,
           mixture_or_task_module: str | Sequence[str] | None = None,
-          use_cached_tasks: bool = False) -> TrainState:
+          use_cached_tasks: bool = False,
+          skip_damaged_checkpoints: bool = False) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
 
   Multi-process (jax.distributed): every process runs this with the same `model_dir`; each
@@ -253,8 +320,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     mixture_or_task_module: T5X's MIXTURE_OR_TASK_MODULE: module name(s) imported first, so
       that they register their seqio tasks (`flix.data.pairs.import_task_modules`).
     use_cached_tasks: T5X's USE_CACHED_TASKS: read seqio's offline cache of the tasks.
+    skip_damaged_checkpoints: resume from the newest checkpoint that reads, renaming damaged
+      newer ones to `checkpoint_N.damaged` (one process); default: a damaged one is an error.
   Returns the final TrainState.
   """
+  check_settings(train_steps=train_steps, batch_size=batch_size,
+                 checkpoint_period=checkpoint_period, log_period=log_period,
+                 keep_checkpoints=keep_checkpoints, task_feature_lengths=task_feature_lengths,
+                 data_shards=data_shards, input_threads=input_threads)
   import_task_modules(mixture_or_task_module)
   partitioner = partitioner or Partitioner()
   if batch_size % partitioner.data_size:
@@ -299,9 +372,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,
                               base_checkpoint=base_ref, gin_config=gin_config,
                               data_shards=data_shards)
-  data_position = 0
-  if resume_from:
-    state, data_position = checkpointer.restore(resume_from, state)
+  state, data_position, resume_from = restore_latest(checkpointer, model_dir, state,
+                                                     skip_damaged_checkpoints)
 
   mask = trainable_mask(state.params, adapters.method)
   make_step = make_row_sparse_train_step if step_config.row_sparse else make_train_step
