@@ -351,7 +351,7 @@ def _(env):
   return gin_cli(eval_entry, [f"--gin_search_paths={GIN_DIR}",
                               f"--gin_file={GIN_DIR}/tiny_eval.gin",
                               "--gin.CHECKPOINT_PATH='unused'",
-                              f"--gin.OUTPUT_DIR='{env.fresh('eval')}'",
+                              f"--gin.EVAL_OUTPUT_DIR='{env.fresh('eval')}'",
                               "--gin.MIXTURE_OR_TASK_NAME='nope'"])
 
 
