@@ -2,7 +2,8 @@
 
 A checkpoint is a directory:
 
-    model.json      T5Config
+    model.json      the model config and its family (`flix.models.families`: {"family": "t5" |
+                    "decoder", ...fields}; without "family", a T5Config)
     flix.json       FlixConfig (only when the model has adapters; holds the feature space)
     features.json   the FeatureSpace alone, for tools that need only the ids
     params/         orbax PyTree checkpoint of the (plain, unboxed) parameters
@@ -38,7 +39,7 @@ from jax.experimental import multihost_utils
 
 from flix.config import FlixConfig
 from flix.layers import is_adapter_name
-from flix.models.t5 import T5Config
+from flix.models.families import ModelConfig, config_from_json, config_to_json
 
 MODEL_JSON = "model.json"
 FLIX_JSON = "flix.json"
@@ -225,7 +226,7 @@ def graft(base, adapters) -> dict:
   return out
 
 
-def save_model(path: str, params, model_config: T5Config, flix: FlixConfig | None = None, *,
+def save_model(path: str, params, model_config: ModelConfig, flix: FlixConfig | None = None, *,
                base_checkpoint: str | None = None, overwrite: bool = False,
                extra_files: dict[str, str] | None = None,
                extra_trees: dict[str, Any] | None = None) -> str:
@@ -246,7 +247,7 @@ def save_model(path: str, params, model_config: T5Config, flix: FlixConfig | Non
     params = adapter_leaves(params)
   with atomic_directory(path, overwrite) as tmp:
     if is_primary():
-      _write(tmp, MODEL_JSON, model_config.to_json())
+      _write(tmp, MODEL_JSON, config_to_json(model_config))
       if flix is not None:
         _write(tmp, FLIX_JSON, flix.to_json())
         _write(tmp, FEATURES_JSON, flix.space.to_json())
@@ -260,12 +261,15 @@ def save_model(path: str, params, model_config: T5Config, flix: FlixConfig | Non
   return os.path.abspath(path)
 
 
-def load_configs(path: str) -> tuple[T5Config, FlixConfig | None]:
+def load_configs(path: str) -> tuple[ModelConfig, FlixConfig | None]:
   """The model and adapter configs saved in checkpoint `path`."""
   model_json = os.path.join(path, MODEL_JSON)
   if not os.path.isfile(model_json):
     raise CheckpointError(f"{path} is not a flix checkpoint: {MODEL_JSON} is missing")
-  model_config = T5Config.from_json(_read(model_json))
+  try:
+    model_config = config_from_json(_read(model_json), model_json)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
   flix_json = os.path.join(path, FLIX_JSON)
   flix = FlixConfig.from_json(_read(flix_json)) if os.path.isfile(flix_json) else None
   return model_config, flix
@@ -291,7 +295,7 @@ def strip_adapters(params) -> dict:
   return params
 
 
-def load_model(path: str) -> tuple[T5Config, FlixConfig | None, dict]:
+def load_model(path: str) -> tuple[ModelConfig, FlixConfig | None, dict]:
   """(model config, adapter config or None, plain params); follows base.json references."""
   model_config, flix = load_configs(path)
   params = restore_pytree(os.path.join(path, PARAMS))

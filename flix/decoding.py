@@ -1,14 +1,17 @@
-"""Autoregressive decoding of flix T5 models with a KV cache: greedy, beam search, sampling.
+"""Autoregressive decoding with a KV cache: greedy, beam search, sampling, for both families.
 
-Every method encodes once, then runs one decoder position per step inside a
-`jax.lax.while_loop` whose carry holds the "cache" collection of `T5.decode(decode=True)`. The
-loop stops as soon as every sequence has emitted EOS (beam search: as soon as no live beam can
-beat the finished ones) or after `max_length` positions.
+Encoder-decoder (`decode`, a T5): encodes once, then runs one decoder position per step inside a
+`jax.lax.while_loop` whose carry holds the "cache" collection of `T5.decode(decode=True)`.
+Decoder-only (`decode_lm`, a `DecoderLM`): prefills each prompt into the cache in one call, takes
+the first token from its last position, then one cached position per step. Both families share
+the search loops (`search`: greedy / sampling / beam). The loop stops as soon as every sequence
+has emitted EOS (beam search: as soon as no live beam can beat the finished ones) or after
+`max_length` positions.
 
 Feature ids `[batch, n_types]` travel with their examples: for beams (and for several samples
-per example) encoder outputs, encoder tokens and feature ids are expanded with
-`expand_for_beams`, each example's rows adjacent (T5X's flat_batch_beam_expand), so every beam
-runs with its own example's adapters.
+per example) encoder outputs, encoder tokens, a prefilled decoder-only cache and feature ids are
+expanded with `expand_for_beams`, each example's rows adjacent (T5X's flat_batch_beam_expand),
+so every beam runs with its own example's adapters.
 
 Outputs use the byte-vocabulary conventions: PAD (0) is the decoder start token and fills every
 position after EOS (1). Scores:
@@ -25,13 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flix.models.decoder import DecoderLM
 from flix.models.t5 import T5, expand_for_beams
 
 PAD_ID = 0  # Also the decoder start token.
@@ -176,14 +180,109 @@ def decode_with_options(model: T5, params, encoder_input_tokens, feature_ids,
   return DecodeResult(tokens, scores)
 
 
-def _check_tokens(tokens) -> jax.Array:
+# -- decoder-only models ------------------------------------------------------------------------
+def decode_lm(model: DecoderLM, params, prompt_tokens, prompt_lengths=None, feature_ids=None, *,
+              max_length: int, method: Method = "greedy", num_beams: int = 4,
+              alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0,
+              rng: jax.Array | None = None, num_samples: int = 1, eos_id: int = EOS_ID,
+              bidirectional_prompt: bool = False) -> DecodeResult:
+  """Continues prompts with a decoder-only `model` (`flix.models.decoder.DecoderLM`).
+
+  Args:
+    prompt_tokens: int `[batch, P]`, each prompt right-padded (what the prefix-LM converter
+      gives: the start token, the inputs, their EOS).
+    prompt_lengths: int `[batch]` in 1..P (default: every prompt fills P). The padding is never
+      attended to, and each prompt's positions start at 0.
+    bidirectional_prompt: the prompt attends to itself in both directions (T5X's prefix LM,
+      `DecoderOnlyModel.inputs_bidirectional_attention`); default causal (the HF models).
+    Other arguments as `decode`: max_length new tokens, PAD after EOS, scores likewise.
+
+  The prompt is prefilled in one call (each row left-aligned to end at position P - 1), the
+  first token comes from its last position's logits, then one cached position per step.
+  """
+  options = DecodeOptions(max_length=max_length, method=method, num_beams=num_beams,
+                          alpha=float(alpha), temperature=float(temperature), top_k=top_k,
+                          num_samples=num_samples, eos_id=eos_id)
+  return decode_lm_with_options(model, params, prompt_tokens, prompt_lengths, feature_ids,
+                                options, rng, bidirectional_prompt=bidirectional_prompt)
+
+
+def decode_lm_with_options(model: DecoderLM, params, prompt_tokens, prompt_lengths, feature_ids,
+                           options: DecodeOptions, rng: jax.Array | None = None, *,
+                           bidirectional_prompt: bool = False) -> DecodeResult:
+  """`decode_lm` with its options as one `DecodeOptions`."""
+  prompts = _check_tokens(prompt_tokens, "prompt_tokens")
+  lengths = _check_lengths(prompt_lengths, prompts.shape)
+  ids = _check_feature_ids(model, feature_ids, prompts.shape[0])
+  if options.method == "sample" and rng is None:
+    raise ValueError("method='sample' needs a PRNG key: pass rng=jax.random.key(seed)")
+  if options.method != "sample":
+    rng = None
+  tokens, scores = _decode_lm_jit(model, nn.unbox(params), prompts, lengths, ids, rng,
+                                  options=options, bidirectional=bidirectional_prompt)
+  return DecodeResult(tokens, scores)
+
+
+def _check_lengths(lengths, shape: tuple[int, int]) -> jax.Array:
+  batch, width = shape
+  if lengths is None:
+    return jnp.full((batch,), width, jnp.int32)
+  if isinstance(lengths, jax.core.Tracer):
+    raise ValueError("decode_lm runs its own jit: pass concrete prompt_lengths, not a tracer")
+  host = np.asarray(lengths)
+  if host.shape != (batch,) or not np.issubdtype(host.dtype, np.integer):
+    raise ValueError(f"prompt_lengths must be integers [batch={batch}], got shape {host.shape} "
+                     f"and dtype {host.dtype}")
+  bad = np.flatnonzero((host < 1) | (host > width))
+  if bad.size:
+    raise ValueError(f"prompt_lengths[{bad[0]}] is {host[bad[0]]}: expected 1..{width} (a "
+                     "prompt holds at least the start token)")
+  return jnp.asarray(host, jnp.int32)
+
+
+def left_align(prompts: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Right-padded prompts `[b, P]` -> (left-padded prompts `[b, P]`, start `[b]` = P - length)."""
+  width = prompts.shape[1]
+  start = width - lengths
+  source = jnp.arange(width)[None, :] - start[:, None]
+  shifted = jnp.take_along_axis(prompts, jnp.maximum(source, 0), axis=1)
+  return jnp.where(source >= 0, shifted, PAD_ID), start
+
+
+@functools.partial(jax.jit, static_argnames=("model", "options", "bidirectional"))
+def _decode_lm_jit(model: DecoderLM, params, prompts: jax.Array, lengths: jax.Array,
+                   ids: jax.Array | None, rng, *, options: DecodeOptions,
+                   bidirectional: bool) -> tuple[jax.Array, jax.Array]:
+  """Prefills the prompts once, expands the cache per beam / sample, then searches."""
+  batch, width = prompts.shape
+  total = width + options.max_length
+  left, start = left_align(prompts, lengths)
+  shapes = jax.eval_shape(lambda p: model.apply(
+      {"params": p}, jnp.zeros((batch, total), jnp.int32), ids, decode=True,
+      mutable=["cache"])[1]["cache"], params)
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  prefix = (jnp.arange(width)[None, :] >= start[:, None]) if bidirectional else None
+  logits, state = model.apply({"params": params, "cache": cache}, left, ids, prefix=prefix,
+                              start=start, decode=True, mutable=["cache"])
+  n = options.num_beams if options.method == "beam" else options.num_samples
+  cache, first, ids = expand_cache(state["cache"], n), _expand(logits[:, -1], n), _expand(ids, n)
+
+  def step(cache, token):
+    logits, state = model.apply({"params": params, "cache": cache}, token[:, None], ids,
+                                decode=True, mutable=["cache"])
+    return logits[:, 0], state["cache"]
+
+  return search(step, cache, batch, options, rng, first_logits=first)
+
+
+def _check_tokens(tokens, name: str = "encoder_input_tokens") -> jax.Array:
   shape = np.shape(tokens)
   if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
-    raise ValueError(f"encoder_input_tokens must have shape [batch, input_length] with both > 0, "
+    raise ValueError(f"{name} must have shape [batch, input_length] with both > 0, "
                      f"got shape {shape}")
   dtype = getattr(tokens, "dtype", np.asarray(tokens).dtype)
   if not np.issubdtype(dtype, np.integer):
-    raise ValueError(f"encoder_input_tokens must be integer token ids, got dtype {dtype}")
+    raise ValueError(f"{name} must be integer token ids, got dtype {dtype}")
   return jnp.asarray(tokens, jnp.int32)
 
 
@@ -193,7 +292,8 @@ def _check_feature_ids(model: T5, feature_ids, batch: int) -> jax.Array | None:
     raise ValueError(
         f"decoding needs a model with full adapter tables, got FlixConfig.row_limit="
         f"{flix.row_limit} (compact tables of flix.rows); decode with "
-        "T5(config, dataclasses.replace(flix, row_limit=None)) and the full params")
+        f"{type(model).__name__}(config, dataclasses.replace(flix, row_limit=None)) and the full "
+        "params")
   n_types = flix.space.n_types if flix is not None else 0
   if n_types == 0:
     return None if feature_ids is None else jnp.asarray(feature_ids, jnp.int32)
@@ -205,21 +305,42 @@ def _check_feature_ids(model: T5, feature_ids, batch: int) -> jax.Array | None:
   ids = np.asarray(feature_ids)
   flix.space.check_ids(ids)
   if ids.shape[0] != batch:
-    raise ValueError(f"feature_ids has {ids.shape[0]} rows but encoder_input_tokens has {batch}; "
+    raise ValueError(f"feature_ids has {ids.shape[0]} rows but the batch has {batch} examples; "
                      "pass one id row per example")
   return jnp.asarray(ids, jnp.int32)
 
 
 # -- compiled core ------------------------------------------------------------------------------
+# The search loops are shared by the families. A family supplies `step(cache, token [rows]) ->
+# (logits [rows, vocab] float32, cache)` over a cache already expanded to rows = batch * n
+# (n = beams or samples, each example's rows adjacent), and optionally the logits of the first
+# position when its prefill computed them (decoder-only: the last prompt position).
+Step = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
+
+
 @functools.partial(jax.jit, static_argnames=("model", "options"))
 def _decode_jit(model: T5, params, enc: jax.Array, ids: jax.Array | None, rng,
                 *, options: DecodeOptions) -> tuple[jax.Array, jax.Array]:
   """Encodes once, then decodes; returns (tokens, scores) shaped as DecodeResult."""
   encoded = model.apply({"params": params}, enc, ids, method=T5.encode)
+  n = options.num_beams if options.method == "beam" else options.num_samples
+  batch, length = enc.shape[0], options.max_length
+  encoded, enc, ids = _expand(encoded, n), _expand(enc, n), _expand(ids, n)
+  cache = _init_cache(model, params, encoded, enc, ids, length)
+  step = lambda cache, token: _step(model, params, encoded, enc, ids, cache, token, length)
+  return search(step, cache, batch, options, rng)
+
+
+def search(step: Step, cache, batch: int, options: DecodeOptions, rng,
+           first_logits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Greedy / sampling / beam search over `step`; (tokens, scores) shaped as DecodeResult.
+
+  Without `first_logits`, the first step is fed the start token (PAD_ID).
+  """
   if options.method == "beam":
-    tokens, scores = _beam_search(model, params, encoded, enc, ids, options)
+    tokens, scores = _beam_search(step, cache, batch, options, first_logits)
   else:
-    tokens, scores = _sample(model, params, encoded, enc, ids, rng, options)
+    tokens, scores = _sample(step, cache, batch, rng, options, first_logits)
   if options.num_samples == 1:
     tokens, scores = tokens[:, 0], scores[:, 0]
   return tokens, scores
@@ -227,6 +348,12 @@ def _decode_jit(model: T5, params, enc: jax.Array, ids: jax.Array | None, rng,
 
 def _expand(x: jax.Array | None, n: int) -> jax.Array | None:
   return x if x is None or n == 1 else expand_for_beams(x, n)
+
+
+def expand_cache(cache, n: int):
+  """Every per-row cache array `[rows, ...]` -> `[rows * n, ...]` (scalars stay)."""
+  return cache if n == 1 else jax.tree.map(
+      lambda x: x if x.ndim == 0 else expand_for_beams(x, n), cache)
 
 
 def _init_cache(model: T5, params, encoded, enc, ids, max_length: int):
@@ -258,20 +385,18 @@ def _pick(logits: jax.Array, key, options: DecodeOptions) -> jax.Array:
   return jax.random.categorical(key, logits / options.temperature, axis=-1).astype(jnp.int32)
 
 
-def _sample(model: T5, params, encoded, enc, ids, rng, options: DecodeOptions):
+def _sample(step: Step, cache, batch: int, rng, options: DecodeOptions,
+            first_logits: jax.Array | None = None):
   """Greedy or temperature sampling: tokens `[batch, n, L]`, log-probs `[batch, n]`."""
-  batch, n, length = enc.shape[0], options.num_samples, options.max_length
-  encoded, enc, ids = _expand(encoded, n), _expand(enc, n), _expand(ids, n)
+  n, length = options.num_samples, options.max_length
   rows = batch * n
-  cache = _init_cache(model, params, encoded, enc, ids, length)
 
   def cond(state):
     i, _, _, _, done, _ = state
     return (i < length) & ~jnp.all(done)
 
-  def body(state):
-    i, token, cache, tokens, done, logprob = state
-    logits, cache = _step(model, params, encoded, enc, ids, cache, token, length)
+  def advance(state, logits, cache):
+    i, _, _, tokens, done, logprob = state
     key = None if rng is None else jax.random.fold_in(rng, i)
     nxt = jnp.where(done, PAD_ID, _pick(logits, key, options))
     token_logp = jnp.take_along_axis(jax.nn.log_softmax(logits), nxt[:, None], axis=-1)[:, 0]
@@ -279,10 +404,16 @@ def _sample(model: T5, params, encoded, enc, ids, rng, options: DecodeOptions):
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
     return i + 1, nxt, cache, tokens, done | (nxt == options.eos_id), logprob
 
-  init = (jnp.array(0, jnp.int32), jnp.full((rows,), PAD_ID, jnp.int32), cache,
-          jnp.full((rows, length), PAD_ID, jnp.int32), jnp.zeros((rows,), bool),
-          jnp.zeros((rows,), jnp.float32))
-  _, _, _, tokens, _, logprob = jax.lax.while_loop(cond, body, init)
+  def body(state):
+    logits, cache = step(state[2], state[1])
+    return advance(state, logits, cache)
+
+  state = (jnp.array(0, jnp.int32), jnp.full((rows,), PAD_ID, jnp.int32), cache,
+           jnp.full((rows, length), PAD_ID, jnp.int32), jnp.zeros((rows,), bool),
+           jnp.zeros((rows,), jnp.float32))
+  if first_logits is not None:
+    state = advance(state, first_logits, cache)
+  _, _, _, tokens, _, logprob = jax.lax.while_loop(cond, body, state)
   return tokens.reshape(batch, n, length), logprob.reshape(batch, n)
 
 
@@ -297,7 +428,8 @@ def _gather_cache(cache, parents: jax.Array, batch: int, beams: int):
   return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, flat, axis=0), cache)
 
 
-def _beam_search(model: T5, params, encoded, enc, ids, options: DecodeOptions):
+def _beam_search(step: Step, cache, batch: int, options: DecodeOptions,
+                 first_logits: jax.Array | None = None):
   """T5X-style beam search: best-first tokens `[batch, n, L]`, normalised scores `[batch, n]`.
 
   Live beams (no EOS yet, sorted best first) and finished beams (score = log-prob / brevity
@@ -306,10 +438,8 @@ def _beam_search(model: T5, params, encoded, enc, ids, options: DecodeOptions):
   others. The search stops at max_length, or once every finished slot beats the best score any
   live beam could still reach.
   """
-  batch, k, length, eos = enc.shape[0], options.num_beams, options.max_length, options.eos_id
+  k, length, eos = options.num_beams, options.max_length, options.eos_id
   alpha = options.alpha
-  encoded, enc, ids = _expand(encoded, k), _expand(enc, k), _expand(ids, k)
-  cache = _init_cache(model, params, encoded, enc, ids, length)
   # Sequences hold the start token at position 0; position i + 1 is written at step i.
   live_seqs = jnp.zeros((batch, k, length + 1), jnp.int32)
   live_logprobs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
@@ -325,10 +455,8 @@ def _beam_search(model: T5, params, encoded, enc, ids, options: DecodeOptions):
     worst_finished = jnp.where(finished_flags, worst_finished, NEG_INF)
     return (i < length) & ~jnp.all(worst_finished > best_live)
 
-  def body(state):
-    i, live_logprobs, live_seqs, finished_scores, finished_seqs, finished_flags, cache = state
-    token = jax.lax.dynamic_index_in_dim(live_seqs, i, axis=2, keepdims=False).reshape(-1)
-    logits, cache = _step(model, params, encoded, enc, ids, cache, token, length)
+  def advance(state, logits, cache):
+    i, live_logprobs, live_seqs, finished_scores, finished_seqs, finished_flags, _ = state
     vocab = logits.shape[-1]
     logp = jax.nn.log_softmax(logits).reshape(batch, k, vocab) + live_logprobs[..., None]
     top_logp, top_index = jax.lax.top_k(logp.reshape(batch, k * vocab), 2 * k)
@@ -349,10 +477,18 @@ def _beam_search(model: T5, params, encoded, enc, ids, options: DecodeOptions):
     finished_flags = _gather_rows(jnp.concatenate([finished_flags, newly_finished], axis=1), best)
     return i + 1, live_logprobs, live_seqs, finished_scores, finished_seqs, finished_flags, cache
 
-  init = (jnp.array(0, jnp.int32), live_logprobs, live_seqs, finished_scores, finished_seqs,
-          finished_flags, cache)
+  def body(state):
+    i, live_seqs, cache = state[0], state[2], state[6]
+    token = jax.lax.dynamic_index_in_dim(live_seqs, i, axis=2, keepdims=False).reshape(-1)
+    logits, cache = step(cache, token)
+    return advance(state, logits, cache)
+
+  state = (jnp.array(0, jnp.int32), live_logprobs, live_seqs, finished_scores, finished_seqs,
+           finished_flags, cache)
+  if first_logits is not None:
+    state = advance(state, first_logits, cache)
   _, live_logprobs, live_seqs, finished_scores, finished_seqs, finished_flags, _ = (
-      jax.lax.while_loop(cond, body, init))
+      jax.lax.while_loop(cond, body, state))
   # Finished beams first (by score), then live ones (a beam cut at max_length, or fewer than n
   # finished), then empty finished slots.
   live_scores = live_logprobs / min_penalty

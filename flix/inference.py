@@ -3,7 +3,9 @@
 Each input line is `{"inputs": str, "features": {"task": ..., "lang": ...}}` (extra fields are
 copied through). Features are encoded with the checkpoint's saved FeatureSpace; values it does
 not know are an error, or (unknown="drop") switch that feature off, the zero-shot path for an
-unseen language.
+unseen language. Inputs are tokenized as the tasks tokenize them (bytes + EOS) and put into the
+model family's batch (`BaseModel.inputs_batch`): encoder tokens for a T5, the prefix-LM prompt
+(start token, inputs, EOS) for a decoder-only model.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, 
   options = decoding.DecodeOptions(max_length=max_length, **kwargs)
   results = []
   for index, chunk in enumerate(_batches(list(requests), batch_size)):
-    batch = {"encoder_input_tokens": tokenize([r["inputs"] for r in chunk], input_length,
-                                              batch_size)}
+    # The family's model batch: encoder tokens (T5), or the prefix-LM prompt (decoder-only).
+    batch = model.inputs_batch(tokenize([r["inputs"] for r in chunk], input_length, batch_size))
     if space is not None:
       rows = space.encode_batch([r.get("features", {}) for r in chunk], unknown)
       batch[FEATURE_IDS] = np.full((batch_size, space.n_types), INACTIVE, np.int32)

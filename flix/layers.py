@@ -123,6 +123,8 @@ class FlixDense(nn.Module):
     flix: adapter configuration; None gives a plain dense layer (no adapters).
     kernel_init: base kernel initialiser.
     dtype: compute dtype (parameters stay float32).
+    use_bias: a base bias `[d_out]` (zero-initialised, logical axis the kernel's output axis),
+      part of the frozen base like the kernel (e.g. Qwen2's q/k/v projections).
   """
 
   features: int
@@ -130,6 +132,7 @@ class FlixDense(nn.Module):
   flix: FlixConfig | None = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, feature_ids: jax.Array | None = None) -> jax.Array:
@@ -141,6 +144,10 @@ class FlixDense(nn.Module):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, d_in).astype(self.dtype)  # 2-D matmuls: ~2x faster gradients on CPU.
     y = x2 @ kernel.astype(self.dtype)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (out_axis,)),
+                        (d_out,), jnp.float32)
+      y = y + bias.astype(self.dtype)
     if self.flix is None:
       return y.reshape(*lead, d_out)
 

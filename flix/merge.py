@@ -61,12 +61,14 @@ def unmerge(merged_kernel, layer_params, flix: FlixConfig, ids) -> jax.Array:
 def merge_params(params, flix: FlixConfig, ids) -> dict:
   """A base-model param tree (no adapter leaves) whose kernels carry combination `ids` merged.
 
-  Apply it with the same network built without adapters (`flix=None`).
+  Other leaves of an adapted layer (a base bias) are kept as they are. Apply the tree with the
+  same network built without adapters (`flix=None`).
   """
 
   def walk(node):
     if is_adapted(node):
-      return {"kernel": merge(node, flix, ids)}
+      base = {k: v for k, v in node.items() if not is_adapter_name(k)}
+      return {**base, "kernel": merge(node, flix, ids)}
     if isinstance(node, dict):
       return {k: walk(v) for k, v in node.items()}
     return node

@@ -88,3 +88,40 @@ def random_params(model: T5, seed: int = 0, adapter_scale: float = 0.3):
       value = rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])
     out.append(jnp.asarray(value, leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# -- decoder-only ---------------------------------------------------------------------------------
+def decoder_config(**overrides):
+  """A tiny DecoderConfig: GQA (4 query, 2 key/value heads), SwiGLU, untied."""
+  from flix.models.decoder import DecoderConfig
+  sizes = dict(vocab_size=64, emb_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48,
+               num_layers=2)
+  sizes.update(overrides)
+  return DecoderConfig(**sizes)
+
+
+def decoder_random_params(model, seed: int = 0, adapter_scale: float = 0.3):
+  """Seeded random plain params of a DecoderLM (norms and biases non-trivial, adapters
+  non-zero), drawn with numpy from the abstract shapes."""
+  from flix.models.decoder import abstract_params as decoder_abstract_params
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(decoder_abstract_params(model))
+  rng = np.random.RandomState(seed)
+  out = []
+  for path, leaf in leaves:
+    name = str(path[-1].key)
+    if name == "scale":
+      value = 1.0 + 0.2 * rng.normal(size=leaf.shape)
+    elif name in ("embedding", "bias"):
+      value = rng.normal(size=leaf.shape) * (0.5 if name == "bias" else 1.0)
+    elif name.startswith("lora_"):
+      value = adapter_scale * rng.normal(size=leaf.shape)
+    else:
+      value = rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])
+    out.append(jnp.asarray(value, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def lm_apply(model, params, tokens, ids):
+  """Teacher-forced decoder-only logits, compiled once per model and shape."""
+  return model.apply({"params": params}, tokens, ids)

@@ -1,7 +1,7 @@
 """flix data: task-language pairs in seqio, the offline benchmark, XTREME-UP, and metrics."""
 
 from flix.data.aggregation import aggregate, as_pair
-from flix.data.converter import FlixEncDecFeatureConverter
+from flix.data.converter import FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter
 from flix.data.offline import OfflineConfig, OfflineData, absent_cells, generate, make_holdout
 from flix.data.offline_tasks import OfflineRegistration, register_offline
 from flix.data.pairs import (HoldOut, Pair, PairTask, encode_pair, examples_source,

@@ -1,9 +1,16 @@
-"""Feature converter that puts per-example feature ids into the encoder-decoder model batch.
+"""Feature converters that put per-example feature ids into the model batch, one per family.
 
-Model features: `encoder_input_tokens` `[batch, inputs_len]`, `decoder_target_tokens`,
-`decoder_input_tokens`, `decoder_loss_weights` `[batch, targets_len]` (as seqio's
-EncDecFeatureConverter) plus `feature_ids` `[batch, n_types]` int32, one row per example.
-Packing is refused: a packed row holds several examples but has only one id row.
+Encoder-decoder (`FlixEncDecFeatureConverter`): `encoder_input_tokens` `[batch, inputs_len]`,
+`decoder_target_tokens`, `decoder_input_tokens`, `decoder_loss_weights` `[batch, targets_len]`
+(as seqio's EncDecFeatureConverter).
+Decoder-only (`FlixPrefixLMFeatureConverter`): inputs and targets concatenated, as seqio's
+PrefixLMFeatureConverter (T5X's prefix LM): `decoder_target_tokens`, `decoder_input_tokens`
+(shifted right, start token 0), `decoder_loss_weights` (targets only),
+`decoder_causal_attention` (1 on the prompt: the start token and the inputs with their EOS,
+i.e. the positions the model reads before predicting the first target) `[batch, inputs_len +
+targets_len]`.
+Both add `feature_ids` `[batch, n_types]` int32, one row per example. Packing is refused: a
+packed row holds several examples but has only one id row.
 """
 
 from __future__ import annotations
@@ -47,27 +54,11 @@ class FlixEncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
   def __call__(self, ds: tf.data.Dataset,
                task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    lengths = dict(task_feature_lengths)
-    lengths.setdefault(FEATURE_IDS, self._n_types)
-    if lengths[FEATURE_IDS] != self._n_types:
-      raise ValueError(
-          f"task_feature_lengths[{FEATURE_IDS!r}] is {lengths[FEATURE_IDS]}, expected "
-          f"n_types={self._n_types} (one id per feature type)")
-    return super().__call__(ds, lengths)
+    return super().__call__(ds, _with_ids_length(task_feature_lengths, self._n_types))
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    n_types = self._n_types
-
-    def check(ex):
-      ids = ex[FEATURE_IDS]
-      tf.debugging.assert_equal(
-          tf.size(ids), n_types,
-          message=f"an example's {FEATURE_IDS} has the wrong number of ids; expected "
-          f"n_types={n_types} (was the task registered with another FeatureSpace?)")
-      return ex
-
-    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_id_count_check(self._n_types), num_parallel_calls=tf.data.AUTOTUNE)
     return super()._convert_features(ds, task_feature_lengths)
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
@@ -79,3 +70,62 @@ class FlixEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
     lengths[FEATURE_IDS] = self._n_types
     return lengths
+
+
+class FlixPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+  """PrefixLMFeatureConverter (loss on targets only) that also carries `feature_ids`
+  `[n_types]` through to the model, as `FlixEncDecFeatureConverter` does.
+
+  `task_feature_lengths` may omit `feature_ids`; it is then `n_types`. Giving another length
+  is an error (padding would add id 0, a real feature value).
+  """
+
+  def __init__(self, n_types: int, pack: bool = False, loss_on_targets_only: bool = True,
+               **kwargs):
+    if pack:
+      raise ValueError(
+          "packing is not supported by FlixPrefixLMFeatureConverter: a packed row concatenates "
+          "several examples, but feature_ids hold one row [n_types] per example, so the ids of "
+          "packed examples would be mixed up; use pack=False")
+    if not isinstance(n_types, int) or n_types < 0:
+      raise ValueError(f"n_types must be an int >= 0, got {n_types!r}")
+    self._n_types = n_types
+    super().__init__(loss_on_targets_only=loss_on_targets_only, pack=False,
+                     passthrough_features={FEATURE_IDS: _Spec(dtype=tf.int32)}, **kwargs)
+
+  @property
+  def n_types(self) -> int:
+    return self._n_types
+
+  def __call__(self, ds: tf.data.Dataset,
+               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    return super().__call__(ds, _with_ids_length(task_feature_lengths, self._n_types))
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    ds = ds.map(_id_count_check(self._n_types), num_parallel_calls=tf.data.AUTOTUNE)
+    return super()._convert_features(ds, task_feature_lengths)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    return super().get_model_feature_lengths(_with_ids_length(task_feature_lengths,
+                                                              self._n_types))
+
+
+def _with_ids_length(task_feature_lengths: Mapping[str, int], n_types: int) -> dict[str, int]:
+  lengths = dict(task_feature_lengths)
+  lengths.setdefault(FEATURE_IDS, n_types)
+  if lengths[FEATURE_IDS] != n_types:
+    raise ValueError(
+        f"task_feature_lengths[{FEATURE_IDS!r}] is {lengths[FEATURE_IDS]}, expected "
+        f"n_types={n_types} (one id per feature type)")
+  return lengths
+
+
+def _id_count_check(n_types: int):
+  def check(ex):
+    tf.debugging.assert_equal(
+        tf.size(ex[FEATURE_IDS]), n_types,
+        message=f"an example's {FEATURE_IDS} has the wrong number of ids; expected "
+        f"n_types={n_types} (was the task registered with another FeatureSpace?)")
+    return ex
+  return check

@@ -5,8 +5,11 @@ A model object wraps a Flax network and owns everything that depends on the mode
   score_batch           the log-likelihood of each example's targets;
   predict_batch         decoding (greedy / beam / sampling with a KV cache);
   get_initial_variables fresh variables for given input shapes;
-  feature_converter     the seqio converter that builds its model batches.
-The trainer, evaluator, inference, benches and demo use only these.
+  feature_converter     the seqio converter that builds its model batches;
+  inputs_batch          the model batch that decodes raw tokenized inputs (inference).
+The trainer, evaluator, inference, benches and demo use only these. Families:
+`EncoderDecoderModel` (T5, `FlixEncDecFeatureConverter`) and `DecoderOnlyModel` (`DecoderLM`,
+`FlixPrefixLMFeatureConverter`); `make_model` picks one from the config's type.
 
 `feature_ids(batch)` is the one place where per-example feature ids leave a batch; everything
 downstream (feature dropout, row compaction, beams) receives ids from it.
@@ -31,10 +34,11 @@ import numpy as np
 
 from flix import decoding
 from flix.config import FlixConfig
-from flix.data.converter import FlixEncDecFeatureConverter
+from flix.data.converter import FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter
 from flix.data.vocab import FEATURE_IDS
 from flix.features import INACTIVE, check_dropout_rate, feature_dropout
-from flix.models.t5 import T5
+from flix.models.decoder import DecoderConfig, DecoderLM
+from flix.models.t5 import T5, T5Config
 from flix.training import losses
 
 Batch = Mapping[str, jax.Array]
@@ -129,6 +133,11 @@ class BaseModel(abc.ABC):
                             input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict:
     """{"params": boxed (logically partitioned) params} for batches of `input_shapes`."""
 
+  @abc.abstractmethod
+  def inputs_batch(self, input_tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The model batch (without feature ids) that `predict_batch` decodes for tokenized
+    inputs int `[batch, in_len]` (EOS-terminated, 0-padded), as the converter would build it."""
+
   # -- shared by the families -------------------------------------------------------------------
   def loss_fn(self, params, batch: Batch, rng: jax.Array | None, *,
               feature_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
@@ -200,13 +209,79 @@ class EncoderDecoderModel(BaseModel):
     return self.module.init(rng, jnp.ones(shapes["encoder_input_tokens"], jnp.int32),
                             jnp.ones(shapes["decoder_input_tokens"], jnp.int32), ids)
 
+  def inputs_batch(self, input_tokens):
+    return {"encoder_input_tokens": np.asarray(input_tokens, np.int32)}
+
+
+@gin.configurable
+class DecoderOnlyModel(BaseModel):
+  """A decoder-only LM (`flix.models.decoder.DecoderLM`: Llama, Mistral, Qwen2, Gemma style).
+
+  Batches (`FlixPrefixLMFeatureConverter`, T5X's prefix LM): decoder_input_tokens /
+  decoder_target_tokens / decoder_loss_weights / decoder_causal_attention `[b, in_len +
+  out_len]` (the inputs and targets concatenated; loss on the targets only), feature_ids
+  `[b, n_types]`. `predict_batch` decodes the prompt each row's decoder_causal_attention marks
+  (start token, inputs, EOS), prefilled into the KV cache once.
+
+  inputs_bidirectional_attention: the prompt attends to itself in both directions (T5X's
+    option of the same name); default fully causal, as the Hugging Face models were trained.
+  """
+
+  FEATURE_CONVERTER_CLS = FlixPrefixLMFeatureConverter
+
+  def __init__(self, module: DecoderLM, *, inputs_bidirectional_attention: bool = False,
+               **kwargs):
+    super().__init__(module, **kwargs)
+    self.inputs_bidirectional_attention = bool(inputs_bidirectional_attention)
+
+  def logits(self, params, batch, feature_ids, dropout_rng=None):
+    rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+    prefix = None
+    if self.inputs_bidirectional_attention:
+      prefix = batch["decoder_causal_attention"] > 0
+    return self.module.apply({"params": params}, batch["decoder_input_tokens"], feature_ids,
+                             prefix=prefix, enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def predict_batch(self, params, batch, options, rng=None):
+    ids = self.feature_ids(batch)
+    prompts, lengths = self.prompts(batch)
+    return decoding.decode_lm_with_options(
+        self.module, params, prompts, lengths, None if ids is None else np.asarray(ids), options,
+        rng, bidirectional_prompt=self.inputs_bidirectional_attention)
+
+  @staticmethod
+  def prompts(batch) -> tuple[np.ndarray, np.ndarray]:
+    """(decoder_input_tokens `[b, L]`, prompt lengths `[b]`): each row's prompt is its first
+    sum(decoder_causal_attention) tokens (at least the start token: padding rows have none)."""
+    tokens = np.asarray(batch["decoder_input_tokens"], np.int32)
+    lengths = np.asarray(batch["decoder_causal_attention"]).astype(bool).sum(axis=1)
+    return tokens, np.maximum(lengths, 1).astype(np.int32)
+
+  def get_initial_variables(self, rng, input_shapes=None):
+    shapes = {"decoder_input_tokens": (1, 8), **dict(input_shapes or {})}
+    batch = shapes["decoder_input_tokens"][0]
+    ids = jnp.zeros((batch, self.n_types), jnp.int32)
+    return self.module.init(rng, jnp.ones(shapes["decoder_input_tokens"], jnp.int32), ids)
+
+  def inputs_batch(self, input_tokens):
+    """decoder_input_tokens = [start (0), inputs (with EOS), 0...] `[b, in_len + 1]` and
+    decoder_causal_attention = 1 on those, as the prefix-LM converter writes a prompt."""
+    inputs = np.asarray(input_tokens, np.int32)
+    tokens = np.pad(inputs, ((0, 0), (1, 0)))
+    lengths = 1 + (inputs != 0).sum(axis=1)
+    causal = (np.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
+    return {"decoder_input_tokens": tokens, "decoder_causal_attention": causal}
+
 
 def make_model(model_config: Any, flix: FlixConfig | None = None, **kwargs) -> BaseModel:
-  """The model object of `model_config`'s family with adapters `flix`.
+  """The model object of `model_config`'s family with adapters `flix`: EncoderDecoderModel for
+  a T5Config, DecoderOnlyModel for a DecoderConfig.
 
   kwargs: BaseModel options (feature_dropout, z_loss, loss_normalizer).
   """
-  from flix.models.t5 import T5Config  # pylint: disable=import-outside-toplevel
   if isinstance(model_config, T5Config):
     return EncoderDecoderModel(T5(model_config, flix), **kwargs)
-  raise ValueError(f"unknown model config {type(model_config).__name__}: expected a T5Config")
+  if isinstance(model_config, DecoderConfig):
+    return DecoderOnlyModel(DecoderLM(model_config, flix), **kwargs)
+  raise ValueError(f"unknown model config {type(model_config).__name__}: expected a T5Config or "
+                   "a DecoderConfig")

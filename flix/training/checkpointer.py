@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 
 from flix import checkpoints
 from flix.config import FlixConfig
-from flix.models.t5 import T5Config
+from flix.models.families import ModelConfig
 from flix.training.state import TrainState
 
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
@@ -73,7 +73,7 @@ def read_train_state_json(path: str) -> dict:
 class Checkpointer:
   """Saves and restores TrainStates under `model_dir`."""
 
-  def __init__(self, model_dir: str, model_config: T5Config, flix: FlixConfig | None, *,
+  def __init__(self, model_dir: str, model_config: ModelConfig, flix: FlixConfig | None, *,
                keep: int = 3, base_checkpoint: str | None = None, gin_config: str = "",
                data_shards: int = 1):
     if keep < 1:
