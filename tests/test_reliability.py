@@ -25,6 +25,8 @@ from flix import infer as infer_entry
 from flix import train as train_entry
 from flix.config import FlixConfig
 from flix.data import xtreme_up
+from flix.data.pairs import Pair
+from flix.data.tfds import xtreme_up as tfds_xtreme_up
 from flix.features import FeatureSpace
 from flix.models.t5 import T5
 from flix.training import loop
@@ -356,53 +358,55 @@ def _(env):
 
 
 # -- data files ----------------------------------------------------------------------------------
-def xtreme_dir(env, name, *lines, lang="sw"):
+def xtreme_file(env, name, *lines, lang="sw"):
+  """A release file translation/train/en2{lang}.jsonl holding `lines` (dicts or raw bytes)."""
   directory = env.fresh(name)
-  os.makedirs(os.path.join(directory, "translation", "train"))
-  with open(os.path.join(directory, "translation", "train", f"{lang}.jsonl"), "wb") as f:
+  path = os.path.join(directory, "translation", "train", f"en2{lang}.jsonl")
+  os.makedirs(os.path.dirname(path))
+  with open(path, "wb") as f:
     f.write(b"\n".join(l if isinstance(l, bytes) else json.dumps(l).encode() for l in lines))
-  return directory
+  return path
 
 
 GOOD = {"input": "Habari", "target": "Hello"}
+SW_TRANSLATION = Pair("translation", "sw")
+
+
+def parse_release_file(path):
+  return list(tfds_xtreme_up.examples(SW_TRANSLATION, path))
 
 
 @check("xtreme-up-no-data-dir")
 def _(env):
-  return raised(xtreme_up.load, ["translation"], data_dir=env.path("no_xtreme"))
+  return raised(xtreme_up.resolve_data_dir, env.path("no_xtreme"))
 
 
 @check("xtreme-up-bad-json")
 def _(env):
-  return raised(xtreme_up.load, ["translation"],
-                data_dir=xtreme_dir(env, "xu_json", GOOD, b'{"input": "x",'))
+  return raised(parse_release_file, xtreme_file(env, "xu_json", GOOD, b'{"input": "x",'))
 
 
 @check("xtreme-up-bad-utf8")
 def _(env):
-  return raised(xtreme_up.load, ["translation"],
-                data_dir=xtreme_dir(env, "xu_utf8", GOOD, b'{"input": "\xff", "target": "a"}'))
+  return raised(parse_release_file,
+                xtreme_file(env, "xu_utf8", GOOD, b'{"input": "\xff", "target": "a"}'))
 
 
 @check("xtreme-up-missing-field")
 def _(env):
-  return raised(xtreme_up.load, ["translation"],
-                data_dir=xtreme_dir(env, "xu_field", {"input": "Habari"}))
+  return raised(parse_release_file, xtreme_file(env, "xu_field", {"input": "Habari"}))
 
 
 @check("xtreme-up-unknown-language-file")
 def _(env):
-  return raised(xtreme_up.load, ["translation"],
-                data_dir=xtreme_dir(env, "xu_lang", GOOD, lang="klingon"))
+  return raised(tfds_xtreme_up.parse_file_name, "translation",
+                xtreme_file(env, "xu_lang", GOOD, lang="klingon"))
 
 
-@check("xtreme-up-skip-bad-records")
+@check("xtreme-up-misnamed-file")
 def _(env):
-  directory = xtreme_dir(env, "xu_skip", GOOD, b"[1, 2]", {"input": "x", "target": " "})
-  with pytest.warns(UserWarning):
-    data = xtreme_up.load(["translation"], data_dir=directory, bad_records="skip")
-  return f"{sum(len(s['train']) for s in data.examples.values())} kept, " \
-         f"{data.total_skipped} skipped"
+  path = os.path.join(env.fresh("xu_name"), "translation", "train", "sw.jsonl")
+  return raised(tfds_xtreme_up.parse_file_name, "translation", path)
 
 
 @check("morphology-no-release")
