@@ -12,7 +12,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 3 --durations=25 tests
 
 demo: $(STAMP)
 	$(PY) -m flix.demo --out out/demo-$$(date +%Y%m%d-%H%M%S)

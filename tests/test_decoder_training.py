@@ -64,7 +64,7 @@ def test_decoder_only_train_eval_infer(tmp_path, capsys):
 
   out = tmp_path / "eval"
   assert run(eval_entry, [os.path.join(GIN_DIR, "tiny_eval.gin")],
-             f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.OUTPUT_DIR='{out}'", LENGTHS) == 0
+             f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.EVAL_OUTPUT_DIR='{out}'", LENGTHS) == 0
   report = json.loads((out / "report.json").read_text())
   assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
   record = json.loads((out / "predictions" / "flix_offline.ordinal.fr.jsonl").read_text()
