@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo bench clean
+.PHONY: test test-slow demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,7 +12,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 --durations=25 tests
+	$(PY) -m pytest -q -n 3 --durations=25 -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 3 -m slow tests
 
 demo: $(STAMP)
 	$(PY) -m flix.demo --out out/demo-$$(date +%Y%m%d-%H%M%S)

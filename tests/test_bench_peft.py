@@ -20,6 +20,7 @@ KEYS = {"bench", "framework", "method", "F", "adapters", "tokens", "seconds", "m
         "all_seconds", "tokens_per_s", "speedup_vs_torch"}
 
 
+@pytest.mark.slow
 def test_peft_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "peft.json"
   main(TINY + ["--json", str(out)])

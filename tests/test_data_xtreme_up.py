@@ -437,6 +437,7 @@ def run_entry(module, *argv):
   return exit_info.value.code
 
 
+@pytest.mark.slow
 def test_train_and_eval_entry_points_with_the_xtreme_up_gin_files(experiment_dir, tmp_path,
                                                                    capsys):
   from flix import checkpoints

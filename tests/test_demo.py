@@ -11,6 +11,7 @@ from flix import demo
 SPLITS = {"seen", "unseen_pair", "unseen_lang"}
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_results_heatmap_and_report(tmp_path):
   out, cache = tmp_path / "out", tmp_path / "cache"
   assert demo.main(["--quick", "--out", str(out), "--cache_dir", str(cache)]) == 0
