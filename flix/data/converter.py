@@ -25,7 +25,38 @@ from flix.data.vocab import FEATURE_IDS
 _Spec = seqio.FeatureConverter.FeatureSpec
 
 
-class FlixEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+class _FeatureIdsMixin:
+  """What both converters add to seqio's: `n_types`, refusing packing, the `feature_ids` length
+  (defaulted to `n_types`, any other value refused) and a per-example id-count check.
+
+  Comes before the seqio converter in the bases, so `super()` reaches seqio's methods.
+  """
+
+  def _init_feature_ids(self, n_types: int, pack: bool) -> None:
+    if pack:
+      raise ValueError(
+          f"packing is not supported by {type(self).__name__}: a packed row concatenates "
+          "several examples, but feature_ids hold one row [n_types] per example, so the ids of "
+          "packed examples would be mixed up; use pack=False")
+    if not isinstance(n_types, int) or n_types < 0:
+      raise ValueError(f"n_types must be an int >= 0, got {n_types!r}")
+    self._n_types = n_types
+
+  @property
+  def n_types(self) -> int:
+    return self._n_types
+
+  def __call__(self, ds: tf.data.Dataset,
+               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    return super().__call__(ds, _with_ids_length(task_feature_lengths, self._n_types))
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    ds = ds.map(_id_count_check(self._n_types), num_parallel_calls=tf.data.AUTOTUNE)
+    return super()._convert_features(ds, task_feature_lengths)
+
+
+class FlixEncDecFeatureConverter(_FeatureIdsMixin, seqio.EncDecFeatureConverter):
   """EncDecFeatureConverter that also carries `feature_ids` `[n_types]` through to the model.
 
   `task_feature_lengths` may omit `feature_ids`; it is then `n_types`. Giving another length
@@ -38,28 +69,8 @@ class FlixEncDecFeatureConverter(seqio.EncDecFeatureConverter):
                     FEATURE_IDS: _Spec(dtype=tf.int32)}
 
   def __init__(self, n_types: int, pack: bool = False, **kwargs):
-    if pack:
-      raise ValueError(
-          "packing is not supported by FlixEncDecFeatureConverter: a packed row concatenates "
-          "several examples, but feature_ids hold one row [n_types] per example, so the ids of "
-          "packed examples would be mixed up; use pack=False")
-    if not isinstance(n_types, int) or n_types < 0:
-      raise ValueError(f"n_types must be an int >= 0, got {n_types!r}")
-    self._n_types = n_types
+    self._init_feature_ids(n_types, pack)
     super().__init__(pack=False, **kwargs)
-
-  @property
-  def n_types(self) -> int:
-    return self._n_types
-
-  def __call__(self, ds: tf.data.Dataset,
-               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    return super().__call__(ds, _with_ids_length(task_feature_lengths, self._n_types))
-
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    ds = ds.map(_id_count_check(self._n_types), num_parallel_calls=tf.data.AUTOTUNE)
-    return super()._convert_features(ds, task_feature_lengths)
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     d = dict(super()._convert_example(features))
@@ -72,9 +83,9 @@ class FlixEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     return lengths
 
 
-class FlixPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+class FlixPrefixLMFeatureConverter(_FeatureIdsMixin, seqio.PrefixLMFeatureConverter):
   """PrefixLMFeatureConverter (loss on targets only) that also carries `feature_ids`
-  `[n_types]` through to the model, as `FlixEncDecFeatureConverter` does.
+  `[n_types]` through to the model (as a seqio passthrough feature).
 
   `task_feature_lengths` may omit `feature_ids`; it is then `n_types`. Giving another length
   is an error (padding would add id 0, a real feature value).
@@ -82,29 +93,9 @@ class FlixPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
 
   def __init__(self, n_types: int, pack: bool = False, loss_on_targets_only: bool = True,
                **kwargs):
-    if pack:
-      raise ValueError(
-          "packing is not supported by FlixPrefixLMFeatureConverter: a packed row concatenates "
-          "several examples, but feature_ids hold one row [n_types] per example, so the ids of "
-          "packed examples would be mixed up; use pack=False")
-    if not isinstance(n_types, int) or n_types < 0:
-      raise ValueError(f"n_types must be an int >= 0, got {n_types!r}")
-    self._n_types = n_types
+    self._init_feature_ids(n_types, pack)
     super().__init__(loss_on_targets_only=loss_on_targets_only, pack=False,
                      passthrough_features={FEATURE_IDS: _Spec(dtype=tf.int32)}, **kwargs)
-
-  @property
-  def n_types(self) -> int:
-    return self._n_types
-
-  def __call__(self, ds: tf.data.Dataset,
-               task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    return super().__call__(ds, _with_ids_length(task_feature_lengths, self._n_types))
-
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    ds = ds.map(_id_count_check(self._n_types), num_parallel_calls=tf.data.AUTOTUNE)
-    return super()._convert_features(ds, task_feature_lengths)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     return super().get_model_feature_lengths(_with_ids_length(task_feature_lengths,
