@@ -189,6 +189,26 @@ Tables = Sequence[tuple[jax.Array, jax.Array, float]]  # per type: (A [F,r,d_in]
 # featurized delta `[B, T, d_out]`; examples marked `poison` (bad ids under jit) come out NaN.
 
 
+FAN_IN_NORMAL = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+FAN_IN_TRUNCATED_NORMAL = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def projections(flix: FlixConfig | None, block: str, dtype,
+                kernel_init: Initializer = FAN_IN_TRUNCATED_NORMAL):
+  """The projections of one network block: `make(features, kernel_axes, name, **kwargs)` gives a
+  `FlixDense` named `name`, adapted when `flix` targets `"{block}.{name}"` (plain otherwise).
+
+  Call `make` inside the block's `nn.compact` method. kwargs (e.g. `kernel_init`, `use_bias`)
+  override the block's defaults.
+  """
+  def make(features: int, kernel_axes: tuple[str, str], name: str, **kwargs) -> FlixDense:
+    target = f"{block}.{name}" if block else name
+    adapter = flix if flix is not None and flix.adapts(target) else None
+    kwargs.setdefault("kernel_init", kernel_init)
+    return FlixDense(features, kernel_axes, adapter, dtype=dtype, name=name, **kwargs)
+  return make
+
+
 def example_scales(ids: jax.Array, col: int, scale: float, poison: jax.Array,
                    dtype) -> jax.Array:
   """Per-example adapter scale `[B]` of type `col`: s if active, 0 if INACTIVE, NaN if poisoned.

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix.config import FlixConfig
-from flix.layers import FlixDense
+from flix.layers import FAN_IN_NORMAL, projections
 
 MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -137,12 +137,6 @@ class DecoderConfig:
     return cls(**json.loads(text))
 
 
-PRESETS = {
-    # Byte-level (ByteVocabulary: 256 bytes + 3 specials, padded to 384), Llama-style.
-    "tiny": DecoderConfig(),
-}
-
-
 # -- rotary embeddings ----------------------------------------------------------------------------
 def rope_frequencies(config: DecoderConfig) -> np.ndarray:
   """Inverse frequencies float32 `[head_dim / 2]`, as transformers computes them (float32)."""
@@ -193,10 +187,6 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, start: jax.Array | None,
   return mask[:, None, None]
 
 
-def _adapter(flix: FlixConfig | None, target: str) -> FlixConfig | None:
-  return flix if flix is not None and flix.adapts(target) else None
-
-
 class RMSNorm(nn.Module):
   """x / rms(x) * scale in float32 (scale = 1 + w for Gemma), cast back to x's dtype."""
 
@@ -227,11 +217,9 @@ class Attention(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     b, n = x.shape[:2]
-    init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
-    proj = functools.partial(FlixDense, dtype=dtype, kernel_init=init)
-    qkv = lambda name, heads: proj(heads * cfg.head_dim, ("embed", "joined_kv"),
-                                   _adapter(self.flix, f"attention.{name}"),
-                                   use_bias=cfg.qkv_bias, name=name)(x, feature_ids).reshape(
+    proj = projections(self.flix, "attention", dtype, FAN_IN_NORMAL)
+    qkv = lambda name, heads: proj(heads * cfg.head_dim, ("embed", "joined_kv"), name,
+                                   use_bias=cfg.qkv_bias)(x, feature_ids).reshape(
                                        b, n, heads, cfg.head_dim)
     inv_freq = rope_frequencies(cfg)
     q = apply_rope(qkv("query", cfg.num_heads), positions, inv_freq)
@@ -246,8 +234,7 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(logits).astype(dtype)
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, v).reshape(b, n, -1)
-    return proj(cfg.emb_dim, ("joined_kv", "embed"), _adapter(self.flix, "attention.out"),
-                name="out")(out, feature_ids)
+    return proj(cfg.emb_dim, ("joined_kv", "embed"), "out")(out, feature_ids)
 
   def _update_cache(self, k, v, index):
     """Writes this call's n keys/values at buffer position `index`; returns the whole cache
@@ -272,17 +259,13 @@ class MLP(nn.Module):
   def __call__(self, x, feature_ids, *, deterministic: bool):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-    proj = functools.partial(FlixDense, dtype=dtype, kernel_init=init)
+    proj = projections(self.flix, "mlp", dtype)
     act = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
            "gelu": functools.partial(jax.nn.gelu, approximate=False)}[cfg.mlp_activation]
-    gate = proj(cfg.mlp_dim, ("embed", "mlp"), _adapter(self.flix, "mlp.wi_0"),
-                name="wi_0")(x, feature_ids)
-    up = proj(cfg.mlp_dim, ("embed", "mlp"), _adapter(self.flix, "mlp.wi_1"),
-              name="wi_1")(x, feature_ids)
+    gate = proj(cfg.mlp_dim, ("embed", "mlp"), "wi_0")(x, feature_ids)
+    up = proj(cfg.mlp_dim, ("embed", "mlp"), "wi_1")(x, feature_ids)
     h = nn.Dropout(cfg.dropout_rate)(act(gate) * up, deterministic=deterministic)
-    return proj(cfg.emb_dim, ("mlp", "embed"), _adapter(self.flix, "mlp.wo"),
-                name="wo")(h, feature_ids)
+    return proj(cfg.emb_dim, ("mlp", "embed"), "wo")(h, feature_ids)
 
 
 class DecoderBlock(nn.Module):
@@ -353,9 +336,7 @@ class DecoderLM(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
       return embedder.attend(x).astype(jnp.float32)
-    logits = FlixDense(cfg.vocab_size, ("embed", "vocab"), None,
-                       nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                       dtype=dtype, name="logits_dense")(x)
+    logits = projections(None, "", dtype)(cfg.vocab_size, ("embed", "vocab"), "logits_dense")(x)
     return logits.astype(jnp.float32)
 
   def _positions_and_mask(self, b: int, n: int, prefix, start, decode: bool):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix.config import FlixConfig
-from flix.layers import FlixDense
+from flix.layers import FAN_IN_NORMAL, projections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +121,6 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(x.dtype)
 
 
-def _adapter(flix: FlixConfig | None, target: str) -> FlixConfig | None:
-  return flix if flix is not None and flix.adapts(target) else None
-
-
 class Attention(nn.Module):
   """Multi-head dot-product attention (no 1/sqrt(d) scaling: it is folded into the query init).
 
@@ -142,15 +138,11 @@ class Attention(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     inner = cfg.num_heads * cfg.head_dim
-    base_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
-    query_init = lambda *a: base_init(*a) / np.sqrt(cfg.head_dim)
-    proj = functools.partial(FlixDense, dtype=dtype)
-    q = proj(inner, ("embed", "joined_kv"), _adapter(self.flix, f"{self.block}.query"),
-             query_init, name="query")(x_q, feature_ids)
-    k = proj(inner, ("embed", "joined_kv"), _adapter(self.flix, f"{self.block}.key"),
-             base_init, name="key")(x_kv, feature_ids)
-    v = proj(inner, ("embed", "joined_kv"), _adapter(self.flix, f"{self.block}.value"),
-             base_init, name="value")(x_kv, feature_ids)
+    query_init = lambda *a: FAN_IN_NORMAL(*a) / np.sqrt(cfg.head_dim)
+    proj = projections(self.flix, self.block, dtype, FAN_IN_NORMAL)
+    q = proj(inner, ("embed", "joined_kv"), "query", kernel_init=query_init)(x_q, feature_ids)
+    k = proj(inner, ("embed", "joined_kv"), "key")(x_kv, feature_ids)
+    v = proj(inner, ("embed", "joined_kv"), "value")(x_kv, feature_ids)
     split = lambda t: t.reshape(*t.shape[:2], cfg.num_heads, cfg.head_dim)
     q, k, v = split(q), split(k), split(v)
 
@@ -163,8 +155,7 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(logits).astype(dtype)
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(*x_q.shape[:2], inner)
-    return proj(cfg.emb_dim, ("joined_kv", "embed"), _adapter(self.flix, f"{self.block}.out"),
-                base_init, name="out")(out, feature_ids)
+    return proj(cfg.emb_dim, ("joined_kv", "embed"), "out")(out, feature_ids)
 
   def _update_cache(self, k, v, mask):
     """Writes this step's key/value at the cache index; attends to positions <= index."""
@@ -193,20 +184,17 @@ class MLP(nn.Module):
   def __call__(self, x, feature_ids, *, deterministic: bool):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-    proj = functools.partial(FlixDense, dtype=dtype, kernel_init=init)
+    proj = projections(self.flix, self.block, dtype)
     if cfg.mlp_activations == ("relu",):
       names_acts = (("wi", nn.relu),)
     else:
       names_acts = (("wi_0", functools.partial(nn.gelu, approximate=True)), ("wi_1", lambda h: h))
     h = None
     for name, act in names_acts:
-      hi = act(proj(cfg.mlp_dim, ("embed", "mlp"), _adapter(self.flix, f"{self.block}.{name}"),
-                    name=name)(x, feature_ids))
+      hi = act(proj(cfg.mlp_dim, ("embed", "mlp"), name)(x, feature_ids))
       h = hi if h is None else h * hi
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return proj(cfg.emb_dim, ("mlp", "embed"), _adapter(self.flix, f"{self.block}.wo"),
-                name="wo")(h, feature_ids)
+    return proj(cfg.emb_dim, ("mlp", "embed"), "wo")(h, feature_ids)
 
 
 class EncoderLayer(nn.Module):
@@ -305,9 +293,8 @@ class Decoder(nn.Module):
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:  # Original T5: tied embeddings, output rescaled by d**-0.5.
       return self.embedder.attend(y * cfg.emb_dim**-0.5).astype(jnp.float32)
-    logits = FlixDense(cfg.vocab_size, ("embed", "vocab"), None,
-                       nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                       dtype=jnp.dtype(cfg.dtype), name="logits_dense")(y)
+    logits = projections(None, "", jnp.dtype(cfg.dtype))(
+        cfg.vocab_size, ("embed", "vocab"), "logits_dense")(y)
     return logits.astype(jnp.float32)
 
 
