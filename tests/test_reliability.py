@@ -81,6 +81,11 @@ def gin_cli(module, argv) -> str:
   return cli(lambda a: gin_utils.run(module.main, a), argv)
 
 
+def convert_cli(*argv) -> str:
+  """`python -m flix.convert ARGV`'s message (see `cli`)."""
+  return cli(convert.main, list(argv))
+
+
 def raised(fn, *args, **kwargs) -> str:
   """`<ExceptionType>: <message>` of what `fn` raises ("no error" when nothing)."""
   try:
@@ -100,6 +105,12 @@ class Env:
 
   def path(self, *parts):
     return os.path.join(self.root, *parts)
+
+  def empty_dir(self, name):
+    """An existing directory under the root (kept across checks)."""
+    path = self.path(name)
+    os.makedirs(path, exist_ok=True)
+    return path
 
   def fresh(self, name):
     """An absent path under the root (for MODEL_DIR / --out)."""
@@ -286,9 +297,8 @@ def _(env):
 # -- checkpoints ---------------------------------------------------------------------------------
 @check("checkpoint-not-flix")
 def _(env):
-  os.makedirs(env.path("empty_dir"), exist_ok=True)
   return infer(env, env.requests("ok.jsonl", {"inputs": "1", "features": FR}),
-               checkpoint=env.path("empty_dir"))
+               checkpoint=env.empty_dir("empty_dir"))
 
 
 @check("checkpoint-damaged-array")
@@ -418,51 +428,48 @@ def _(env):
 # -- conversion ----------------------------------------------------------------------------------
 @check("hf-dir-missing")
 def _(env):
-  return cli(convert.main, ["from-hf", "--hf_dir", env.path("no_hf"), "--out", env.fresh("o")])
+  return convert_cli("from-hf", "--hf_dir", env.path("no_hf"), "--out", env.fresh("o"))
 
 
 @check("hf-no-config")
 def _(env):
-  os.makedirs(env.path("hf_empty"), exist_ok=True)
-  return cli(convert.main, ["from-hf", "--hf_dir", env.path("hf_empty"),
-                            "--out", env.fresh("o")])
+  return convert_cli("from-hf", "--hf_dir", env.empty_dir("hf_empty"),
+                     "--out", env.fresh("o"))
 
 
 @check("t5x-missing")
 def _(env):
-  return cli(convert.main, ["from-t5x", "--t5x_dir", env.path("no_t5x"), "--out", env.fresh("o")])
+  return convert_cli("from-t5x", "--t5x_dir", env.path("no_t5x"), "--out", env.fresh("o"))
 
 
 @check("t5x-not-a-checkpoint")
 def _(env):
-  os.makedirs(env.path("t5x_empty"), exist_ok=True)
-  return cli(convert.main, ["from-t5x", "--t5x_dir", env.path("t5x_empty"),
-                            "--out", env.fresh("o")])
+  return convert_cli("from-t5x", "--t5x_dir", env.empty_dir("t5x_empty"),
+                     "--out", env.fresh("o"))
 
 
 @check("convert-out-exists")
 def _(env):
-  os.makedirs(env.path("t5x_empty"), exist_ok=True)
-  return cli(convert.main, ["from-t5x", "--t5x_dir", env.path("t5x_empty"),
-                            "--out", env.path("t5x_empty")])
+  return convert_cli("from-t5x", "--t5x_dir", env.empty_dir("t5x_empty"),
+                     "--out", env.path("t5x_empty"))
 
 
 @check("convert-features-syntax")
 def _(env):
-  return cli(convert.main, ["to-hf", "--checkpoint", env.checkpoint(), "--features", "ordinal",
-                            "--out", env.fresh("o")])
+  return convert_cli("to-hf", "--checkpoint", env.checkpoint(), "--features", "ordinal",
+                     "--out", env.fresh("o"))
 
 
 @check("convert-features-unknown-value")
 def _(env):
-  return cli(convert.main, ["to-hf", "--checkpoint", env.checkpoint(),
-                            "--features", "task=ordinal,lang=xx", "--out", env.fresh("o")])
+  return convert_cli("to-hf", "--checkpoint", env.checkpoint(),
+                     "--features", "task=ordinal,lang=xx", "--out", env.fresh("o"))
 
 
 @check("convert-peft-no-features")
 def _(env):
-  return cli(convert.main, ["export-peft", "--checkpoint", env.checkpoint(),
-                            "--out", env.fresh("o")])
+  return convert_cli("export-peft", "--checkpoint", env.checkpoint(),
+                     "--out", env.fresh("o"))
 
 
 # -- study runner --------------------------------------------------------------------------------

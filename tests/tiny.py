@@ -9,6 +9,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
+from flix.layers import is_adapter_name
 from flix.models.t5 import T5, T5Config, abstract_params, init_params
 
 TASKS = ("cardinal", "ordinal", "currency")
@@ -67,27 +68,37 @@ def model_and_params(flix_cfg: FlixConfig | None, seed: int = 0, **overrides):
   return model, _init(model, seed)
 
 
+def _random_tree(abstract, seed: int, adapter_scale: float, norm_jitter: float = 0.0):
+  """Seeded numpy draws for an abstract param tree: norm scales 1 (+ norm_jitter * N(0, 1)),
+  embeddings N(0, 1), biases 0.5 * N(0, 1), adapters adapter_scale * N(0, 1), kernels and
+  relative position tables N(0, 1) / sqrt(fan-in)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  rng = np.random.RandomState(seed)
+  out = []
+  for path, leaf in leaves:
+    name = str(path[-1].key)
+    if name == "scale":
+      value = 1.0 + (norm_jitter * rng.normal(size=leaf.shape) if norm_jitter
+                     else np.zeros(leaf.shape))
+    elif name == "embedding":
+      value = rng.normal(size=leaf.shape)
+    elif name == "bias":
+      value = 0.5 * rng.normal(size=leaf.shape)
+    elif is_adapter_name(name):
+      value = adapter_scale * rng.normal(size=leaf.shape)
+    else:
+      value = rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])
+    out.append(jnp.asarray(value, leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def random_params(model: T5, seed: int = 0, adapter_scale: float = 0.3):
   """Seeded random plain params of `model` (adapters non-zero) without running flax init.
 
   Much cheaper than `init_params` on CPU (one abstract trace, numpy draws): for tests that
   need some random model, not flax's initialisers.
   """
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params(model))
-  rng = np.random.RandomState(seed)
-  out = []
-  for path, leaf in leaves:
-    name = str(path[-1].key)
-    if name == "scale":
-      value = np.ones(leaf.shape)
-    elif name == "embedding":
-      value = rng.normal(size=leaf.shape)
-    elif name.startswith("lora_"):
-      value = adapter_scale * rng.normal(size=leaf.shape)
-    else:  # Kernels [d_in, d_out] (fan-in scaled) and relative position tables.
-      value = rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])
-    out.append(jnp.asarray(value, leaf.dtype))
-  return jax.tree_util.tree_unflatten(treedef, out)
+  return _random_tree(abstract_params(model), seed, adapter_scale)
 
 
 # -- decoder-only ---------------------------------------------------------------------------------
@@ -104,21 +115,7 @@ def decoder_random_params(model, seed: int = 0, adapter_scale: float = 0.3):
   """Seeded random plain params of a DecoderLM (norms and biases non-trivial, adapters
   non-zero), drawn with numpy from the abstract shapes."""
   from flix.models.decoder import abstract_params as decoder_abstract_params
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(decoder_abstract_params(model))
-  rng = np.random.RandomState(seed)
-  out = []
-  for path, leaf in leaves:
-    name = str(path[-1].key)
-    if name == "scale":
-      value = 1.0 + 0.2 * rng.normal(size=leaf.shape)
-    elif name in ("embedding", "bias"):
-      value = rng.normal(size=leaf.shape) * (0.5 if name == "bias" else 1.0)
-    elif name.startswith("lora_"):
-      value = adapter_scale * rng.normal(size=leaf.shape)
-    else:
-      value = rng.normal(size=leaf.shape) / np.sqrt(leaf.shape[-2])
-    out.append(jnp.asarray(value, leaf.dtype))
-  return jax.tree_util.tree_unflatten(treedef, out)
+  return _random_tree(decoder_abstract_params(model), seed, adapter_scale, norm_jitter=0.2)
 
 
 @functools.partial(jax.jit, static_argnums=0)
