@@ -38,9 +38,11 @@ import os
 import sys
 from typing import Sequence
 
-from flix import hf
 from flix.checkpoints import CheckpointError, load_model, save_model, strip_adapters
 from flix.features import UnknownFeatureError, parse_features
+from flix.interop import hf, peft_export
+from flix.interop.hf_files import HFConversionError
+from flix.models.families import gin_bindings
 from flix.models.t5 import T5Config
 
 MODEL_GIN = "model.gin"
@@ -50,10 +52,10 @@ def from_hf(hf_dir: str, out: str, *, dropout_rate: float | None = None,
             overwrite: bool = False) -> str:
   """Converts a local transformers T5 directory to a flix checkpoint; returns its path."""
   if not os.path.isdir(hf_dir):
-    raise hf.HFConversionError(f"--hf_dir {hf_dir} is not a directory")
+    raise HFConversionError(f"--hf_dir {hf_dir} is not a directory")
   config, params = hf.load_hf(hf_dir, dropout_rate=dropout_rate)
   return save_model(out, params, config, overwrite=overwrite,
-                    extra_files={MODEL_GIN: hf.gin_bindings(config, os.path.abspath(hf_dir))})
+                    extra_files={MODEL_GIN: gin_bindings(config, os.path.abspath(hf_dir))})
 
 
 def gin_model_config(gin_files: Sequence[str]) -> T5Config:
@@ -101,7 +103,7 @@ def from_t5x(t5x_dir: str, out: str, *, gin_files: Sequence[str] = (),
   config, params = t5x.load_t5x(checkpoint, model_config, dropout_rate=dropout_rate)
   source = f"T5X checkpoint {os.path.abspath(t5x_dir)}"
   path = save_model(out, params, config, overwrite=overwrite,
-                    extra_files={MODEL_GIN: hf.gin_bindings(config, source)})
+                    extra_files={MODEL_GIN: gin_bindings(config, source)})
   return path, description
 
 
@@ -114,7 +116,7 @@ def _combination(flix, features: str | None):
   if features is None:
     return None
   if flix is None:
-    raise hf.HFConversionError("--features given, but the checkpoint has no adapters "
+    raise HFConversionError("--features given, but the checkpoint has no adapters "
                                "(no flix.json)")
   return flix.space.encode(parse_features(features), partial=True)
 
@@ -127,7 +129,7 @@ def to_hf(checkpoint: str, out: str, *, features: str | None = None,
   if ids is None:
     params = strip_adapters(params)
   else:
-    params = hf.merge_params(params, flix, ids)
+    params = peft_export.merge_params(params, flix, ids)
   return hf.save_hf(out, params, config, overwrite=overwrite)
 
 
@@ -137,8 +139,8 @@ def export_peft(checkpoint: str, features: str, out: str, *,
   config, flix, params = load_model(checkpoint)
   ids = _combination(flix, features)
   if ids is None:
-    raise hf.HFConversionError("export-peft needs --features")
-  return hf.save_peft(out, params, config, flix, ids,
+    raise HFConversionError("export-peft needs --features")
+  return peft_export.save_peft(out, params, config, flix, ids,
                       base_model_name_or_path=base_model_name_or_path, overwrite=overwrite)
 
 
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
   except FileExistsError as e:
     print(f"flix.convert {args.command}: error: {e} (command line: --overwrite)", file=sys.stderr)
     return 1
-  except (hf.HFConversionError, UnknownFeatureError, CheckpointError, ValueError) as e:
+  except (HFConversionError, UnknownFeatureError, CheckpointError, ValueError) as e:
     print(f"flix.convert {args.command}: error: {_one_line(e)}", file=sys.stderr)
     return 1
   return 0

@@ -1,4 +1,4 @@
-"""Hugging Face interop (flix.hf, python -m flix.convert): tiny random local models only.
+"""Hugging Face interop of T5 models (flix.interop, python -m flix.convert): tiny random local models only.
 
 Every transformers model here is built from a config in-process and saved to tmp_path; nothing
 is downloaded.
@@ -17,10 +17,12 @@ import peft
 import torch
 import transformers
 
-from flix import convert, decoding, hf
+from flix import convert, decoding
 from flix.checkpoints import load_model, save_model, strip_adapters
 from flix.config import FlixConfig
 from flix.features import UnknownFeatureError, parse_features
+from flix.interop import hf, hf_files, hf_t5, peft_export
+from flix.interop.hf_files import HFConversionError
 from flix.models.t5 import T5, T5Config
 import tiny
 
@@ -214,7 +216,7 @@ def test_to_hf_then_from_hf_is_exact(converted, tmp_path):
   for (path, a), (_, b) in zip(flat[0], flat2[0]):
     assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b), path
   # The files hold the original tensors bit for bit, and transformers loads them as such.
-  orig, back = hf.read_hf_weights(hf_dir), hf.read_hf_weights(out)
+  orig, back = hf_files.read_hf_weights(hf_dir), hf_files.read_hf_weights(out)
   assert set(back) <= set(orig) | {"lm_head.weight"}
   for key, value in back.items():
     assert np.array_equal(value, orig.get(key, orig.get("shared.weight"))), key
@@ -241,7 +243,7 @@ def test_read_safetensors_bfloat16_and_float16(tmp_path):
   tensors = {"a": torch.randn(3, 5).bfloat16(), "b": torch.randn(7).half(),
              "c": torch.randn(2, 2)}
   save_file(tensors, str(tmp_path / "x.safetensors"))
-  read = hf.read_safetensors(str(tmp_path / "x.safetensors"))
+  read = hf_files.read_safetensors(str(tmp_path / "x.safetensors"))
   for key, value in tensors.items():
     np.testing.assert_array_equal(np.asarray(read[key], np.float32), value.float().numpy())
 
@@ -252,7 +254,7 @@ def test_from_hf_gated_without_lm_head_uses_shared(tmp_path):
 
   hf_dir = tmp_path / "hf"
   save_hf_model("gated", str(hf_dir))
-  state = hf.read_hf_weights(str(hf_dir))
+  state = hf_files.read_hf_weights(str(hf_dir))
   del state["lm_head.weight"]
   save_file(state, str(hf_dir / "model.safetensors"))
   config_json = json.loads((hf_dir / "config.json").read_text())
@@ -270,7 +272,7 @@ def test_from_hf_gated_without_lm_head_uses_shared(tmp_path):
   del config_json["scale_decoder_outputs"]
   config_json["tie_word_embeddings"] = False
   (hf_dir / "config.json").write_text(json.dumps(config_json))
-  with pytest.raises(hf.HFConversionError, match="missing lm_head.weight"):
+  with pytest.raises(HFConversionError, match="missing lm_head.weight"):
     hf.load_hf(str(hf_dir))
 
 
@@ -319,7 +321,8 @@ def test_export_peft_matches_flix_combination(adapted):
   base = transformers.T5ForConditionalGeneration.from_pretrained(a["base_dir"])
   model = peft.PeftModel.from_pretrained(base, out).eval()
   n_lora = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A.default"))
-  assert n_lora == len(hf.peft_adapter(a["params"], a["config"], a["flix"], a["ids"])[1]) // 2
+  _, tensors = peft_export.peft_adapter(a["params"], a["config"], a["flix"], a["ids"])
+  assert n_lora == len(tensors) // 2
   enc, dec = inputs()
   ref = flix_logits(a["config"], a["params"], enc, dec, a["flix"], a["ids"])
   base_only = flix_logits(a["config"], strip_adapters(a["params"]), enc, dec)
@@ -335,7 +338,7 @@ def test_to_hf_with_features_equals_merged_flix_model(adapted):
                        "--out", out]) == 0
   model = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
   enc, dec = inputs()
-  merged = hf.merge_params(a["params"], a["flix"], a["ids"])
+  merged = peft_export.merge_params(a["params"], a["flix"], a["ids"])
   ref = flix_logits(a["config"], merged, enc, dec)
   ours = hf_logits(model, enc, dec)
   assert np.abs(ours - ref).max() <= ATOL, np.abs(ours - ref).max()
@@ -346,7 +349,7 @@ def test_to_hf_with_features_equals_merged_flix_model(adapted):
 # -- errors -------------------------------------------------------------------------------------
 def test_missing_weights_file(tmp_path, capsys):
   (tmp_path / "config.json").write_text(hf_config("gated").to_json_string())
-  with pytest.raises(hf.HFConversionError, match="no weights file.*model.safetensors"):
+  with pytest.raises(HFConversionError, match="no weights file.*model.safetensors"):
     hf.load_hf(str(tmp_path))
   assert convert.main(["from-hf", "--hf_dir", str(tmp_path), "--out",
                        str(tmp_path / "ckpt")]) == 1
@@ -363,9 +366,9 @@ def test_unsupported_config_fields(tmp_path):
            ({"tie_word_embeddings": True, "scale_decoder_outputs": True},
             "tie_word_embeddings=true")]
   for change, message in cases:
-    with pytest.raises(hf.HFConversionError, match=message):
-      hf.t5_config_from_hf({**base, **change})
-  with pytest.raises(hf.HFConversionError, match="config.json is missing"):
+    with pytest.raises(HFConversionError, match=message):
+      hf_t5.config_from_hf({**base, **change})
+  with pytest.raises(HFConversionError, match="config.json is missing"):
     hf.load_hf(str(tmp_path))
 
 
@@ -374,10 +377,10 @@ def test_missing_tensor_is_named(tmp_path):
 
   hf_dir = tmp_path / "hf"
   save_hf_model("gated", str(hf_dir))
-  state = hf.read_hf_weights(str(hf_dir))
+  state = hf_files.read_hf_weights(str(hf_dir))
   del state["decoder.block.1.layer.2.DenseReluDense.wo.weight"]
   save_file(state, str(hf_dir / "model.safetensors"))
-  with pytest.raises(hf.HFConversionError, match=r"missing decoder\.block\.1\.layer\.2"):
+  with pytest.raises(HFConversionError, match=r"missing decoder\.block\.1\.layer\.2"):
     hf.load_hf(str(hf_dir))
 
 
@@ -394,5 +397,5 @@ def test_unknown_feature_value_is_named(tmp_path, capsys):
     assert not (tmp_path / command).exists()
   with pytest.raises(UnknownFeatureError, match="'colour'.*known types"):
     convert.to_hf(ckpt, str(tmp_path / "x"), features="colour=red")
-  with pytest.raises(hf.HFConversionError, match="nothing to export"):
+  with pytest.raises(HFConversionError, match="nothing to export"):
     convert.export_peft(ckpt, "", str(tmp_path / "y"))

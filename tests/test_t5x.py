@@ -20,9 +20,10 @@ import pytest
 import tensorstore as ts
 from flax import serialization
 
-from flix import convert, hf
+from flix import convert
 from flix.checkpoints import load_model
-from flix.interop import t5x
+from flix.interop import hf, t5x
+from flix.models.families import gin_bindings
 from flix.models.t5 import T5, T5Config, abstract_params
 from shared_files import shared_path
 import tiny
@@ -422,7 +423,7 @@ def test_cli_from_t5x_errors(tmp_path, capsys):
   source = str(tmp_path / "t5x")
   write_t5x_dir(source, random_params(GATED, seed=7))
   wrong_gin = tmp_path / "wrong.gin"
-  wrong_gin.write_text(hf.gin_bindings(dataclasses.replace(GATED, num_heads=4, head_dim=4)))
+  wrong_gin.write_text(gin_bindings(dataclasses.replace(GATED, num_heads=4, head_dim=4)))
   no_config = tmp_path / "empty.gin"
   no_config.write_text("DROPOUT_RATE = 0.0\n")
   out = tmp_path / "ckpt"

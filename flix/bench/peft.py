@@ -4,10 +4,10 @@ Needs the `hf` extra (torch, transformers, peft, safetensors): `pip install -e '
 
 One model and one batch for both frameworks: the tiny byte-level T5.1.1 of `flix.bench.train`
 (d_model 256, 4 + 4 layers, d_ff 1024, gated GELU, untied head, dropout 0.1; `--model small`
-and the size flags as there) with random float32 weights, written by `flix.hf.save_hf` and read
-back by `T5ForConditionalGeneration.from_pretrained`; a batch of B = 32 examples x (64 input +
-32 target) random bytes, no padding. Adapters sit on every projection of every block (PEFT
-target_modules q, k, v, o, wi_0, wi_1, wo = flix targets ("*",)).
+and the size flags as there) with random float32 weights, written by `flix.interop.hf.save_hf`
+and read back by `T5ForConditionalGeneration.from_pretrained`; a batch of B = 32 examples x
+(64 input + 32 target) random bytes, no padding. Adapters sit on every projection of every
+block (PEFT target_modules q, k, v, o, wi_0, wi_1, wo = flix targets ("*",)).
 
 `train`: one whole step = forward + backward + AdamW update (lr 1e-3, betas (0.9, 0.999),
 eps 1e-8, no weight decay, gradients clipped to global norm 1), dropout on, base frozen:
@@ -23,7 +23,8 @@ using adapter i mod n:
   torch+peft/base   the HF base model without adapters (a floor);
   torch+peft/lora   the PEFT LoRA model of `train`, one adapter for the whole batch (reference);
   torch+peft/mixed  one PeftModel holding max(n) LoRA adapters (`load_adapter`), adapter j the
-                    PEFT export (`flix.hf.save_peft`, r = 16) of FLix combination j;
+                    PEFT export (`flix.interop.peft_export.save_peft`, r = 16) of FLix
+                    combination j;
                     `model(..., adapter_names=[...])`, eval mode, `torch.inference_mode()`;
   flix/base         flix T5 without adapters (a floor);
   flix/lora         flix LoRA r = 16, one adapter for the whole batch (reference);
@@ -58,7 +59,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flix import hf
 from flix.bench import core
 from flix.bench.core import Case
 from flix.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
@@ -67,6 +67,7 @@ from flix.bench.synthetic import (add_size_flags, batch_ids, combinations, featu
 from flix.checkpoints import adapter_leaves, graft, strip_adapters
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
+from flix.interop import hf, peft_export
 from flix.layers import is_adapter_name
 from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5, T5Config
@@ -95,7 +96,7 @@ def require_hf(omp_wait_policy: str | None = None):
     os.environ["OMP_WAIT_POLICY"] = omp_wait_policy
   try:
     import peft
-    import safetensors  # noqa: F401 (flix.hf.save_hf writes with it)
+    import safetensors  # noqa: F401 (flix.interop.hf.save_hf writes with it)
     import torch
     import transformers
   except ImportError as e:
@@ -273,9 +274,10 @@ def build(args: argparse.Namespace, torch, transformers, peft) -> Setup:
             "targets": targets}
   with tempfile.TemporaryDirectory(prefix="flix-bench-peft-") as tmp:
     base_dir = hf.save_hf(os.path.join(tmp, "base"), base_params, cfg)
-    lora_dir = hf.save_peft(os.path.join(tmp, "lora"), lora_params, cfg, lora,
-                            np.zeros((0,), np.int32))
-    combo_dirs = [hf.save_peft(os.path.join(tmp, f"c{j}"), params["flix"], cfg, flix, c)
+    save_peft = peft_export.save_peft
+    lora_dir = save_peft(os.path.join(tmp, "lora"), lora_params, cfg, lora,
+                         np.zeros((0,), np.int32))
+    combo_dirs = [save_peft(os.path.join(tmp, f"c{j}"), params["flix"], cfg, flix, c)
                   for j, c in enumerate(combos)]
     load_base = lambda: transformers.T5ForConditionalGeneration.from_pretrained(
         base_dir, dtype=torch.float32)

@@ -44,3 +44,25 @@ def config_from_json(text: str, source: str = "model.json") -> ModelConfig:
     return FAMILIES[family](**data)
   except TypeError as e:
     raise ValueError(f"{source}: not a {FAMILIES[family].__name__}: {e}") from None
+
+
+def gin_bindings(config: ModelConfig, source: str | None = None) -> str:
+  """A model gin file for `config`, in the configs/models/*.gin convention.
+
+  Defines the macros MODEL_CONFIG (= @T5Config() or @DecoderConfig()) and DROPOUT_RATE, and
+  binds every field as `<Config>.<field> = <Python literal>` (dropout_rate through %DROPOUT_RATE).
+  """
+  name = type(config).__name__
+  family_of(config)  # Raises for an unknown config class.
+  lines = [f"# {name} of {source or 'a converted Hugging Face model'} (written by flix.convert).",
+           "# Required macros: none. Defines: MODEL_CONFIG, DROPOUT_RATE.",
+           f"DROPOUT_RATE = {config.dropout_rate!r}",
+           f"MODEL_CONFIG = @{name}()"]
+  for field, value in json.loads(config.to_json()).items():
+    if field == "dropout_rate":
+      lines.append(f"{name}.dropout_rate = %DROPOUT_RATE")
+      continue
+    if isinstance(value, list):
+      value = tuple(value)
+    lines.append(f"{name}.{field} = {value!r}")
+  return "\n".join(lines) + "\n"
