@@ -1,10 +1,13 @@
 """Command line conversions between flix checkpoints and Hugging Face / T5X formats (no network).
 
     python -m flix.convert from-hf --hf_dir DIR --out CKPT [--dropout_rate R] [--overwrite]
-        A local transformers T5 / mT5 / ByT5 (gated-GELU, untied) or original T5 (ReLU, tied)
-        directory (config.json + model.safetensors or pytorch_model.bin) -> a flix checkpoint
-        without adapters (flix.checkpoints format), usable as a base / initial checkpoint.
-        CKPT/model.gin holds `T5Config.<field> = <value>` bindings for the model.
+        A local transformers directory (config.json + model.safetensors or pytorch_model.bin)
+        -> a flix checkpoint without adapters (flix.checkpoints format), usable as a base /
+        initial checkpoint. The architecture comes from config.json's `architectures`:
+        T5ForConditionalGeneration / MT5ForConditionalGeneration (T5.1.1 / mT5 / ByT5 with
+        gated GELU and an untied head, or the original T5 with ReLU and tied embeddings) ->
+        T5Config; LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM ->
+        DecoderConfig. CKPT/model.gin holds `<Config>.<field> = <value>` bindings for the model.
 
     python -m flix.convert from-t5x --t5x_dir DIR --out CKPT [--gin_file MODEL.gin ...]
                                     [--dropout_rate R] [--overwrite]
@@ -17,13 +20,22 @@
     python -m flix.convert to-hf --checkpoint CKPT [--features task=X,lang=Y] --out DIR
         The base model, or the base with one feature combination merged exactly, as a
         transformers directory (config.json + model.safetensors) for
-        T5ForConditionalGeneration.from_pretrained.
+        T5ForConditionalGeneration / AutoModelForCausalLM.from_pretrained (a DecoderConfig
+        maps to Gemma, Qwen2, Mistral or Llama: flix.interop.hf_decoder).
 
     python -m flix.convert export-peft --checkpoint CKPT --features task=X,lang=Y --out DIR
         One feature combination as a PEFT LoRA adapter (adapter_config.json +
         adapter_model.safetensors) on top of the `to-hf` base: rank = the active features'
         ranks + the shared rank, r = lora_alpha (PEFT scale 1), per-feature scales folded
-        into lora_B.
+        into lora_B. target_modules are the architecture's (q, k, v, o, wi_0, wi_1, wo for T5;
+        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj for decoder-only LMs).
+
+    python -m flix.convert verify --hf_dir DIR [--checkpoint CKPT] [--json OUT]
+        Runs the transformers model of DIR and the flix model (DIR converted in memory, or
+        CKPT's base) in float32 on one seeded random batch and prints one JSON line
+        {"architecture": ..., "max_abs_logit_diff": ..., "greedy_equal": ...} (also written to
+        OUT); exit status 1 when the difference exceeds 1e-4 or the greedy tokens differ
+        (flix.interop.hf_verify). Needs torch and transformers.
 
 --features names one value per feature type ("task=ordinal,lang=fr"); a type left out is
 inactive (e.g. a zero-shot unseen language). Errors (a missing or malformed input, a shape
@@ -34,6 +46,7 @@ stderr; nothing is written to --out. Command-line syntax errors exit with status
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Sequence
@@ -144,16 +157,35 @@ def export_peft(checkpoint: str, features: str, out: str, *,
                       base_model_name_or_path=base_model_name_or_path, overwrite=overwrite)
 
 
+def verify(hf_dir: str, checkpoint: str | None = None, json_out: str | None = None) -> dict:
+  """`hf_verify.verify`'s report, also written to `json_out` when given."""
+  if not os.path.isdir(hf_dir):
+    raise HFConversionError(f"--hf_dir {hf_dir} is not a directory")
+  try:
+    from flix.interop import hf_verify
+    report = hf_verify.verify(hf_dir, checkpoint)
+  except ImportError as e:
+    raise HFConversionError(f"verify runs the transformers model and needs torch and "
+                            f"transformers ({e}); install the extras: pip install -e '.[hf]'"
+                            ) from None
+  if json_out:
+    with open(json_out, "w", encoding="utf-8") as f:
+      f.write(json.dumps(report) + "\n")
+  return report
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m flix.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("from-hf", help="transformers T5 directory -> flix checkpoint")
+  p = sub.add_parser("from-hf", help="transformers T5 / Llama / Mistral / Qwen2 / Gemma "
+                     "directory -> flix checkpoint")
   p.add_argument("--hf_dir", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--dropout_rate", type=float, default=None,
-                 help="T5Config.dropout_rate (default: the HF config's dropout_rate)")
+                 help="the model's dropout_rate (default: T5's config.json dropout_rate; "
+                      "0 for decoder-only LMs)")
   p.add_argument("--overwrite", action="store_true")
 
   p = sub.add_parser("from-t5x",
@@ -181,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--base_model_name_or_path", default=None,
                  help="recorded in adapter_config.json (e.g. the to-hf output directory)")
   p.add_argument("--overwrite", action="store_true")
+
+  p = sub.add_parser("verify", help="transformers vs flix logits and greedy tokens (JSON line)")
+  p.add_argument("--hf_dir", required=True)
+  p.add_argument("--checkpoint", default=None,
+                 help="a flix checkpoint of the same model (default: convert --hf_dir in memory)")
+  p.add_argument("--json", default=None, help="also write the JSON line to this file")
   return parser
 
 
@@ -199,6 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "to-hf":
       path = to_hf(args.checkpoint, args.out, features=args.features, overwrite=args.overwrite)
       print(f"wrote transformers model {path}")
+    elif args.command == "verify":
+      from flix.interop.hf_verify import TOLERANCE, passed
+
+      report = verify(args.hf_dir, args.checkpoint, args.json)
+      print(json.dumps(report))
+      if not passed(report):
+        print(f"flix.convert verify: error: {report['architecture']}: max |logit difference| "
+              f"{report['max_abs_logit_diff']:.3g} (limit {TOLERANCE:g}), greedy tokens "
+              f"{'equal' if report['greedy_equal'] else 'differ'}", file=sys.stderr)
+        return 1
     else:
       path = export_peft(args.checkpoint, args.features, args.out,
                          base_model_name_or_path=args.base_model_name_or_path,

@@ -1,4 +1,5 @@
-"""Hugging Face interop of T5 models (flix.interop, python -m flix.convert): tiny random local models only.
+"""Hugging Face interop of T5 models (flix.interop, python -m flix.convert): tiny random local
+models only.
 
 Every transformers model here is built from a config in-process and saved to tmp_path; nothing
 is downloaded.
@@ -152,6 +153,16 @@ def test_from_hf_logits_and_greedy_match_transformers(converted):
   cached = np.asarray(decoding.decode(T5(config), params, jnp.asarray(enc),
                                       max_length=length - 1, method="greedy").tokens)
   np.testing.assert_array_equal(cached, ours[:, 1:])  # decode() leaves out the start token.
+
+
+def test_verify_t5(converted, capsys):
+  """verify on a T5: the checkpoint's logits within 1e-4, greedy tokens equal generate()'s."""
+  _, _, hf_dir, ckpt = converted
+  capsys.readouterr()
+  assert convert.main(["verify", "--hf_dir", hf_dir, "--checkpoint", ckpt]) == 0
+  report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert report["architecture"] == "T5ForConditionalGeneration"
+  assert report["max_abs_logit_diff"] <= ATOL and report["greedy_equal"], report
 
 
 @pytest.mark.parametrize("buckets,max_distance,bidirectional", [

@@ -437,6 +437,36 @@ def _(env):
                      "--out", env.fresh("o"))
 
 
+def hf_dir_with_config(env, name, **config):
+  """A directory holding only a config.json of a tiny Llama with `config`'s changes."""
+  path = env.empty_dir(name)
+  llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64,
+           "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "rope_theta": 10000.0}
+  with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+    json.dump({**llama, **config}, f)
+  return path
+
+
+def from_hf_nothing_written(env, hf_dir) -> str:
+  out = env.fresh("o")
+  observed = convert_cli("from-hf", "--hf_dir", hf_dir, "--out", out)
+  assert not os.path.exists(out)
+  return observed
+
+
+@check("hf-unsupported-architecture")
+def _(env):
+  return from_hf_nothing_written(
+      env, hf_dir_with_config(env, "hf_gpt2", architectures=["GPT2LMHeadModel"]))
+
+
+@check("hf-unsupported-rope")
+def _(env):
+  return from_hf_nothing_written(
+      env, hf_dir_with_config(env, "hf_yarn", rope_scaling={"type": "yarn", "factor": 4.0}))
+
+
 @check("t5x-missing")
 def _(env):
   return convert_cli("from-t5x", "--t5x_dir", env.path("no_t5x"), "--out", env.fresh("o"))

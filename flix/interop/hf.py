@@ -3,12 +3,14 @@
 The architecture comes from config.json's `architectures` (else its `model_type`):
 
     T5ForConditionalGeneration, MT5ForConditionalGeneration   flix T5        (`hf_t5`)
+    LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,   flix DecoderLM (`hf_decoder`)
+    GemmaForCausalLM
 
 Each family module provides the same functions (config_from_hf, hf_config, generation_config,
 projection_map, load_state, to_state_dict, PEFT_TASK_TYPE); this module picks one.
 
     from flix.interop import hf
-    config, params = hf.load_hf("path/to/hf_dir")   # T5Config, float32 params
+    config, params = hf.load_hf("path/to/hf_dir")   # T5Config | DecoderConfig, float32 params
     hf.save_hf("out/hf", params, config)             # config.json + model.safetensors
 """
 
@@ -17,15 +19,16 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Mapping
 
-from flix.interop import hf_t5
+from flix.interop import hf_decoder, hf_t5
 from flix.interop.hf_files import (CONFIG_JSON, GENERATION_CONFIG_JSON, SAFETENSORS,
                                    HFConversionError, read_hf_config, read_hf_weights,
                                    write_hf_dir)
 from flix.models.families import ModelConfig, family_of
 
-FAMILY_MODULES: dict[str, ModuleType] = {"t5": hf_t5}
+FAMILY_MODULES: dict[str, ModuleType] = {"t5": hf_t5, "decoder": hf_decoder}
 ARCHITECTURES = {a: m for m in FAMILY_MODULES.values() for a in m.ARCHITECTURES}
-_MODEL_TYPES = {"t5": hf_t5.ARCHITECTURES[0], "mt5": hf_t5.ARCHITECTURES[1]}
+_MODEL_TYPES = {"t5": hf_t5.ARCHITECTURES[0], "mt5": hf_t5.ARCHITECTURES[1],
+                **hf_decoder.MODEL_TYPES}
 
 
 def architecture(hf_config: Mapping) -> str:
@@ -46,12 +49,8 @@ def architecture(hf_config: Mapping) -> str:
 
 
 def family_module(config: ModelConfig) -> ModuleType:
-  """The family module of a model config (`hf_t5` for a T5Config)."""
-  family = family_of(config)
-  if family not in FAMILY_MODULES:
-    raise HFConversionError(f"{type(config).__name__} has no Hugging Face mapping; supported: "
-                            f"{[m.__name__ for m in FAMILY_MODULES.values()]}")
-  return FAMILY_MODULES[family]
+  """`hf_t5` or `hf_decoder`, for a T5Config or a DecoderConfig."""
+  return FAMILY_MODULES[family_of(config)]
 
 
 def config_from_hf(hf_config: Mapping, dropout_rate: float | None = None) -> ModelConfig:
@@ -60,9 +59,9 @@ def config_from_hf(hf_config: Mapping, dropout_rate: float | None = None) -> Mod
 
 
 def load_hf(hf_dir: str, dropout_rate: float | None = None) -> tuple[ModelConfig, dict]:
-  """(T5Config, plain float32 params without adapters) of a local transformers directory.
+  """(model config, plain float32 params without adapters) of a local transformers directory.
 
-  `dropout_rate` overrides the config's. Use the
+  `dropout_rate` overrides the config's (T5) or sets DecoderConfig's (default 0). Use the
   params as a base or initial checkpoint (`flix.checkpoints.save_model(path, params, config)`).
   """
   hf_config = read_hf_config(hf_dir)
@@ -83,7 +82,8 @@ def to_hf_state_dict(params, config: ModelConfig):
 
 def save_hf(out_dir: str, params, config: ModelConfig, *, overwrite: bool = False) -> str:
   """Writes config.json, generation_config.json and model.safetensors for the architecture the
-  config maps to (`T5ForConditionalGeneration.from_pretrained`)."""
+  config maps to (`T5ForConditionalGeneration` /
+  `AutoModelForCausalLM.from_pretrained`)."""
   family = family_module(config)
   state = family.to_state_dict(params, config)
   return write_hf_dir(out_dir, {CONFIG_JSON: family.hf_config(config),
