@@ -53,7 +53,7 @@ from typing import Sequence
 
 from flix.checkpoints import CheckpointError, load_model, save_model, strip_adapters
 from flix.features import UnknownFeatureError, parse_features
-from flix.interop import hf, peft_export
+from flix.interop import hf, hf_verify, peft_export
 from flix.interop.hf_files import HFConversionError
 from flix.models.families import gin_bindings
 from flix.models.t5 import T5Config
@@ -154,7 +154,8 @@ def export_peft(checkpoint: str, features: str, out: str, *,
   if ids is None:
     raise HFConversionError("export-peft needs --features")
   return peft_export.save_peft(out, params, config, flix, ids,
-                      base_model_name_or_path=base_model_name_or_path, overwrite=overwrite)
+                               base_model_name_or_path=base_model_name_or_path,
+                               overwrite=overwrite)
 
 
 def verify(hf_dir: str, checkpoint: str | None = None, json_out: str | None = None) -> dict:
@@ -162,7 +163,6 @@ def verify(hf_dir: str, checkpoint: str | None = None, json_out: str | None = No
   if not os.path.isdir(hf_dir):
     raise HFConversionError(f"--hf_dir {hf_dir} is not a directory")
   try:
-    from flix.interop import hf_verify
     report = hf_verify.verify(hf_dir, checkpoint)
   except ImportError as e:
     raise HFConversionError(f"verify runs the transformers model and needs torch and "
@@ -238,13 +238,11 @@ def main(argv: list[str] | None = None) -> int:
       path = to_hf(args.checkpoint, args.out, features=args.features, overwrite=args.overwrite)
       print(f"wrote transformers model {path}")
     elif args.command == "verify":
-      from flix.interop.hf_verify import TOLERANCE, passed
-
       report = verify(args.hf_dir, args.checkpoint, args.json)
       print(json.dumps(report))
-      if not passed(report):
+      if not hf_verify.passed(report):
         print(f"flix.convert verify: error: {report['architecture']}: max |logit difference| "
-              f"{report['max_abs_logit_diff']:.3g} (limit {TOLERANCE:g}), greedy tokens "
+              f"{report['max_abs_logit_diff']:.3g} (limit {hf_verify.TOLERANCE:g}), greedy tokens "
               f"{'equal' if report['greedy_equal'] else 'differ'}", file=sys.stderr)
         return 1
     else:
