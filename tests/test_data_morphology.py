@@ -234,6 +234,7 @@ def test_real_release_counts_and_leakage(real):
     assert_no_leakage(examples)
 
 
+@pytest.mark.slow
 def test_real_release_trains_and_evaluates(real, tmp_path):
   from flix.evaluation import evaluate
   from flix.models.model import make_model

@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from flix import checkpoints
 from flix.training.checkpointer import step_dirs
@@ -23,6 +24,7 @@ def losses(path):
   return [json.loads(l)["loss"] for l in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_save_resume_stop_and_match_one(tmp_path):
   mh, one = tmp_path / "mh", tmp_path / "one"
   # The second run reuses the first one's compiled programs.

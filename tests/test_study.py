@@ -9,6 +9,7 @@ import pytest
 from flix.study import cli, grids, methods, report, runs, stats
 
 
+@pytest.mark.slow
 def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, capsys):
   out = tmp_path / "study"
   argv = ["--quick", "--grids", "offline", "--seeds", "0", "--methods", "lora,flix",
