@@ -111,12 +111,16 @@ def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
   assert (f"has vocab_size {SP_SIZE}, smaller than the 259 ids of VOCABULARY" in err
           and "Set the gin macro VOCABULARY" in err), err
   assert not model_dir.exists()
-  # That run registered flix_offline with bytes, replacing the SentencePiece registration of
-  # the same name: the vocabulary is part of what identifies a cached registration.
+  # The vocabulary is part of what identifies a cached registration: the same arguments with
+  # another vocabulary register the prefix anew, the same vocabulary finds the cached one.
+  by_bytes = offline_tasks.register_offline(TINY_DATA)
   assert subtask_vocabularies("flix_offline.train")[0] == seqio.ByteVocabulary()
-  sp_registration = offline_tasks.register_offline(
-      TINY_DATA, vocabulary=seqio.SentencePieceVocabulary(sp_model))
-  assert subtask_vocabularies("flix_offline.train")[0] == sp_registration.vocabulary
+  sp_vocabulary = seqio.SentencePieceVocabulary(sp_model)
+  by_pieces = offline_tasks.register_offline(TINY_DATA, vocabulary=sp_vocabulary)
+  assert by_pieces is not by_bytes and by_pieces.vocabulary == sp_vocabulary
+  assert subtask_vocabularies("flix_offline.train")[0] == sp_vocabulary
+  assert offline_tasks.register_offline(
+      TINY_DATA, vocabulary=seqio.SentencePieceVocabulary(sp_model)) is by_pieces
 
   # Tasks registered with bytes in a run whose VOCABULARY is the SentencePiece model.
   assert run_entry(train_entry, "tiny_offline.gin", *sp,
@@ -125,4 +129,10 @@ def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
   err = capsys.readouterr().err
   assert ("tokenizes 'inputs' with ByteVocabulary(extra_ids=0), but the run's VOCABULARY is "
           "SentencePieceVocabulary(file=" in err), err
+  assert not model_dir.exists()
+
+  # models/mt5_small.gin's VOCABULARY is mT5's SentencePiece model: never bytes by default.
+  assert run_entry(train_entry, "tiny_offline.gin", "--gin_file=models/mt5_small.gin",
+                   f"--gin.MODEL_DIR='{model_dir}'") == 1
+  assert "set SENTENCEPIECE_MODEL (models/mt5_*.gin)" in capsys.readouterr().err
   assert not model_dir.exists()

@@ -41,6 +41,12 @@ def check_vocabulary(vocabulary) -> seqio.Vocabulary:
   if not isinstance(vocabulary, seqio.Vocabulary):
     raise ValueError(f"VOCABULARY must be a seqio.Vocabulary (@seqio.ByteVocabulary() or "
                      f"@seqio.SentencePieceVocabulary()), got {vocabulary!r}")
+  if (isinstance(vocabulary, seqio.SentencePieceVocabulary)
+      and not vocabulary.sentencepiece_model_file):
+    raise ValueError("VOCABULARY is @seqio.SentencePieceVocabulary() without a model file: set "
+                     "SENTENCEPIECE_MODEL (models/mt5_*.gin) or "
+                     "seqio.SentencePieceVocabulary.sentencepiece_model_file to the "
+                     "sentencepiece.model the model was trained with")
   if vocabulary.pad_id != PAD_ID or vocabulary.eos_id is None:
     raise ValueError(f"VOCABULARY {describe(vocabulary)} has PAD id {vocabulary.pad_id} and EOS id "
                      f"{vocabulary.eos_id}; flix (like T5X) needs PAD = {PAD_ID} (the decoder "
