@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "seqio==0.0.20",
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
+    "sentencepiece==0.2.3",  # SentencePiece VOCABULARY: seqio loads the model; a test trains one.
     "tensorflow-datasets==4.9.10",
     "importlib_resources==7.1.0",  # tensorflow-datasets imports it but does not require it.
     "gin-config==0.5.0",

@@ -13,8 +13,9 @@ per example) encoder outputs, encoder tokens, a prefilled decoder-only cache and
 expanded with `expand_for_beams`, each example's rows adjacent (T5X's flat_batch_beam_expand),
 so every beam runs with its own example's adapters.
 
-Outputs use the byte-vocabulary conventions: PAD (0) is the decoder start token and fills every
-position after EOS (1). Scores:
+Outputs use T5's id conventions, which every VOCABULARY follows (`flix.data.vocab`): PAD (0) is
+the decoder start token and fills every position after EOS (`DecodeOptions.eos_id`: the
+vocabulary's, which evaluation and inference pass; 1 in T5's vocabularies). Scores:
   greedy / sample: the sequence's log-probability under the model (untempered, unfiltered
     softmax), summed over the emitted tokens up to and including EOS.
   beam: T5X's length-normalised score, log-probability / ((5 + length) / 6) ** alpha, with
@@ -35,10 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flix.data import vocab
 from flix.models.decoder import DecoderLM
 from flix.models.t5 import T5, expand_for_beams
 
-PAD_ID = 0  # Also the decoder start token.
+PAD_ID = vocab.PAD_ID  # Also the decoder start token.
 EOS_ID = 1
 # "Effective negative infinity" for masking beams (as T5X: -inf would give inf - inf = nan).
 NEG_INF = -1.0e7
@@ -59,7 +61,7 @@ class DecodeOptions:
     temperature: sampling temperature; 0 means argmax (sampling only).
     top_k: sample among the k most likely tokens; 0 = the whole vocabulary (sampling only).
     num_samples: decodes per example: samples (sample) or best beams (beam, <= num_beams).
-    eos_id: end-of-sequence token id.
+    eos_id: end-of-sequence token id (the vocabulary's `eos_id`).
   """
 
   max_length: int

@@ -47,7 +47,7 @@ from seqio import metrics as seqio_metrics
 from flix import decoding
 from flix.data.aggregation import aggregate, as_pair
 from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered, import_task_modules
-from flix.data.vocab import FEATURE_IDS
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary, describe
 from flix.features import INACTIVE
 from flix.models.model import BaseModel, EncoderDecoderModel, make_model
 
@@ -177,8 +177,10 @@ def build_report(per_pair: Mapping[str, Mapping[str, Any]], holdout: HoldOut | N
 
 # -- predictors ---------------------------------------------------------------------------------
 def model_predictor(model: BaseModel, params, *, max_length: int,
-                    decode_kwargs: Mapping[str, Any] | None = None) -> BatchPredictor:
-  """Decodes a model batch with `model.predict_batch` (greedy unless decode_kwargs say else).
+                    decode_kwargs: Mapping[str, Any] | None = None,
+                    eos_id: int = decoding.EOS_ID) -> BatchPredictor:
+  """Decodes a model batch with `model.predict_batch` (greedy unless decode_kwargs say else),
+  stopping at `eos_id` (the targets vocabulary's; decode_kwargs' own `eos_id` wins).
 
   A sampling `rng` in decode_kwargs is folded with a running batch counter, so batches get
   different (but reproducible) samples.
@@ -188,7 +190,7 @@ def model_predictor(model: BaseModel, params, *, max_length: int,
     raise ValueError("pass max_length through feature_lengths['targets'] (or max_length=), not "
                      "decode_kwargs")
   rng = kwargs.pop("rng", None)
-  options = decoding.DecodeOptions(max_length=max_length, **kwargs)
+  options = decoding.DecodeOptions(**{"max_length": max_length, "eos_id": eos_id, **kwargs})
   if options.method == "sample" and rng is None:
     raise ValueError("decode_kwargs method='sample' needs rng=jax.random.key(seed)")
   counter = [0]
@@ -306,6 +308,11 @@ class PairEvaluator:
                          f"{sorted({m.model_output_type.name for m in others})}; only "
                          "prediction metrics are supported")
       as_pair(task.name)  # Loud now, not after decoding, if a name is not a pair name.
+    vocabularies = {describe(t.output_features["targets"].vocabulary) for t in valid}
+    if len(vocabularies) > 1:
+      raise ValueError(f"the tasks of {names} tokenize targets with different vocabularies "
+                       f"{sorted(vocabularies)}; evaluate each VOCABULARY's tasks on their own")
+    self.vocabulary = valid[0].output_features["targets"].vocabulary
     self.n_types = (_infer_n_types(valid[0], split, use_cached) if n_types is None
                     else n_types)
     self.truncated = {t.name: _truncated(t, split, self.feature_lengths, num_examples,
@@ -337,8 +344,11 @@ class PairEvaluator:
                        "feature ids per example; evaluate with the space the tasks were "
                        "registered with")
     length = self.feature_lengths["targets"]
-    predictor = model_predictor(model, params, max_length=length, decode_kwargs=decode_kwargs)
-    own = {name: model_predictor(model, params, max_length=length, decode_kwargs=kwargs)
+    eos_id = self.vocabulary.eos_id
+    predictor = model_predictor(model, params, max_length=length, decode_kwargs=decode_kwargs,
+                                eos_id=eos_id)
+    own = {name: model_predictor(model, params, max_length=length, decode_kwargs=kwargs,
+                                 eos_id=eos_id)
            for name, kwargs in (task_decode_kwargs or {}).items() if name in self.task_names}
     return self.evaluate_predictor(predictor, out_dir=out_dir, step=step, task_predictors=own)
 
@@ -502,7 +512,8 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
                         task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                         num_examples: int | None = None,
                         mixture_or_task_module: str | Sequence[str] | None = None,
-                        use_cached_tasks: bool = False):
+                        use_cached_tasks: bool = False,
+                        vocabulary: seqio.Vocabulary = BYTE_VOCAB):
   """Evaluates `checkpoint_path` on `mixture_or_task_name` (the first `num_examples` of each
   pair; None: all); returns the Report.
 
@@ -511,12 +522,14 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
   The registration's `official` aggregate, if any, is reported as `Report.official`.
   `mixture_or_task_module` (T5X's MIXTURE_OR_TASK_MODULE): module name(s) imported first, so
   that they register their seqio tasks; `use_cached_tasks` (USE_CACHED_TASKS): read seqio's
-  offline cache of the tasks.
+  offline cache of the tasks. `vocabulary` (VOCABULARY): what the checkpoint was trained with;
+  the model must cover it and the tasks must tokenize with it (checked before decoding).
   """
   from flix import checkpoints
   import_task_modules(mixture_or_task_module)
   check_registered(mixture_or_task_name)
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
+  check_run_vocabulary(vocabulary, model_config, mixture_or_task_name)
   model = make_model(model_config, flix)
   if model.n_types and registration is not None:
     checkpoints.check_feature_space(checkpoint_path, flix.space, registration.space)

@@ -1,6 +1,7 @@
 """Everything gin files may name: imported once by the entry points."""
 
 import gin
+import seqio
 
 from flix.data import (morphology_tasks, offline, offline_tasks,  # noqa: F401 (they register
                        xtreme_up)  # their gin configurables themselves)
@@ -13,3 +14,6 @@ gin.external_configurable(decoder.DecoderConfig, "DecoderConfig")
 gin.external_configurable(offline.OfflineConfig, "OfflineConfig")
 gin.external_configurable(offline_tasks.register_offline, "register_offline")
 gin.external_configurable(step.StepConfig, "StepConfig")
+# VOCABULARY = @seqio.ByteVocabulary() / @seqio.SentencePieceVocabulary(), as in T5X's gin files.
+gin.external_configurable(seqio.ByteVocabulary, module="seqio")
+gin.external_configurable(seqio.SentencePieceVocabulary, module="seqio")

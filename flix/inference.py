@@ -3,7 +3,8 @@
 Each input line is `{"inputs": str, "features": {"task": ..., "lang": ...}}` (extra fields are
 copied through). Features are encoded with the checkpoint's saved FeatureSpace; values it does
 not know are an error, or (unknown="drop") switch that feature off, the zero-shot path for an
-unseen language. Inputs are tokenized as the tasks tokenize them (bytes + EOS) and put into the
+unseen language. Inputs are tokenized as the tasks tokenize them (the run's VOCABULARY, bytes
+by default, + its EOS) and put into the
 model family's batch (`BaseModel.inputs_batch`): encoder tokens for a T5, the prefix-LM prompt
 (start token, inputs, EOS) for a decoder-only model.
 """
@@ -18,9 +19,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import gin
 import jax
 import numpy as np
+import seqio
 
 from flix import decoding
-from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
 from flix.features import INACTIVE, UnknownPolicy
 from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
@@ -61,45 +63,52 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     yield items[start:start + size]
 
 
-def n_input_tokens(text: str) -> int:
-  """Encoder tokens of `text` before truncation: its bytes plus EOS."""
-  return len(BYTE_VOCAB.encode(text)) + 1
+def n_input_tokens(text: str, vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> int:
+  """Encoder tokens of `text` before truncation: its tokens under `vocabulary` plus EOS."""
+  return len(vocabulary.encode(text)) + 1
 
 
 def check_lengths(numbered: Sequence[tuple[int, Mapping[str, Any]]], length: int,
-                  path: str) -> None:
+                  path: str, vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> None:
   """Refuses the first request longer than `length` encoder tokens, naming file and line."""
+  unit = "bytes" if isinstance(vocabulary, seqio.ByteVocabulary) else "tokens"
   for line_no, request in numbered:
-    n = n_input_tokens(request["inputs"])
+    n = n_input_tokens(request["inputs"], vocabulary)
     if n > length:
       raise ValueError(
-          f"{path}:{line_no}: input of {n} tokens ({n - 1} bytes + EOS) is longer than "
+          f"{path}:{line_no}: input of {n} tokens ({n - 1} {unit} + EOS) is longer than "
           f"TASK_FEATURE_LENGTHS['inputs'] = {length}; raise it, shorten the input, or set "
-          f"TRUNCATION = 'mark' to decode its first {length - 1} bytes")
+          f"TRUNCATION = 'mark' to decode its first {length - 1} {unit}")
 
 
-def tokenize(texts: Sequence[str], length: int, batch_size: int) -> np.ndarray:
-  """Byte ids + EOS, truncated/padded to `length`, in `[batch_size, length]` (PAD rows added)."""
+def tokenize(texts: Sequence[str], length: int, batch_size: int,
+             vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> np.ndarray:
+  """`vocabulary`'s ids + EOS, truncated/padded (PAD 0) to `length`, in `[batch_size, length]`
+  (PAD rows added)."""
   out = np.zeros((batch_size, length), np.int32)
   for i, text in enumerate(texts):
-    ids = list(BYTE_VOCAB.encode(text))[:length - 1] + [decoding.EOS_ID]
+    ids = list(vocabulary.encode(text))[:length - 1] + [vocabulary.eos_id]
     out[i, :len(ids)] = ids
   return out
 
 
 def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, input_length: int,
             max_length: int, batch_size: int = 32, unknown: UnknownPolicy = "error",
-            decode_kwargs: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-  """Decodes every request; returns the requests with `prediction`, `score` and `truncated`
+            decode_kwargs: Mapping[str, Any] | None = None,
+            vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> list[dict[str, Any]]:
+  """Decodes every request (tokenized with, and decoded back to text by, `vocabulary`, whose
+  EOS ends a decode); returns the requests with `prediction`, `score` and `truncated`
   (whether the input was cut to `input_length` tokens) added."""
   space = model.flix.space if model.n_types else None
   kwargs = dict(decode_kwargs or {})
   rng = kwargs.pop("rng", None)  # Sampling: folded with the batch index.
-  options = decoding.DecodeOptions(max_length=max_length, **kwargs)
+  options = decoding.DecodeOptions(**{"max_length": max_length, "eos_id": vocabulary.eos_id,
+                                      **kwargs})
   results = []
   for index, chunk in enumerate(_batches(list(requests), batch_size)):
     # The family's model batch: encoder tokens (T5), or the prefix-LM prompt (decoder-only).
-    batch = model.inputs_batch(tokenize([r["inputs"] for r in chunk], input_length, batch_size))
+    batch = model.inputs_batch(tokenize([r["inputs"] for r in chunk], input_length, batch_size,
+                                        vocabulary))
     if space is not None:
       rows = space.encode_batch([r.get("features", {}) for r in chunk], unknown)
       batch[FEATURE_IDS] = np.full((batch_size, space.n_types), INACTIVE, np.int32)
@@ -108,10 +117,10 @@ def predict(model: BaseModel, params, requests: Sequence[Mapping[str, Any]], *, 
                               None if rng is None else jax.random.fold_in(rng, index))
     tokens_out, scores = np.asarray(out.tokens), np.asarray(out.scores)
     for i, request in enumerate(chunk):
-      seq = [int(t) for t in tokens_out[i] if t > decoding.EOS_ID]
-      results.append({**request, "prediction": BYTE_VOCAB.decode(seq),
+      # seqio's decode stops at EOS (PAD fills the rest), as evaluation decodes.
+      results.append({**request, "prediction": vocabulary.decode(tokens_out[i].tolist()),
                       "score": float(scores[i]),
-                      "truncated": n_input_tokens(request["inputs"]) > input_length})
+                      "truncated": n_input_tokens(request["inputs"], vocabulary) > input_length})
   return results
 
 
@@ -121,7 +130,8 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
                task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = 32,
                unknown_features: str = "error", truncation: str = "mark",
                decode_kwargs: Mapping[str, Any] | None = None,
-               mixture_or_task_module: str | Sequence[str] | None = None) -> list[dict]:
+               mixture_or_task_module: str | Sequence[str] | None = None,
+               vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> list[dict]:
   """Decodes every request of `input_file` into `output_file` (written atomically).
 
   An input longer than `task_feature_lengths['inputs']` tokens (bytes + EOS) is cut to it (as
@@ -129,7 +139,8 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
   "error" refuses the file before anything is decoded or written.
   `mixture_or_task_module` (T5X's MIXTURE_OR_TASK_MODULE): module name(s) imported first, as
   in train and eval, so one set of macros serves all three (requests come from `input_file`,
-  not from a seqio task, so nothing here looks a task up).
+  not from a seqio task, so nothing here looks a task up). `vocabulary` (VOCABULARY): what the
+  checkpoint was trained with; the model must cover it (checked before anything is decoded).
   """
   from flix import checkpoints
   from flix.data.pairs import import_task_modules
@@ -141,13 +152,15 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
   numbered = read_numbered_requests(input_file)
   length = task_feature_lengths["inputs"]
   if truncation == "error":
-    check_lengths(numbered, length, input_file)
+    check_lengths(numbered, length, input_file, vocabulary)
   requests = [record for _, record in numbered]
   model_config, flix, params = checkpoints.load_model(checkpoint_path)
+  check_run_vocabulary(vocabulary, model_config)
   results = predict(make_model(model_config, flix), params, requests,
                               input_length=length,
                               max_length=task_feature_lengths["targets"], batch_size=batch_size,
-                              unknown=unknown_features, decode_kwargs=decode_kwargs)
+                              unknown=unknown_features, decode_kwargs=decode_kwargs,
+                              vocabulary=vocabulary)
   tmp = f"{output_file}.tmp"
   os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
   with open(tmp, "w", encoding="utf-8") as f:

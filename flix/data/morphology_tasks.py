@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 import numpy as np
+import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -37,6 +38,7 @@ from flix.data import languages, metrics, morphology, pairs, span_corruption
 from flix.data.pairs import Pair, PairRegistration, PairSource, RateKind
 from flix.data.tfds import morphology as tfds_morphology
 from flix.data.tfds import release, sigmorphon2023, wikipron
+from flix.data.vocab import BYTE_VOCAB, check_vocabulary
 from flix.features import FeatureSpace
 
 PREFIXES = ("none", "task", "task_lang")
@@ -153,7 +155,8 @@ def register_morphology_experiment(
     config: morphology.MorphologyConfig = morphology.MorphologyConfig(),
     tfds_data_dir: str | None = None,
     wikipron_files: Mapping[str, str] | None = None,
-    pretrain_objective: str | None = None) -> PairRegistration:
+    pretrain_objective: str | None = None,
+    vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> PairRegistration:
   """Builds the languages' datasets and registers the grid; what flix.train / flix.eval need.
 
   Args:
@@ -177,6 +180,8 @@ def register_morphology_experiment(
     pretrain_objective: also register `{name}.pretrain`, `flix.data.span_corruption` with this
       objective over the train-split sources and targets of every cell (unpaired texts,
       held-out cells included, never validation or test); lengths `pretrain_feature_lengths`.
+    vocabulary: the VOCABULARY the tasks tokenize with (gin: %VOCABULARY); part of what
+      identifies a cached registration. `config`'s budgets count bytes whatever it is.
   """
   morph_dir = os.path.abspath(morph_dir)
   tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
@@ -206,7 +211,7 @@ def register_morphology_experiment(
   arguments = (morph_dir, langs, tasks, holdout, unseen_pairs, tuple(unseen_langs),
                holdout_seed, holdout_pairs, pairs.frozen(ranks), shared_rank, tuple(derived),
                prefix, rate, temperature, maximum, config, tfds_data_dir,
-               pairs.frozen(chosen), pretrain_objective)
+               pairs.frozen(chosen), pretrain_objective, check_vocabulary(vocabulary))
   previous = pairs.cached_registration(_REGISTERED, name, arguments)
   if previous is not None:
     return previous
@@ -239,13 +244,13 @@ def register_morphology_experiment(
   registration = pairs.register_pairs(
       name, sources, space, hold, feature_lengths(config, tasks, langs, prefix),
       metric_fns=lambda pair: METRICS[pair.task], postprocess_fn=references_postprocessor,
-      rate=rate, temperature=temperature, maximum=maximum, info=info)
+      rate=rate, temperature=temperature, maximum=maximum, info=info, vocabulary=vocabulary)
   if pretrain_objective is not None:
     pretrain = f"{name}.pretrain"
     try:
       span_corruption.register_pretraining_task(
           pretrain, {s: corpus(builders, present, s) for s in ("train", "validation")},
-          space.n_types, objective=pretrain_objective)
+          space.n_types, objective=pretrain_objective, vocabulary=vocabulary)
     except Exception:
       registration.unregister()
       raise

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import seqio
+
 from flix.data import metrics, pairs
 from flix.data.offline import OfflineConfig, OfflineData, generate
 from flix.data.pairs import HoldOut, PairTask, RateKind
 from flix.data.span_corruption import register_pretraining_task
+from flix.data.vocab import BYTE_VOCAB, check_vocabulary
 from flix.features import FeatureSpace
 
 OFFLINE_METRICS = (metrics.sequence_accuracy, metrics.chrf, metrics.cer)
@@ -39,6 +42,9 @@ class OfflineRegistration:
   eval_mixture: str
   pretrain_task: str
   pretrain_objective: str = "span_corruption"
+  # seqio vocabularies define __eq__ but no __hash__: compared, not hashed.
+  vocabulary: seqio.Vocabulary = dataclasses.field(default_factory=lambda: BYTE_VOCAB,
+                                                   hash=False)
 
   @property
   def holdout(self) -> HoldOut:
@@ -51,7 +57,8 @@ class OfflineRegistration:
 
   @property
   def task_feature_lengths(self) -> dict[str, int]:
-    """`{"inputs": ..., "targets": ...}` bytes incl. EOS, from the config."""
+    """`{"inputs": ..., "targets": ...}` tokens incl. EOS, from the config (bytes under
+    ByteVocabulary; a SentencePiece vocabulary needs fewer)."""
     return {"inputs": self.data.config.input_length, "targets": self.data.config.target_length}
 
   @property
@@ -73,10 +80,10 @@ class OfflineRegistration:
 
 def _register_pretrain(name: str, data: OfflineData, space: FeatureSpace,
                        noise_density: float, mean_span_length: float, objective: str,
-                       fields: tuple[str, ...]) -> None:
+                       fields: tuple[str, ...], vocabulary: seqio.Vocabulary) -> None:
   register_pretraining_task(
       name, {split: data.corpus(split, fields) for split in ("train", "validation")},
-      space.n_types, noise_density, mean_span_length, objective)
+      space.n_types, noise_density, mean_span_length, objective, vocabulary)
 
 
 def register_offline(config: OfflineConfig = OfflineConfig(),
@@ -88,7 +95,8 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
                      noise_density: float = 0.15,
                      mean_span_length: float = 3.0,
                      pretrain_objective: str = "span_corruption",
-                     pretrain_fields: tuple[str, ...] = ("targets",)) -> OfflineRegistration:
+                     pretrain_fields: tuple[str, ...] = ("targets",),
+                     vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> OfflineRegistration:
   """Generates the benchmark for `config` and registers its Tasks and Mixtures.
 
   Args:
@@ -102,10 +110,13 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
       and its targets (`flix.data.span_corruption.OBJECTIVES`).
     pretrain_fields: which texts of the train split form the unlabelled pretraining corpus
       ("targets", or "inputs" and "targets" as separate, unpaired texts).
+    vocabulary: the VOCABULARY every task tokenizes with (`flix.data.vocab`); part of what
+      identifies a cached registration, so another vocabulary registers the prefix anew.
   """
   pretrain_fields = tuple(pretrain_fields)
+  check_vocabulary(vocabulary)
   arguments = (config, space, rate, temperature, maximum, noise_density, mean_span_length,
-               pretrain_objective, pretrain_fields)
+               pretrain_objective, pretrain_fields, vocabulary)
   previous = pairs.cached_registration(_REGISTERED, prefix, arguments)
   if previous is not None:
     return previous
@@ -121,16 +132,17 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
     for pair, examples in data.examples.items():
       tasks.append(pairs.register_pair_task(
           pair.task_name(prefix), pair, examples, space, data.holdout,
-          metric_fns=OFFLINE_METRICS))
+          metric_fns=OFFLINE_METRICS, vocabulary=vocabulary))
     pairs.register_pair_mixture(f"{prefix}.train", tasks, rate, temperature, maximum)
     pairs.register_pair_mixture(f"{prefix}.eval", tasks, "equal", include_untrained=True)
     _register_pretrain(f"{prefix}.pretrain", data, space, noise_density, mean_span_length,
-                       pretrain_objective, pretrain_fields)
+                       pretrain_objective, pretrain_fields, vocabulary)
   except Exception:
     pairs.unregister([f"{prefix}.train", f"{prefix}.eval", f"{prefix}.pretrain",
                       *(t.name for t in tasks)])
     raise
   registration = OfflineRegistration(data, space, prefix, tuple(tasks), f"{prefix}.train",
-                                     f"{prefix}.eval", f"{prefix}.pretrain", pretrain_objective)
+                                     f"{prefix}.eval", f"{prefix}.pretrain", pretrain_objective,
+                                     vocabulary)
   _REGISTERED[prefix] = (arguments, registration)
   return registration

@@ -355,6 +355,7 @@ def register_pair_task(
     space: the FeatureSpace of the model that will train/evaluate on this task.
     holdout: which pairs/languages are unseen; None trains every pair.
     metric_fns, postprocess_fn: as in seqio.TaskRegistry.add.
+    vocabulary: the VOCABULARY `inputs` and `targets` are tokenized with (`flix.data.vocab`).
     shuffle_buffer_size: default: the largest split, i.e. a full shuffle. (seqio shuffles after
       repeating, so a buffer much larger than the split makes the first batches of a mixture
       process buffer-many examples of every task.)
@@ -463,6 +464,7 @@ class PairRegistration:
       default (greedy).
     official: the benchmark's own aggregate of per-pair metrics, `{task name: {metric: value}}
       -> {group: {...}}`, reported as `Report.official`; None if it has none.
+    vocabulary: the VOCABULARY every task tokenizes with.
   """
 
   prefix: str
@@ -476,6 +478,9 @@ class PairRegistration:
   extra_names: tuple[str, ...] = ()
   decode_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   official: Callable[[Mapping[str, Mapping[str, float]]], dict] | None = None
+  # seqio vocabularies define __eq__ but no __hash__: compared, not hashed.
+  vocabulary: seqio.Vocabulary = dataclasses.field(default_factory=lambda: BYTE_VOCAB,
+                                                   hash=False)
 
   @property
   def names(self) -> tuple[str, ...]:
@@ -498,12 +503,13 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
                    temperature: float = 1.0, maximum: int | None = None,
                    info: Mapping[str, Mapping] | None = None,
                    decode_kwargs: Callable[[Pair], Mapping[str, Any] | None] = lambda pair: None,
-                   official: Callable | None = None) -> PairRegistration:
+                   official: Callable | None = None,
+                   vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> PairRegistration:
   """Registers `{prefix}.{task}.{lang}` for every pair of `sources` and the `{prefix}.train` /
   `{prefix}.eval` mixtures; on any error, removes what it registered and re-raises.
 
   `decode_kwargs(pair)`: the pair's own decoding options, or None for the evaluator's default;
-  `official`: see PairRegistration.
+  `official`: see PairRegistration; `vocabulary`: the VOCABULARY the tasks tokenize with.
   """
   tasks: list[PairTask] = []
   train, evaluation = f"{prefix}.train", f"{prefix}.eval"
@@ -511,7 +517,7 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
     for pair, source in sources.items():
       tasks.append(register_pair_task(pair.task_name(prefix), pair, source, space, holdout,
                                       metric_fns=metric_fns(pair),
-                                      postprocess_fn=postprocess_fn))
+                                      postprocess_fn=postprocess_fn, vocabulary=vocabulary))
     register_pair_mixture(train, tasks, rate, temperature, maximum)
     register_pair_mixture(evaluation, tasks, "equal", include_untrained=True)
   except Exception:
@@ -520,7 +526,7 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
   own = {t.name: dict(kwargs) for t in tasks if (kwargs := decode_kwargs(t.pair)) is not None}
   return PairRegistration(prefix, space, holdout, tuple(tasks), train, evaluation,
                           dict(task_feature_lengths), dict(info or {}), decode_kwargs=own,
-                          official=official)
+                          official=official, vocabulary=vocabulary)
 
 
 def import_task_modules(modules: str | Sequence[str] | None) -> None:

@@ -1,4 +1,4 @@
-"""T5-style span corruption for pretraining on unlabelled text (byte-level).
+"""T5-style span corruption for pretraining on unlabelled text (any VOCABULARY).
 
 A fraction `noise_density` of a text's tokens, in `n_spans ~ noise / mean_span_length` spans,
 is cut out. inputs = kept tokens with one sentinel per cut span. Two objectives (T5 paper,
@@ -7,9 +7,11 @@ section 3.3) differ in the targets:
   "reconstruction":  the whole original text (the "replace spans, reconstruct the original"
                      variant, like BART's text infilling): the decoder also learns to copy
                      its input in order, which a small base trained for minutes otherwise
-                     lacks. Sentinels count down from id 258 (byte 0xFF under
-ByteVocabulary); ids 248..258 are bytes 0xF5..0xFF, which never occur in UTF-8 text, so at most
-MAX_SPANS spans are used.
+                     lacks.
+Sentinels count down from the vocabulary's last id, `vocab_size - 1`, as in seqio's
+span_corruption: under ByteVocabulary ids 258..248 are bytes 0xFF..0xF5, which never occur in
+UTF-8 text; a SentencePiece vocabulary needs `extra_ids` (or a model file with sentinel pieces
+at the top, as mT5's). At most MAX_SPANS spans are used.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tensorflow as tf
 from flix.data import pairs
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features
 
-FIRST_SENTINEL = 258
+FIRST_SENTINEL = BYTE_VOCAB.vocab_size - 1  # 258 under ByteVocabulary.
 MAX_SPANS = 11
 OBJECTIVES = ("span_corruption", "reconstruction")
 
@@ -33,9 +35,10 @@ def _segment(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def span_corrupt(tokens: np.ndarray, rng: np.random.Generator, noise_density: float = 0.15,
-                 mean_span_length: float = 3.0, objective: str = "span_corruption"
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Corrupts int tokens `[n]` (no EOS) into (inputs `[m]`, targets `[k]`), int32."""
+                 mean_span_length: float = 3.0, objective: str = "span_corruption",
+                 first_sentinel: int = FIRST_SENTINEL) -> tuple[np.ndarray, np.ndarray]:
+  """Corrupts int tokens `[n]` (no EOS) into (inputs `[m]`, targets `[k]`), int32; sentinels
+  count down from `first_sentinel` (the vocabulary's `vocab_size - 1`)."""
   tokens = np.asarray(tokens, np.int32)
   n = tokens.shape[0]
   if n < 2:
@@ -46,7 +49,7 @@ def span_corrupt(tokens: np.ndarray, rng: np.random.Generator, noise_density: fl
   keep = _segment(n - n_noise, n_spans, rng)
   inputs, targets, pos = [], [], 0
   for i in range(n_spans):
-    sentinel = FIRST_SENTINEL - i
+    sentinel = first_sentinel - i
     inputs.extend(tokens[pos:pos + keep[i]])
     pos += keep[i]
     inputs.append(sentinel)
@@ -59,7 +62,8 @@ def span_corrupt(tokens: np.ndarray, rng: np.random.Generator, noise_density: fl
 
 
 def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0,
-                    objective: str = "span_corruption"):
+                    objective: str = "span_corruption",
+                    vocabulary: seqio.Vocabulary = BYTE_VOCAB):
   """A seqio preprocessor: tokenized `targets` -> corrupted `inputs` and `targets` (`objective`).
 
   Runs after tokenization and before `append_eos_after_trim`; per-example randomness comes from
@@ -74,7 +78,8 @@ def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0,
 
   def corrupt_np(tokens, seed):
     rng = np.random.default_rng(np.asarray(seed, np.int64) & 0xFFFFFFFF)
-    return span_corrupt(tokens, rng, noise_density, mean_span_length, objective)
+    return span_corrupt(tokens, rng, noise_density, mean_span_length, objective,
+                        vocabulary.vocab_size - 1)
 
   @seqio.map_over_dataset(num_seeds=1)
   def corrupt(features, seed):
@@ -89,18 +94,20 @@ def span_corruption(noise_density: float = 0.15, mean_span_length: float = 3.0,
 
 def register_pretraining_task(name: str, texts: dict[str, list[str]], n_types: int,
                               noise_density: float = 0.15, mean_span_length: float = 3.0,
-                              objective: str = "span_corruption") -> None:
-  """Registers seqio Task `name` over unlabelled `texts` (`{split: [str]}`), corrupted by
-  `span_corruption`; every example's feature ids are INACTIVE (a base model has no adapters)."""
+                              objective: str = "span_corruption",
+                              vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> None:
+  """Registers seqio Task `name` over unlabelled `texts` (`{split: [str]}`) tokenized with
+  `vocabulary`, corrupted by `span_corruption`; every example's feature ids are INACTIVE (a base
+  model has no adapters)."""
   ids = tf.constant(np.full((n_types,), -1, np.int32))
   seqio.TaskRegistry.add(
       name,
       source=pairs.examples_source({s: [{"targets": t} for t in v] for s, v in texts.items()},
                                    keys=("targets",)),
-      output_features=pair_output_features(n_types, BYTE_VOCAB),
+      output_features=pair_output_features(n_types, vocabulary),
       preprocessors=[
           seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-          span_corruption(noise_density, mean_span_length, objective),
+          span_corruption(noise_density, mean_span_length, objective, vocabulary),
           lambda ds: ds.map(lambda ex: {**ex, FEATURE_IDS: ids}),
           seqio.preprocessors.append_eos_after_trim],
       metric_fns=[],

@@ -34,6 +34,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import gin
 import numpy as np
+import seqio
 import tensorflow as tf
 
 from flix.data import aggregation, metrics, pairs
@@ -41,6 +42,7 @@ from flix.data.pairs import HoldOut, Pair, PairRegistration, PairSource, RateKin
 from flix.data.tfds import release
 from flix.data.tfds import xtreme_up as tfds_xtreme_up
 from flix.data.tfds.xtreme_up import LANGUAGES, SPLITS, TASKS  # noqa: F401 (re-exported)
+from flix.data.vocab import BYTE_VOCAB, check_vocabulary
 from flix.features import FeatureSpace
 
 ENV_VAR = "XTREME_UP_DIR"
@@ -293,7 +295,8 @@ def register_xtreme_up_experiment(
     maximum: int | None = None,
     task_feature_lengths: Mapping[str, int] | None = None,
     tfds_data_dir: str | None = None,
-    code_switched: bool = False) -> PairRegistration:
+    code_switched: bool = False,
+    vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> PairRegistration:
   """Builds XTREME-UP's TFDS datasets and registers an experiment: what flix.train / flix.eval
   need (`.space`, `.holdout`, `.train_mixture`, `.eval_mixture`, `.decode_kwargs`,
   `.official`, `.info` with each pair's TFDS config, release files and split sizes).
@@ -317,6 +320,8 @@ def register_xtreme_up_experiment(
     tfds_data_dir: where the TFDS datasets are built and cached (default: TFDS's).
     code_switched: also register `semantic_parsing.{bn,hi,ta}_cs` when `langs` is None (the
       official score never counts them).
+    vocabulary: the VOCABULARY the tasks tokenize with (gin: %VOCABULARY); part of what
+      identifies a cached registration.
   """
   data_dir = os.path.abspath(resolve_data_dir(data_dir))
   tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
@@ -331,7 +336,7 @@ def register_xtreme_up_experiment(
   lengths = dict(task_feature_lengths or DEFAULT_FEATURE_LENGTHS)
   arguments = (data_dir, tasks, pairs.frozen(langs), unseen_pairs, unseen_langs,
                pairs.frozen(ranks), shared_rank, rate, temperature, maximum,
-               pairs.frozen(lengths), tfds_data_dir, code_switched)
+               pairs.frozen(lengths), tfds_data_dir, code_switched, check_vocabulary(vocabulary))
   previous = pairs.cached_registration(_REGISTERED, prefix, arguments)
   if previous is not None:
     return previous
@@ -343,7 +348,8 @@ def register_xtreme_up_experiment(
   registration = pairs.register_pairs(
       prefix, sources, space, holdout, lengths, metric_fns=lambda pair: METRICS[pair.task],
       rate=rate, temperature=temperature, maximum=maximum, info=info,
-      decode_kwargs=lambda pair: DECODE_KWARGS.get(pair.task), official=official_scores)
+      decode_kwargs=lambda pair: DECODE_KWARGS.get(pair.task), official=official_scores,
+      vocabulary=vocabulary)
   _REGISTERED[prefix] = (arguments, registration)
   kinds = {k: len(registration.tasks_of_kind(k)) for k in pairs.SPLIT_KINDS}
   logging.info("XTREME-UP %r: %d pairs (%s) from %s; space: tasks %s, languages %s", prefix,

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from flix import checkpoints, host_memory
 from flix.config import FlixConfig
 from flix.data.pairs import check_registered, import_task_modules
-from flix.data.vocab import FEATURE_IDS
+from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
 from flix.features import FeatureSpace
 from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
@@ -298,7 +298,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           data_shards: int | None = None, input_threads: int | None = 1,
           mixture_or_task_module: str | Sequence[str] | None = None,
           use_cached_tasks: bool = False,
-          skip_damaged_checkpoints: bool = False) -> TrainState:
+          skip_damaged_checkpoints: bool = False,
+          vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
 
   Multi-process (jax.distributed): every process runs this with the same `model_dir`; each
@@ -322,6 +323,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     use_cached_tasks: T5X's USE_CACHED_TASKS: read seqio's offline cache of the tasks.
     skip_damaged_checkpoints: resume from the newest checkpoint that reads, renaming damaged
       newer ones to `checkpoint_N.damaged` (one process); default: a damaged one is an error.
+    vocabulary: T5X's VOCABULARY (`flix.data.vocab`): the model's vocab_size must cover it and
+      every task of the mixture must tokenize with it, checked before anything is built.
   Returns the final TrainState.
   """
   check_settings(train_steps=train_steps, batch_size=batch_size,
@@ -329,6 +332,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                  keep_checkpoints=keep_checkpoints, task_feature_lengths=task_feature_lengths,
                  data_shards=data_shards, input_threads=input_threads)
   import_task_modules(mixture_or_task_module)
+  check_registered(mixture_or_task_name)
+  check_run_vocabulary(vocabulary, model_config, mixture_or_task_name)
   partitioner = partitioner or Partitioner()
   if batch_size % partitioner.data_size:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "

@@ -1,0 +1,138 @@
+"""VOCABULARY: a SentencePiece model trained here runs train -> eval -> infer through the gin
+entry points; a model smaller than the vocabulary, or tasks of another vocabulary, are refused
+before any step."""
+import json
+import os
+
+import gin
+import pytest
+import seqio
+
+from flix import eval as eval_entry, gin_utils, infer as infer_entry, train as train_entry
+from flix.data import offline_tasks
+from flix.data.offline import OfflineConfig, generate
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
+SP_SIZE = 128  # < 259 ByteVocabulary ids: the model below cannot take bytes.
+# tiny_data.gin's benchmark (the test's SentencePiece model learns its texts).
+TINY_DATA = OfflineConfig(tasks=("cardinal", "ordinal"), langs=("en", "fr", "de"),
+                          unseen_langs=("de",), n_train=24, n_validation=4, n_test=4,
+                          input_length=24, target_length=48)
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+  """A deterministic SentencePiece model (T5's ids: PAD 0, EOS 1, UNK 2, no BOS) of the tiny
+  offline benchmark's texts."""
+  import sentencepiece
+  out = tmp_path_factory.mktemp("spm")
+  data = generate(TINY_DATA)
+  texts = [t for split in ("train", "validation", "test")
+           for t in data.corpus(split, ("inputs", "targets"))]
+  (out / "corpus.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+  sentencepiece.SentencePieceTrainer.train(
+      input=str(out / "corpus.txt"), model_prefix=str(out / "sp"), vocab_size=SP_SIZE,
+      model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      num_threads=1, shuffle_input_sentence=False, input_sentence_size=0, minloglevel=2)
+  return str(out / "sp.model")
+
+
+def run_entry(module, gin_file, *bindings):
+  gin.clear_config()
+  with pytest.raises(SystemExit) as exit_info:
+    gin_utils.run(module.main, [f"--gin_search_paths={GIN_DIR}", f"--gin_file={gin_file}",
+                                *bindings])
+  return exit_info.value.code
+
+
+def sentencepiece_bindings(path):
+  return ["--gin.VOCABULARY=@seqio.SentencePieceVocabulary()",
+          f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{path}'"]
+
+
+def subtask_vocabularies(name):
+  return [t.output_features["targets"].vocabulary
+          for t in seqio.get_subtasks(seqio.get_mixture_or_task(name))]
+
+
+def test_sentencepiece_train_eval_infer(tmp_path, sp_model, capsys):
+  vocabulary = seqio.SentencePieceVocabulary(sp_model)
+  assert vocabulary.vocab_size == SP_SIZE
+  model_dir, out = tmp_path / "run", tmp_path / "eval"
+  sp = sentencepiece_bindings(sp_model)
+  model = [f"--gin.T5Config.vocab_size={SP_SIZE}", "--gin.T5Config.num_encoder_layers=1",
+           "--gin.T5Config.num_decoder_layers=1"]
+  assert run_entry(train_entry, "tiny_offline.gin", *sp, *model, f"--gin.MODEL_DIR='{model_dir}'",
+                   "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2") == 0
+  # Every registered task (pairs and the pretraining corpus) tokenizes with the SentencePiece
+  # model, so the ids the model saw were its pieces, not bytes.
+  assert all(v == vocabulary for v in subtask_vocabularies("flix_offline.eval"))
+  assert subtask_vocabularies("flix_offline.pretrain") == [vocabulary]
+  ckpt = str(model_dir / "checkpoint_2")
+
+  assert run_entry(eval_entry, "tiny_eval.gin", *sp, f"--gin.CHECKPOINT_PATH='{ckpt}'",
+                   f"--gin.EVAL_OUTPUT_DIR='{out}'", "--gin.EVAL_EXAMPLES=1") == 0
+  report = json.loads((out / "report.json").read_text())
+  assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
+  record = json.loads((out / "predictions" / "flix_offline.ordinal.fr.jsonl").read_text())
+  assert isinstance(record["prediction"], str)
+
+  requests, predictions = tmp_path / "requests.jsonl", tmp_path / "out.jsonl"
+  requests.write_text(json.dumps({"inputs": "ordinal fr: 12",
+                                  "features": {"task": "ordinal", "lang": "fr"}}) + "\n")
+  infer = [f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.INPUT_FILE='{requests}'",
+           f"--gin.OUTPUT_FILE='{predictions}'",
+           "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}",
+           "--gin.BATCH_SIZE=8"]  # Eval's decode shapes: compiled once.
+  assert run_entry(infer_entry, "runs/infer.gin", *sp, *infer) == 0
+  [result] = [json.loads(l) for l in predictions.read_text().splitlines()]
+  assert isinstance(result["prediction"], str) and result["score"] <= 0
+  assert not result["truncated"]
+
+  # The checkpoint's model (vocab_size 128) cannot take ByteVocabulary's 259 ids: eval and
+  # infer with the default VOCABULARY refuse it before decoding anything.
+  message = f"vocab_size {SP_SIZE}, smaller than the 259 ids of VOCABULARY"
+  capsys.readouterr()
+  assert run_entry(eval_entry, "tiny_eval.gin", f"--gin.CHECKPOINT_PATH='{ckpt}'",
+                   f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval_bytes'}'") == 1
+  assert run_entry(infer_entry, "runs/infer.gin", *infer[:2],
+                   f"--gin.OUTPUT_FILE='{tmp_path / 'bytes.jsonl'}'", *infer[3:]) == 1
+  assert capsys.readouterr().err.count(message) == 2
+  assert not (tmp_path / "eval_bytes").exists() and not (tmp_path / "bytes.jsonl").exists()
+
+
+def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
+  sp = sentencepiece_bindings(sp_model)
+  model_dir = tmp_path / "run"
+  # Byte ids (the default VOCABULARY) into a model of 128 ids.
+  assert run_entry(train_entry, "tiny_offline.gin", f"--gin.T5Config.vocab_size={SP_SIZE}",
+                   f"--gin.MODEL_DIR='{model_dir}'") == 1
+  err = capsys.readouterr().err
+  assert (f"has vocab_size {SP_SIZE}, smaller than the 259 ids of VOCABULARY" in err
+          and "Set the gin macro VOCABULARY" in err), err
+  assert not model_dir.exists()
+  # The vocabulary is part of what identifies a cached registration: the same arguments with
+  # another vocabulary register the prefix anew, the same vocabulary finds the cached one.
+  by_bytes = offline_tasks.register_offline(TINY_DATA)
+  assert subtask_vocabularies("flix_offline.train")[0] == seqio.ByteVocabulary()
+  sp_vocabulary = seqio.SentencePieceVocabulary(sp_model)
+  by_pieces = offline_tasks.register_offline(TINY_DATA, vocabulary=sp_vocabulary)
+  assert by_pieces is not by_bytes and by_pieces.vocabulary == sp_vocabulary
+  assert subtask_vocabularies("flix_offline.train")[0] == sp_vocabulary
+  assert offline_tasks.register_offline(
+      TINY_DATA, vocabulary=seqio.SentencePieceVocabulary(sp_model)) is by_pieces
+
+  # Tasks registered with bytes in a run whose VOCABULARY is the SentencePiece model.
+  assert run_entry(train_entry, "tiny_offline.gin", *sp,
+                   "--gin.register_offline.vocabulary=@seqio.ByteVocabulary()",
+                   f"--gin.MODEL_DIR='{model_dir}'") == 1
+  err = capsys.readouterr().err
+  assert ("tokenizes 'inputs' with ByteVocabulary(extra_ids=0), but the run's VOCABULARY is "
+          "SentencePieceVocabulary(file=" in err), err
+  assert not model_dir.exists()
+
+  # models/mt5_small.gin's VOCABULARY is mT5's SentencePiece model: never bytes by default.
+  assert run_entry(train_entry, "tiny_offline.gin", "--gin_file=models/mt5_small.gin",
+                   f"--gin.MODEL_DIR='{model_dir}'") == 1
+  assert "set SENTENCEPIECE_MODEL (models/mt5_*.gin)" in capsys.readouterr().err
+  assert not model_dir.exists()
