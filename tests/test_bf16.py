@@ -21,7 +21,7 @@ from flix.training.step import make_train_step
 
 FAMILIES = ("t5", "decoder")
 # bfloat16 keeps 8 significant bits (relative spacing 2**-8 = 0.4%); a cross-entropy over a few
-# dozen tokens through 2 + 2 layers lands well within 2% of float32.
+# dozen tokens through one layer per stack lands well within 2% of float32.
 LOSS_RTOL = 0.02
 
 
@@ -29,8 +29,9 @@ LOSS_RTOL = 0.02
 def model_object(family: str, dtype: str):
   flix = FlixConfig(tiny.space())
   if family == "t5":
-    return EncoderDecoderModel(T5(tiny.t5_config(dtype=dtype), flix), z_loss=0.0)
-  return DecoderOnlyModel(DecoderLM(tiny.decoder_config(dtype=dtype), flix))
+    config = tiny.t5_config(dtype=dtype, num_encoder_layers=1, num_decoder_layers=1)
+    return EncoderDecoderModel(T5(config, flix), z_loss=0.0)
+  return DecoderOnlyModel(DecoderLM(tiny.decoder_config(dtype=dtype, num_layers=1), flix))
 
 
 def params_of(family: str):
@@ -55,6 +56,7 @@ def train_batch(family: str, seed: int = 0):
           "decoder_causal_attention": (weights == 0).astype(jnp.int32), "feature_ids": ids}
 
 
+@functools.lru_cache(maxsize=None)
 def two_steps(family: str, dtype: str):
   """(losses of two AdamW steps, final state) from the shared float32 params."""
   obj = model_object(family, dtype)
@@ -76,18 +78,14 @@ def float_dtypes(tree) -> set:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bfloat16_train_steps_track_float32_and_keep_float32_state(family):
+def test_bfloat16_train_steps_track_float32_and_keep_float32_state(tmp_path, family):
   (f32_losses, _), (bf16_losses, state) = two_steps(family, "float32"), two_steps(family,
                                                                                  "bfloat16")
   np.testing.assert_allclose(bf16_losses, f32_losses, rtol=LOSS_RTOL)
   assert bf16_losses != f32_losses, "the bfloat16 model must really compute in bfloat16"
   assert float_dtypes(state.params) == {"float32"}
   assert float_dtypes(state.opt_state) == {"float32"}
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_bfloat16_checkpoint_is_float32_and_records_the_dtype(tmp_path, family):
-  _, state = two_steps(family, "bfloat16")
+  # The checkpoint is float32 too and records the compute dtype.
   obj = model_object(family, "bfloat16")
   path = checkpoints.save_model(str(tmp_path / "ckpt"), state.params, obj.module.config,
                                 obj.flix)

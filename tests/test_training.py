@@ -62,6 +62,7 @@ def assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   assert run_train(straight) == 0
