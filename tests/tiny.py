@@ -32,7 +32,7 @@ def randomize_adapters(params, seed: int = 0, scale: float = 0.3):
   """Plain params with every adapter leaf (B included) set to random values."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.unbox(params))
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  out = [scale * jax.random.normal(k, v.shape, v.dtype) if str(p[-1].key).startswith("lora_")
+  out = [scale * jax.random.normal(k, v.shape, v.dtype) if is_adapter_name(p[-1].key)
          else v for k, (p, v) in zip(keys, leaves)]
   return jax.tree_util.tree_unflatten(treedef, out)
 
