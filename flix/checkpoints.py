@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -229,13 +229,16 @@ def graft(base, adapters) -> dict:
 def save_model(path: str, params, model_config: ModelConfig, flix: FlixConfig | None = None, *,
                base_checkpoint: str | None = None, overwrite: bool = False,
                extra_files: dict[str, str] | None = None,
-               extra_trees: dict[str, Any] | None = None) -> str:
+               extra_trees: dict[str, Any] | None = None,
+               writers: Sequence[Callable[[str], None]] = ()) -> str:
   """Writes a checkpoint directory (atomically); returns its absolute path. Multi-process: all
   processes call it (see the module docstring).
 
   With `base_checkpoint`, only adapter leaves are written and the base is referenced by path.
   `extra_files` maps file names to text written next to the JSON (e.g. "config.gin");
-  `extra_trees` maps directory names to pytrees written with orbax (e.g. "train_state").
+  `extra_trees` maps directory names to pytrees written with orbax (e.g. "train_state");
+  every process calls each of `writers` with the temporary directory (e.g. to write its data
+  iterators' state) before it is renamed into place.
   """
   params = nn.unbox(params)
   if base_checkpoint is not None:
@@ -258,6 +261,8 @@ def save_model(path: str, params, model_config: ModelConfig, flix: FlixConfig | 
     save_pytree(os.path.join(tmp, PARAMS), params)
     for name, tree in (extra_trees or {}).items():
       save_pytree(os.path.join(tmp, name), tree)
+    for write in writers:
+      write(tmp)
   return os.path.abspath(path)
 
 

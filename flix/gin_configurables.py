@@ -7,7 +7,7 @@ from flix.data import (morphology_tasks, offline, offline_tasks,  # noqa: F401 (
                        xtreme_up)  # their gin configurables themselves)
 from flix import evaluation, inference  # noqa: F401 (evaluate_checkpoint, infer_file)
 from flix.models import decoder, model, t5  # noqa: F401 (model: EncoderDecoderModel, ...)
-from flix.training import loop, optimizers, partitioning, step  # noqa: F401
+from flix.training import loop, optimizers, partitioning, periodic_eval, step  # noqa: F401
 
 gin.external_configurable(t5.T5Config, "T5Config")
 gin.external_configurable(decoder.DecoderConfig, "DecoderConfig")

@@ -148,6 +148,56 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
   assert_trees_equal(saved_state(tmp_path / "checkpoint_4"), good)
 
 
+def test_in_training_eval_writes_metrics_and_keeps_the_best_checkpoint(tmp_path, capsys):
+  eval_bindings = ["--gin.CHECKPOINT_PERIOD=100", "--gin.EVAL_PERIOD=2", "--gin.EVAL_EXAMPLES=2",
+                   "--gin.train.keep_checkpoints=1"]
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=6", *eval_bindings,
+                   "--gin.BEST_METRIC='seen_pair/sequence_accuracy'") == 0
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evals = {l["step"]: l for l in lines if "loss" not in l}
+  assert sorted(evals) == [2, 4, 6]
+  key = "eval/validation/seen_pair/sequence_accuracy"
+  for step, line in evals.items():
+    assert {key, "eval/validation/unseen_language/sequence_accuracy",
+            "eval/validation/overall/sequence_accuracy"} <= set(line), sorted(line)
+    report = json.loads((tmp_path / "eval" / "validation" / f"step_{step}" / "report.json")
+                        .read_text())
+    assert report["step"] == step
+    assert line[key] == report["by_kind"]["seen_pair"]["sequence_accuracy"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "eval"))
+  # keep_checkpoints=1 keeps the newest and the best (the newest among equal values).
+  best = max(evals, key=lambda step: (evals[step][key], step))
+  kept = [s for s, _ in step_dirs(str(tmp_path))]
+  assert kept == sorted({6, best}), (kept, {s: l[key] for s, l in evals.items()})
+  for step in kept:
+    meta = json.loads((tmp_path / f"checkpoint_{step}" / "train_state.json").read_text())
+    assert meta["eval"] == {k[len("eval/validation/"):]: v for k, v in evals[step].items()
+                            if k != "step"}
+  # Resumed to step 8 with a metric the evaluation lacks: step 8 is saved, then a clear error.
+  assert run_train(tmp_path, "--gin.TRAIN_STEPS=8", *eval_bindings,
+                   "--gin.BEST_METRIC='overall/bleu'") == 1
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert ("EvalSettings.best_metric 'overall/bleu' is not among the metrics of the evaluation "
+          "at step 8: ['overall/cer'") in err, err
+  assert 8 in [s for s, _ in step_dirs(str(tmp_path))]
+
+
+def test_best_checkpoint_by_recorded_metric(tmp_path):
+  from flix.training.checkpointer import Checkpointer
+  for step, value in ((2, 0.5), (4, 0.7), (6, float("nan")), (8, 0.6), (10, None)):
+    (tmp_path / f"checkpoint_{step}").mkdir()
+    meta = {"step": step, "data_position": step}
+    if value is not None:
+      meta["eval"] = {"seen_pair/sequence_accuracy": value}
+    (tmp_path / f"checkpoint_{step}" / "train_state.json").write_text(json.dumps(meta))
+  best = lambda **kw: Checkpointer(str(tmp_path), None, None, **kw).best()
+  assert best(best_metric="seen_pair/sequence_accuracy") == str(tmp_path / "checkpoint_4")
+  assert best(best_metric="seen_pair/sequence_accuracy", best_mode="min") == str(
+      tmp_path / "checkpoint_2")
+  assert best(best_metric="overall/sequence_accuracy") is None
+  assert best() is None
+
+
 @pytest.mark.parametrize("bindings, message", [
     (["--gin.train.foo=3"], "Configurable 'train' doesn't have a parameter named 'foo'"),
     (["--gin.MIXTURE_OR_TASK_NAME='nope'"], "unknown mixture or task 'nope'; registered:"),
@@ -159,6 +209,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
      "ModuleNotFoundError: No module named 'no_such_tasks_module'"),
     # USE_CACHED_TASKS reaches seqio's use_cached: these in-memory tasks were never cached.
     (["--gin.USE_CACHED_TASKS=True"], "does not exist in any of the task cache directories"),
+    (["--gin.BEST_METRIC='seen_pair/sequence_accuracy'"],
+     "EvalSettings.best_metric 'seen_pair/sequence_accuracy' needs EVAL_PERIOD"),
+    (["--gin.EVAL_PERIOD=2", "--gin.BEST_METRIC='exact_match'"],
+     "EvalSettings.best_metric must be '<group>/<metric>' with group one of ('seen_pair', "
+     "'unseen_pair', 'unseen_language', 'overall')"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, capsys, bindings, message):
   assert run_train(tmp_path, *bindings) == 1

@@ -3,8 +3,12 @@
 MODEL_DIR/checkpoint_<step>/ is a `flix.checkpoints` model checkpoint plus
   train_state/       orbax: {"opt_state": ..., "rng": uint32 [2]}
   train_state.json   {"step": int, "data_position": batches consumed,
-                      "data_shards": seqio shards the global batch is read from}
+                      "data_shards": seqio shards the global batch is read from,
+                      "eval": {"<group>/<metric>": value} of an in-training evaluation at
+                      this step (`flix.training.periodic_eval`), when there was one}
   config.gin         the operative gin config
+  data_iterator/     the input iterators' state, one tf.train.Checkpoint per data shard
+                     (`flix.training.batches`; absent with train.save_data_iterator=False)
 Adapter-only checkpoints (when training starts from a base checkpoint and the base is frozen)
 hold adapter leaves only and reference the base checkpoint by path.
 
@@ -15,6 +19,7 @@ process 0 writes the files, renames the directory into place and deletes old che
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -26,6 +31,7 @@ from jax.experimental import multihost_utils
 from flix import checkpoints
 from flix.config import FlixConfig
 from flix.models.families import ModelConfig
+from flix.training.batches import TrainBatches
 from flix.training.state import TrainState
 
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
@@ -75,28 +81,51 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, model_config: ModelConfig, flix: FlixConfig | None, *,
                keep: int = 3, base_checkpoint: str | None = None, gin_config: str = "",
-               data_shards: int = 1):
+               data_shards: int = 1, best_metric: str | None = None, best_mode: str = "max"):
+    """`keep`: the newest checkpoints kept; with `best_metric` ("<group>/<metric>" recorded
+    by in-training evaluation), the checkpoint with its best value ("max" or "min"
+    `best_mode`) is kept too."""
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
+    self.best_metric, self.best_mode = best_metric, best_mode
     self.model_dir = os.path.abspath(model_dir)
     self.model_config, self.flix = model_config, flix
     self.keep, self.base_checkpoint, self.gin_config = keep, base_checkpoint, gin_config
     self.data_shards = data_shards
 
-  def save(self, state: TrainState, data_position: int) -> str:
-    """Writes checkpoint_<step> (all processes call it); keeps the newest `keep`."""
+  def save(self, state: TrainState, data_position: int,
+           batches: TrainBatches | None = None,
+           eval_metrics: dict[str, float] | None = None) -> str:
+    """Writes checkpoint_<step> (all processes call it), with `batches`' iterator state and
+    the step's evaluation metrics when given; keeps the newest `keep` and the best."""
     step = int(jax.device_get(state.step))
     path = os.path.join(self.model_dir, f"checkpoint_{step}")
-    meta = json.dumps({"step": step, "data_position": int(data_position),
-                       "data_shards": self.data_shards}, indent=2)
+    meta = {"step": step, "data_position": int(data_position), "data_shards": self.data_shards}
+    if eval_metrics:
+      meta["eval"] = dict(eval_metrics)
+    meta = json.dumps(meta, indent=2)
     checkpoints.save_model(
         path, state.params, self.model_config, self.flix, base_checkpoint=self.base_checkpoint,
         overwrite=True, extra_files={TRAIN_STATE_JSON: meta, "config.gin": self.gin_config},
-        extra_trees={TRAIN_STATE: {"opt_state": state.opt_state, "rng": state.rng}})
+        extra_trees={TRAIN_STATE: {"opt_state": state.opt_state, "rng": state.rng}},
+        writers=[batches.save] if batches is not None else [])
     if checkpoints.is_primary():
+      best = self.best()
       for _, old in step_dirs(self.model_dir)[:-self.keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != best:
+          shutil.rmtree(old, ignore_errors=True)
     return path
+
+  def best(self) -> str | None:
+    """The checkpoint with the best recorded `best_metric` (the newest among equals), or None."""
+    if self.best_metric is None:
+      return None
+    scored = []
+    for step, path in step_dirs(self.model_dir):
+      value = read_train_state_json(path).get("eval", {}).get(self.best_metric)
+      if value is not None and math.isfinite(value):
+        scored.append((value if self.best_mode == "max" else -value, step, path))
+    return max(scored)[2] if scored else None
 
   def restore(self, path: str, target: TrainState) -> tuple[TrainState, int]:
     """The state saved at `path`, laid out (shapes, shardings) like `target`; and data position."""

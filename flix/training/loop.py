@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import optax
 import seqio
-import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from flix import checkpoints, host_memory
@@ -30,10 +29,12 @@ from flix.features import FeatureSpace
 from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
 from flix.trainable import METHODS, freeze_base, trainable_mask
+from flix.training.batches import TrainBatches, check_data_shards, has_iterator_state
 from flix.training.checkpointer import (Checkpointer, latest_everywhere, read_train_state_json,
                                         step_dirs)
 from flix.training.optimizers import make_optimizer
 from flix.training.partitioning import Partitioner
+from flix.training.periodic_eval import EvalSettings, PeriodicEvaluator
 from flix.training.progress import MetricsLogger
 from flix.training.state import TrainState
 from flix.training.sparse_step import make_row_sparse_train_step
@@ -80,16 +81,6 @@ class AdapterSettings:
     return FlixConfig(space, self.alpha, self.rslora, tuple(self.targets), self.strategy)
 
 
-def check_data_shards(batch_size: int, data_shards: int, resumed: str | None = None) -> None:
-  hosts = jax.process_count()
-  if data_shards < 1 or data_shards % hosts:
-    source = f" (the data_shards of the resumed {resumed})" if resumed else ""
-    raise ValueError(f"data_shards {data_shards}{source} is not a multiple of the {hosts} "
-                     "processes")
-  if batch_size % data_shards:
-    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by data_shards {data_shards}")
-
-
 def check_settings(*, train_steps, batch_size, checkpoint_period, log_period, keep_checkpoints,
                    task_feature_lengths, data_shards, input_threads) -> None:
   """Step counts, periods, sizes and lengths that make sense, before anything is written."""
@@ -104,57 +95,6 @@ def check_settings(*, train_steps, batch_size, checkpoint_period, log_period, ke
     check_counts(**{"train.data_shards": data_shards})
   if input_threads is not None:
     check_counts(**{"train.input_threads": input_threads})
-
-
-def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                  batch_size: int, converter: seqio.FeatureConverter, seed: int, skip: int,
-                  data_shards: int | None = None, input_threads: int | None = 1,
-                  use_cached: bool = False):
-  """Endless numpy batches of this host's rows, starting after `skip` batches (exact resume).
-
-  T5X-style per-host seqio shards: the data is read as `data_shards` (default: one per
-  process) shards, `seqio.ShardInfo(i, data_shards)`, each giving batch_size / data_shards
-  rows of every global batch, in shard order. Host h reads only shards h*k .. (h+1)*k - 1
-  (k = data_shards / hosts): the rows its devices hold on the 'data' axis. tf.data runs on
-  `input_threads` private threads (None: TF's default pool) and prefetches two batches: on a
-  2-core CPU host, tf.data's default thread pool competes with XLA:CPU for the cores (measured:
-  one thread took a small T5's LoRA steps from 2.0 to 3.4 per second). Shard i shuffles and
-  mixes with seed `seed + i`, so the shards' task draws are independent (T5X gives every host
-  the same seed, which repeats one task sequence in every shard). seqio splits a source of at
-  least data_shards files by files; otherwise (the in-memory offline benchmark) every shard
-  lists the source and keeps every data_shards-th example.
-
-  The batches depend on `data_shards`, not on the host count: a 1-process run with
-  data_shards = 2 trains on exactly a 2-process run's batches (tests/test_multihost.py), and a
-  checkpoint resumes exactly on any host count dividing its data_shards. (Reading one global
-  stream and keeping this host's rows would make the batches independent of data_shards too,
-  but every host would run the whole input pipeline.)
-
-  `use_cached`: read seqio's offline cache of the tasks (T5X's USE_CACHED_TASKS; the tasks must
-  have been cached with seqio's `seqio_cache_tasks`, flix's own registrations are not).
-  """
-  check_registered(mixture_or_task_name)
-  hosts, host = jax.process_count(), jax.process_index()
-  shards = data_shards or hosts
-  check_data_shards(batch_size, shards)
-  per_host = shards // hosts
-
-  def shard(index: int):
-    ds = seqio.get_dataset(
-        mixture_or_task_name, dict(task_feature_lengths), dataset_split="train", shuffle=True,
-        num_epochs=None, seed=seed + index, use_cached=use_cached,
-        shard_info=seqio.ShardInfo(index, shards),
-        feature_converter=converter)
-    return ds.batch(batch_size // shards, drop_remainder=True).skip(skip)
-
-  mine = [shard(i) for i in range(host * per_host, (host + 1) * per_host)]
-  ds = mine[0] if per_host == 1 else tf.data.Dataset.zip(tuple(mine)).map(
-      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
-  if input_threads is not None:
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = input_threads
-    ds = ds.with_options(options)
-  return ds.prefetch(2).as_numpy_iterator()
 
 
 def data_n_types(mixture_or_task_name: str, use_cached: bool = False) -> int:
@@ -299,6 +239,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           mixture_or_task_module: str | Sequence[str] | None = None,
           use_cached_tasks: bool = False,
           skip_damaged_checkpoints: bool = False,
+          save_data_iterator: bool = True, restore_data_iterator: bool = True,
+          evaluation: EvalSettings = EvalSettings(),
           vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
 
@@ -314,15 +256,21 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     initial_checkpoint_path: base checkpoint; adapters start fresh (B = 0).
     adapter_only_checkpoints: with a base checkpoint and a frozen base, checkpoints hold only
       adapters and reference the base by path.
-    data_shards: seqio shards the global batch is read from (see `train_batches`); default the
+    data_shards: seqio shards the global batch is read from (see `TrainBatches`); default the
       resumed checkpoint's, else one per process.
-    input_threads: tf.data's private threads (see `train_batches`); None: TF's default pool
+    input_threads: tf.data's private threads (see `TrainBatches`); None: TF's default pool
       (more input throughput, for hosts whose cores the accelerator leaves free).
     mixture_or_task_module: T5X's MIXTURE_OR_TASK_MODULE: module name(s) imported first, so
       that they register their seqio tasks (`flix.data.pairs.import_task_modules`).
     use_cached_tasks: T5X's USE_CACHED_TASKS: read seqio's offline cache of the tasks.
     skip_damaged_checkpoints: resume from the newest checkpoint that reads, renaming damaged
       newer ones to `checkpoint_N.damaged` (one process); default: a damaged one is an error.
+    save_data_iterator: checkpoints hold the input iterators' state (T5X's save_dataset), so
+      a resume costs the same at any step (`flix.training.batches`).
+    restore_data_iterator: resume from that state; False (or a checkpoint without it): skip
+      the checkpoint's data_position batches through the pipeline (same batches, O(steps)).
+    evaluation: in-training evaluation every EVAL_PERIOD steps and the best checkpoint's
+      metric (`flix.training.periodic_eval`); every evaluation step also saves a checkpoint.
     vocabulary: T5X's VOCABULARY (`flix.data.vocab`): the model's vocab_size must cover it and
       every task of the mixture must tokenize with it, checked before anything is built.
   Returns the final TrainState.
@@ -331,6 +279,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                  checkpoint_period=checkpoint_period, log_period=log_period,
                  keep_checkpoints=keep_checkpoints, task_feature_lengths=task_feature_lengths,
                  data_shards=data_shards, input_threads=input_threads)
+  evaluation.check()
   import_task_modules(mixture_or_task_module)
   check_registered(mixture_or_task_name)
   check_run_vocabulary(vocabulary, model_config, mixture_or_task_name)
@@ -376,7 +325,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
               and adapters.method != "full" else None)
   checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,
                               base_checkpoint=base_ref, gin_config=gin_config,
-                              data_shards=data_shards)
+                              data_shards=data_shards, best_metric=evaluation.best_metric,
+                              best_mode=evaluation.best_mode)
   state, data_position, resume_from = restore_latest(checkpointer, model_dir, state,
                                                      skip_damaged_checkpoints)
 
@@ -385,9 +335,19 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   step_fn = jax.jit(make_step(model, optimizer, mask, step_config),
                     in_shardings=(state_shardings, partitioner.batch_sharding()),
                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-  batches = train_batches(mixture_or_task_name, task_feature_lengths, batch_size,
-                          model.feature_converter(n_types), random_seed, data_position,
-                          data_shards, input_threads, use_cached_tasks)
+  restore_iterator = (resume_from is not None and restore_data_iterator
+                      and has_iterator_state(resume_from))
+  batches = TrainBatches(mixture_or_task_name, task_feature_lengths, batch_size,
+                         model.feature_converter(n_types), random_seed,
+                         skip=0 if restore_iterator else data_position,
+                         data_shards=data_shards, input_threads=input_threads,
+                         use_cached=use_cached_tasks)
+  if restore_iterator:
+    batches.restore(resume_from)
+  evaluate = (PeriodicEvaluator(evaluation, model, model_dir, registration=registration,
+                                task_feature_lengths=task_feature_lengths,
+                                use_cached=use_cached_tasks)
+              if evaluation.period is not None else None)
   start = int(jax.device_get(state.step))
   logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
                          tokens_per_step=batch_size * sum(task_feature_lengths.values()),
@@ -401,7 +361,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       done = step + 1
       should_log = done % log_period == 0 or done == train_steps
       stop = flag.stop(done)
-      should_save = done % checkpoint_period == 0 or done == train_steps or stop
+      should_eval = evaluation.due(done, train_steps)
+      should_save = (done % checkpoint_period == 0 or done == train_steps or stop
+                     or should_eval)
       if should_log or should_save:
         host = jax.device_get(metrics)
         if not math.isfinite(float(host["loss"])):
@@ -410,11 +372,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
               f"state. Last good checkpoint: {last_saved or 'none'}")
         logger.log(done, host)
       state = new_state
+      eval_metrics = evaluate(state.params, done) if should_eval else None
       if should_save:
-        last_saved = checkpointer.save(state, data_position)
+        last_saved = checkpointer.save(
+            state, data_position, batches if save_data_iterator else None, eval_metrics)
+      if eval_metrics is not None:
+        evaluation.check_metrics(eval_metrics, done)
       if stop:
         logger.close()
         raise Interrupted(stop, last_saved)
   logger.close()
+  if evaluate is not None:
+    evaluate.close()
   return state
 
