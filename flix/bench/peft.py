@@ -36,9 +36,10 @@ using adapter i mod n:
   flix/flix         the FLix model with feature ids `[B, 2]` holding the same n combinations.
 
 Equivalence, asserted before any timing (AssertionError otherwise): PEFT LoRA and flix LoRA have
-the same trainable parameters and give the same logits and the same gradients of the mean token
-cross-entropy w.r.t. every adapter matrix (dropout off); for every n, PEFT's mixed batch gives
-the FLix batch's logits, and those differ from the base model's (the adapters matter).
+the same trainable parameters and give the same logits, the same mean token cross-entropy and
+the same gradients of it w.r.t. every adapter matrix (dropout off); for every n, PEFT's mixed
+batch gives the FLix batch's logits, and those differ from the base model's (the adapters
+matter).
 
 Timing: `torch.set_num_threads(--threads)` (default os.cpu_count(), the cores XLA:CPU uses) and
 OMP_WAIT_POLICY=PASSIVE (`--omp-wait-policy`; with libgomp's default busy-waiting, two torch
@@ -254,7 +255,7 @@ def assert_close(got: np.ndarray, ref: np.ndarray, what: str) -> float:
 
 
 def check_lora(torch, arch, peft_model, model, params, cfg, tokens: dict) -> dict:
-  """PEFT LoRA == flix LoRA: trainable set, logits, and adapter gradients (dropout off)."""
+  """PEFT LoRA == flix LoRA: trainable set, logits, loss and adapter gradients (dropout off)."""
   expected = {}
   for path, hf_module, _ in hf.projection_map(cfg):
     expected[f"base_model.model.{hf_module}.lora_A.default.weight"] = (path, "lora_a_shared")
@@ -282,8 +283,10 @@ def check_lora(torch, arch, peft_model, model, params, cfg, tokens: dict) -> dic
     logits = model.apply({"params": p}, *inputs, None)
     return arch.flix_loss(logits, tokens), logits
 
-  (_, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  (flix_loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   logits_diff = assert_close(torch_logits, np.asarray(logits), "PEFT LoRA vs flix LoRA logits")
+  loss_diff = assert_close(np.float32(loss.item()), np.asarray(flix_loss),
+                           "PEFT LoRA vs flix LoRA loss")
   grad_diff = 0.0
   for name, (path, leaf) in expected.items():
     g = grads
@@ -300,6 +303,7 @@ def check_lora(torch, arch, peft_model, model, params, cfg, tokens: dict) -> dic
     grad_diff = max(grad_diff, diff)
   peft_model.zero_grad(set_to_none=True)
   return {"lora_trainable_values": n_flix, "lora_logits_max_abs_diff": logits_diff,
+          "lora_loss_abs_diff": loss_diff,
           "lora_grad_max_rel_diff": grad_diff}
 
 
