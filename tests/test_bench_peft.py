@@ -102,13 +102,28 @@ def test_missing_hf_extra_is_one_clear_line(monkeypatch):
   assert "\n" not in message and "hf extra" in message and ".[hf]" in message
 
 
-# The decoder bench at its cheapest: one layer, one timed round (no timing assertions).
+# The decoder bench at its cheapest: one layer, one timed round (no timing assertions). The whole
+# run is slow (two train steps to compile: ~40 s of CPU); the fast test below builds the same
+# models and runs every equivalence check (~25 s of CPU).
 DECODER = ["peft", "--arch", "decoder", "--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2",
            "--num-kv-heads", "1", "--head-dim", "8", "--layers", "1", "--batch", "8", "--in-len",
            "12", "--out-len", "6", "--F", "8", "--rank", "4", "--threads", "1", "--adapters",
            "1,4", "--repeats", "1", "--infer-repeats", "1", "--warmup", "1"]
 
 
+def assert_decoder_checks(checks: dict) -> None:
+  """Every check of the DECODER bench ran and was tight; the adapters changed the logits."""
+  # LoRA r 4 on 1 layer: A [4, in] + B [4, out] for each (in, out) of q, k, v, o, gate, up, down.
+  in_out = [(32, 16), (32, 8), (32, 8), (16, 32), (32, 48), (32, 48), (48, 32)]
+  assert checks["lora_trainable_values"] == sum(4 * (i + o) for i, o in in_out) == 1664
+  assert checks["lora_logits_max_abs_diff"] < 1e-4 and checks["lora_loss_abs_diff"] < 1e-4
+  assert checks["lora_grad_max_rel_diff"] < 1e-3 and checks["hf_base_logits_max_abs_diff"] < 1e-4
+  for n in (1, 4):
+    assert checks[f"mixed_{n}_logits_max_abs_diff"] < 1e-4
+    assert checks[f"mixed_{n}_adapter_effect_max_abs"] > 0.01
+
+
+@pytest.mark.slow
 def test_decoder_bench_writes_schema_after_passing_checks(tmp_path, capsys):
   out = tmp_path / "peft_decoder.json"
   main(DECODER + ["--json", str(out)])
@@ -128,26 +143,17 @@ def test_decoder_bench_writes_schema_after_passing_checks(tmp_path, capsys):
                    ("infer", "flix", "flix", 4)]
   for r in data["records"]:
     assert KEYS <= set(r) and len(r["all_seconds"]) == 1 and r["tokens"] == 8 * (12 + 6), r
-  # Every check ran and was tight: 7 projections x (A [4, in] + B [4, out]) for 1 layer.
-  checks = data["checks"]
-  # (in, out) of q, k, v, o, gate, up, down.
-  in_out = [(32, 16), (32, 8), (32, 8), (16, 32), (32, 48), (32, 48), (48, 32)]
-  assert checks["lora_trainable_values"] == sum(4 * (i + o) for i, o in in_out) == 1664
-  assert checks["lora_logits_max_abs_diff"] < 1e-4 and checks["lora_loss_abs_diff"] < 1e-4
-  assert checks["lora_grad_max_rel_diff"] < 1e-3 and checks["hf_base_logits_max_abs_diff"] < 1e-4
-  for n in (1, 4):
-    assert checks[f"mixed_{n}_logits_max_abs_diff"] < 1e-4
-    assert checks[f"mixed_{n}_adapter_effect_max_abs"] > 0.01
+  assert_decoder_checks(data["checks"])
   bars = data["bars"]
   assert bars["train_lora"]["limit"] == 1.5 and bars["infer_mixed"]["adapters"] == 4
   assert "flix LoRA training" in capsys.readouterr().out
 
 
-def test_decoder_equivalence_check_catches_a_different_adapter():
-  """A decoder PEFT adapter that differs from flix's (one mixed-batch adapter, the trained LoRA)
-  fails the check loudly."""
+def test_decoder_equivalence_checks_pass_and_catch_a_different_adapter():
+  """The decoder bench's models pass every check as built; a PEFT adapter that differs from
+  flix's (one mixed-batch adapter, the trained LoRA) fails it loudly."""
   s = peft.build(parse_args(DECODER), torch, *peft.require_hf()[1:])
-  peft.check_equivalence(torch, s, [4])  # Passes as built.
+  assert_decoder_checks(peft.check_equivalence(torch, s, [1, 4]))
   lora_b = dict(s.mixed.named_parameters())[
       "base_model.model.model.layers.0.mlp.down_proj.lora_B.c3.weight"]
   with torch.no_grad():

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import tempfile
@@ -254,6 +255,18 @@ def assert_close(got: np.ndarray, ref: np.ndarray, what: str) -> float:
   return diff
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def loss_and_grads(arch, model, params, tokens: dict):
+  """((the arch's loss, logits), its gradients w.r.t. params) of network `model` without
+  feature ids; compiled once per arch, model and shapes."""
+
+  def loss_fn(p):
+    logits = model.apply({"params": p}, *arch.flix_inputs(tokens), None)
+    return arch.flix_loss(logits, tokens), logits
+
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
 def check_lora(torch, arch, peft_model, model, params, cfg, tokens: dict) -> dict:
   """PEFT LoRA == flix LoRA: trainable set, logits, loss and adapter gradients (dropout off)."""
   expected = {}
@@ -277,13 +290,7 @@ def check_lora(torch, arch, peft_model, model, params, cfg, tokens: dict) -> dic
   loss, out_logits = arch.torch_loss(torch, peft_model, arch.torch_batch(torch, tokens))
   loss.backward()
   torch_logits = out_logits.detach().numpy()
-  inputs = arch.flix_inputs(tokens)
-
-  def loss_fn(p):
-    logits = model.apply({"params": p}, *inputs, None)
-    return arch.flix_loss(logits, tokens), logits
-
-  (flix_loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  (flix_loss, logits), grads = loss_and_grads(arch, model, params, tokens)
   logits_diff = assert_close(torch_logits, np.asarray(logits), "PEFT LoRA vs flix LoRA logits")
   loss_diff = assert_close(np.float32(loss.item()), np.asarray(flix_loss),
                            "PEFT LoRA vs flix LoRA loss")
