@@ -4,7 +4,8 @@
   train   whole train steps of the tiny T5 per method, optimizer and path: time, tokens/s and
           XLA's memory plan (`train`);
   peft    transformers + PEFT LoRA (torch) vs flix LoRA and FLix: training tokens/s and
-          mixed-adapter inference (`peft`; needs the `hf` extra);
+          mixed-adapter inference on the tiny T5 or, with `--arch decoder`, a tiny Llama
+          (`peft`, `peft_decoder`; needs the `hf` extra);
   decode  greedy KV-cache decoding: heterogeneous FLix batch vs merged vs base (`decode`);
   memory  host page faults per step with freed memory retained or not (`memory`);
   resume  the input pipeline's resume time at two data positions: iterator state vs skipping

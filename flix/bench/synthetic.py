@@ -12,7 +12,8 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
-from flix.models.model import BaseModel, EncoderDecoderModel
+from flix.models.decoder import DecoderLM
+from flix.models.model import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 from flix.models.t5 import T5, T5Config
 
 # The byte-level T5.1.1 of configs/models/tiny.gin and small.gin.
@@ -54,11 +55,17 @@ def feature_config(n_features: int, rank: int) -> FlixConfig:
 
 
 # -- weights --------------------------------------------------------------------------------------
-def synthetic_params(model: BaseModel | T5, seed: int) -> dict:
+def model_object(model: BaseModel | T5 | DecoderLM) -> BaseModel:
+  """The model object of a network (a model object is returned as it is)."""
+  if isinstance(model, BaseModel):
+    return model
+  return DecoderOnlyModel(model) if isinstance(model, DecoderLM) else EncoderDecoderModel(model)
+
+
+def synthetic_params(model: BaseModel | T5 | DecoderLM, seed: int) -> dict:
   """Plain float32 params of `model` drawn with numpy (flax's op-by-op init costs seconds per
   model on 2 cores): kernels fan-in scaled normal, norms 1, LoRA A uniform, LoRA B zero."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(
-      (model if isinstance(model, BaseModel) else EncoderDecoderModel(model)).abstract_params())
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(model_object(model).abstract_params())
   rng = np.random.default_rng(seed)
   out = []
   for path, leaf in leaves:
@@ -78,14 +85,15 @@ def synthetic_params(model: BaseModel | T5, seed: int) -> dict:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def random_params(model: T5, seed: int, b_scale: float = 0.1) -> dict:
+def random_params(model: T5 | DecoderLM, seed: int, b_scale: float = 0.1) -> dict:
   """`synthetic_params` with every LoRA B set to N(0, b_scale^2) instead of zero, so that
-  adapters change the outputs, and the query kernels scaled by head_dim**-0.5 as T5's init does
-  (unscaled, the attention softmax is nearly one-hot and float32 rounding differences between
-  equivalent models grow)."""
+  adapters change the outputs; T5's query kernels scaled by head_dim**-0.5 as T5's init does
+  (T5 does not scale attention logits: unscaled, the softmax is nearly one-hot and float32
+  rounding differences between equivalent models grow). DecoderLM scales its attention logits
+  itself, as Llama does, so its queries keep the fan-in scale."""
   params = synthetic_params(model, seed)
   rng = np.random.default_rng(seed + 1)
-  query_scale = np.float32(model.config.head_dim ** -0.5)
+  query_scale = np.float32(model.config.head_dim ** -0.5 if isinstance(model, T5) else 1.0)
 
   def fill(path, leaf):
     keys = [str(p.key) for p in path]
@@ -143,6 +151,7 @@ def batch_ids(combos: np.ndarray, batch: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def forward(model: T5, params, enc, dec, ids):
-  """Teacher-forced logits `[B, L, V]`; compiled once per model and shapes."""
-  return model.apply({"params": params}, enc, dec, ids)
+def forward(model: T5 | DecoderLM, params, *inputs):
+  """Teacher-forced logits `[B, L, V]` of `model.apply(params, *inputs)`: T5 (enc, dec, ids),
+  DecoderLM (tokens, ids); compiled once per model and shapes."""
+  return model.apply({"params": params}, *inputs)
