@@ -6,7 +6,9 @@
   peft    transformers + PEFT LoRA (torch) vs flix LoRA and FLix: training tokens/s and
           mixed-adapter inference (`peft`; needs the `hf` extra);
   decode  greedy KV-cache decoding: heterogeneous FLix batch vs merged vs base (`decode`);
-  memory  host page faults per step with freed memory retained or not (`memory`).
+  memory  host page faults per step with freed memory retained or not (`memory`);
+  packing real (non-padding) tokens/s of training rows packed vs unpacked on the offline and
+          morphology grids (`packing`).
 
 `core` holds the timing, environment and report every bench shares; `synthetic` the model
 sizes, random weights and batches of the model benches.

@@ -6,9 +6,9 @@ import argparse
 from typing import Sequence
 
 from flix import host_memory
-from flix.bench import decode, layer, memory, peft, train
+from flix.bench import decode, layer, memory, packing, peft, train
 
-BENCHES = (layer, train, peft, decode, memory)
+BENCHES = (layer, train, peft, decode, memory, packing)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -3,7 +3,8 @@
 MODEL_DIR/checkpoint_<step>/ is a `flix.checkpoints` model checkpoint plus
   train_state/       orbax: {"opt_state": ..., "rng": uint32 [2]}
   train_state.json   {"step": int, "data_position": batches consumed,
-                      "data_shards": seqio shards the global batch is read from}
+                      "data_shards": seqio shards the global batch is read from,
+                      "pack": whether the rows were packed}
   config.gin         the operative gin config
 Adapter-only checkpoints (when training starts from a base checkpoint and the base is frozen)
 hold adapter leaves only and reference the base checkpoint by path.
@@ -61,13 +62,14 @@ def latest_everywhere(model_dir: str) -> str | None:
 
 
 def read_train_state_json(path: str) -> dict:
-  """{"step", "data_position", "data_shards"} of checkpoint `path` (data_shards 1 if absent)."""
+  """{"step", "data_position", "data_shards", "pack"} of checkpoint `path` (data_shards 1 and
+  pack False if absent: checkpoints written before they were recorded)."""
   file = os.path.join(path, TRAIN_STATE_JSON)
   if not os.path.isfile(file):
     raise checkpoints.CheckpointError(f"{path} is not a train checkpoint: {TRAIN_STATE_JSON} "
                                       "is missing")
   with open(file, encoding="utf-8") as f:
-    return {"data_shards": 1, **json.load(f)}
+    return {"data_shards": 1, "pack": False, **json.load(f)}
 
 
 class Checkpointer:
@@ -75,20 +77,20 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, model_config: ModelConfig, flix: FlixConfig | None, *,
                keep: int = 3, base_checkpoint: str | None = None, gin_config: str = "",
-               data_shards: int = 1):
+               data_shards: int = 1, pack: bool = False):
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
     self.model_dir = os.path.abspath(model_dir)
     self.model_config, self.flix = model_config, flix
     self.keep, self.base_checkpoint, self.gin_config = keep, base_checkpoint, gin_config
-    self.data_shards = data_shards
+    self.data_shards, self.pack = data_shards, pack
 
   def save(self, state: TrainState, data_position: int) -> str:
     """Writes checkpoint_<step> (all processes call it); keeps the newest `keep`."""
     step = int(jax.device_get(state.step))
     path = os.path.join(self.model_dir, f"checkpoint_{step}")
     meta = json.dumps({"step": step, "data_position": int(data_position),
-                       "data_shards": self.data_shards}, indent=2)
+                       "data_shards": self.data_shards, "pack": self.pack}, indent=2)
     checkpoints.save_model(
         path, state.params, self.model_config, self.flix, base_checkpoint=self.base_checkpoint,
         overwrite=True, extra_files={TRAIN_STATE_JSON: meta, "config.gin": self.gin_config},
@@ -116,6 +118,11 @@ class Checkpointer:
           f"{path} was trained with train.data_shards = {meta['data_shards']}, but this run "
           f"sets {self.data_shards}: its data position would not continue the same batches. "
           "Leave train.data_shards unset to resume with the checkpoint's")
+    if meta["pack"] != self.pack:
+      raise checkpoints.CheckpointError(
+          f"{path} was trained with PACK = {meta['pack']}, but this run sets PACK = "
+          f"{self.pack}: packed and unpacked rows are different batches, so its data position "
+          "would not continue the same data. Resume with the checkpoint's PACK")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     params = checkpoints.restore_params(path, abstract.params)
