@@ -42,12 +42,14 @@ def converted(cls, pack: bool):
 
 
 def segments_of(batch):
-  """(row, segment id, target tokens of the segment) per example; unpacked rows are segment 1."""
+  """(row, bool mask `[length]` of the segment, its target tokens) per example; an unpacked
+  row is one segment."""
   seg = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(np.int32))
   out = []
   for row in range(seg.shape[0]):
     for s in sorted(set(seg[row].tolist()) - {0}):
-      out.append((row, s, tuple(batch["decoder_target_tokens"][row][seg[row] == s].tolist())))
+      mask = seg[row] == s
+      out.append((row, mask, tuple(batch["decoder_target_tokens"][row][mask].tolist())))
   return out
 
 
@@ -57,11 +59,11 @@ def test_packed_rows_hold_one_feature_combination_each(cls):
   exs = examples()
   prefix = cls is FlixPrefixLMFeatureConverter  # Its target tokens are inputs + targets.
   seen = []
-  for row, s, tokens in segments_of(packed):
+  for row, _, tokens in segments_of(packed):
     i = next(i for i, e in enumerate(exs)
              if tuple((e["inputs"] if prefix else []) + e["targets"]) == tokens)
     seen.append(i)
-    assert packed["feature_ids"][row].tolist() == exs[i]["feature_ids"], (row, s, i)
+    assert packed["feature_ids"][row].tolist() == exs[i]["feature_ids"], (row, i)
   assert sorted(seen) == list(range(len(exs)))  # Every example exactly once.
   n_rows = len(packed["feature_ids"])
   assert n_rows < len(exs) and n_rows >= len(COMBOS)  # Packed, one combination per row.
@@ -105,9 +107,8 @@ def test_packed_batch_gives_the_unpacked_losses_and_gradients(family):
   for pack in (False, True):
     batch = converted(cls, pack)
     loss, grads, token = loss_and_grads(model, params, batch)
-    seg = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(np.int32))
-    per_example[pack] = {tokens: float(np.asarray(token)[row][seg[row] == s].sum())
-                         for row, s, tokens in segments_of(batch)}
+    per_example[pack] = {tokens: float(np.asarray(token)[row][mask].sum())
+                         for row, mask, tokens in segments_of(batch)}
     results[pack] = (float(loss), grads)
   assert len(batch["feature_ids"]) < len(examples())  # The packed batch has fewer rows.
   keys = sorted(per_example[False])

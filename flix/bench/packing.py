@@ -52,7 +52,8 @@ def register(grid: str, args):
     return reg, {"inputs": 32, "targets": 64}
   from flix.data.morphology_tasks import (  # pylint: disable=import-outside-toplevel
       register_morphology_experiment)
-  reg = register_morphology_experiment(args.morphology_dir, ranks=8, name="bench_pack_morph",
+  reg = register_morphology_experiment(args.morphology_dir, langs=args.morphology_langs, ranks=8,
+                                       name="bench_pack_morph",
                                        tfds_data_dir=args.tfds_data_dir)
   return reg, {"inputs": 72, "targets": 64}
 
@@ -104,7 +105,8 @@ def read_batches(grid: str, reg, lengths: dict, model, pack: bool, args) -> Mode
 
 def build_step(mode: Mode, model, params, optimizer, mask) -> None:
   """Compiles the donating step for the mode's batch shapes; `mode.run` runs one step (blocking)
-  on the next stored batch."""
+  on the next stored batch. The mode's state holds its own copy of `params` (donated)."""
+  params = jax.tree.map(jnp.array, params)
   state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
                      rng=jax.random.key_data(jax.random.key(0)))
   step = jax.jit(make_train_step(model, optimizer, mask, StepConfig()), donate_argnums=0)
@@ -151,15 +153,17 @@ COLUMNS = [("grid", lambda r: r["grid"]), ("pack", lambda r: r["pack"]),
 def run(args: argparse.Namespace) -> dict:
   load = os.getloadavg()
   cfg = model_config(args)
-  grids = ["offline"] + (["morphology"] if args.morphology_dir else [])
+  grids = [g for g in args.grids if g != "morphology" or args.morphology_dir]
   records = []
   for grid in grids:
     records += run_grid(grid, cfg, args)
+    core.log(core.table(COLUMNS, records))
   print(core.table(COLUMNS, records))
   result = {"config": {
       "command": "packing", "model": args.model, "t5": dataclasses.asdict(cfg),
       "batch": args.batch, "batches": args.batches, "rank": args.rank, "grids": grids,
-      "morphology_dir": args.morphology_dir, "repeats": args.repeats, "settle": args.settle,
+      "morphology_dir": args.morphology_dir, "morphology_langs": args.morphology_langs,
+      "repeats": args.repeats, "settle": args.settle,
       "seed": args.seed, "optimizer": "adamw (per_row)", "dtype": "float32",
       "statistic": "median step seconds over interleaved rounds; real tokens = non-zero "
                    "encoder inputs + decoder targets", **core.environment(load)},
@@ -171,9 +175,14 @@ def run(args: argparse.Namespace) -> dict:
 def add_parser(sub) -> None:
   p = sub.add_parser("packing", help="real tokens/s of training rows packed vs unpacked")
   add_size_flags(p)
+  p.add_argument("--grids", type=core.str_list, default=list(GRIDS),
+                 help="comma-separated subset of offline,morphology (morphology needs "
+                      "--morphology_dir)")
   p.add_argument("--morphology_dir", default=None,
                  help="the morphology release (e.g. /work/shared/data/morphology): also bench "
                       "the morphology grid")
+  p.add_argument("--morphology_langs", type=core.str_list, default=None,
+                 help="comma-separated languages of the morphology grid (default: all)")
   p.add_argument("--tfds_data_dir", default=None,
                  help="where the morphology TFDS datasets are built (default: TFDS's)")
   p.add_argument("--batch", type=int, default=32)
@@ -192,5 +201,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
       parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.settle < 0:
     parser.error(f"--settle must be >= 0, got {args.settle}")
+  unknown = [g for g in args.grids if g not in GRIDS]
+  if unknown or not args.grids:
+    parser.error(f"--grids must be among {GRIDS}, got {args.grids}")
   if args.morphology_dir and not os.path.isdir(args.morphology_dir):
     parser.error(f"--morphology_dir {args.morphology_dir} is not a directory")
