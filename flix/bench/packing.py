@@ -99,8 +99,11 @@ def read_batches(grid: str, reg, lengths: dict, model, pack: bool, args) -> Mode
                          input_threads=None)
   batches = list(itertools.islice(stream, args.batches))
   seconds = time.perf_counter() - start
-  core.log(f"packing {grid} pack={pack}: read {len(batches)} batches in {seconds:.1f} s")
-  return Mode(grid, pack, batches, seconds, args.batch * sum(lengths.values()))
+  capacity = args.batch * sum(lengths.values())
+  fill = np.mean([real_tokens(b) for b in batches]) / capacity
+  core.log(f"packing {grid} pack={pack}: read {len(batches)} batches in {seconds:.1f} s; fill "
+           f"{fill:.3f}, {np.mean([examples_in(b) for b in batches]):.1f} examples per batch")
+  return Mode(grid, pack, batches, seconds, capacity)
 
 
 def build_step(mode: Mode, model, params, optimizer, mask) -> None:
