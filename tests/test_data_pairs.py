@@ -149,11 +149,6 @@ def test_held_out_pairs_never_appear_in_training(registry):
         LENGTHS, split="train").as_numpy_iterator())
 
 
-def test_packing_is_refused_with_a_clear_error():
-  with pytest.raises(ValueError, match="packing is not supported.*feature_ids.*pack=False"):
-    converter.FlixEncDecFeatureConverter(2, pack=True)
-
-
 def test_converter_rejects_a_feature_ids_length_other_than_n_types(registry):
   prefix = unique_prefix("len")
   _register(registry, prefix, [(Pair("copy", "en"), 4)])

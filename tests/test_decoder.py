@@ -306,8 +306,6 @@ def test_prefix_lm_converter_carries_feature_ids():
   assert converter.get_model_feature_lengths({"inputs": 5, "targets": 4}) == {
       "decoder_target_tokens": 9, "decoder_input_tokens": 9, "decoder_loss_weights": 9,
       "decoder_causal_attention": 9, "feature_ids": 2}
-  with pytest.raises(ValueError, match="packing is not supported"):
-    FlixPrefixLMFeatureConverter(2, pack=True)
   with pytest.raises(ValueError, match=r"task_feature_lengths\['feature_ids'\] is 3, expected "
                                        "n_types=2"):
     convert([{"inputs": [5, 1], "targets": [1], "feature_ids": [0, 1]}],

@@ -57,7 +57,7 @@ def test_two_processes_save_resume_stop_and_match_one(tmp_path):
   assert sorted(os.listdir(mh)) == [f"checkpoint_{n}" for n in (2, stop)] + [
       "config.gin", "metrics.jsonl", "process_0.log", "process_1.log", "train"]
   meta = json.loads((mh / f"checkpoint_{stop}" / "train_state.json").read_text())
-  assert meta == {"step": stop, "data_position": stop, "data_shards": 2}
+  assert meta == {"step": stop, "data_position": stop, "data_shards": 2, "pack": False}
 
   # One process, 8 devices, the same 2 shards: the same batches.
   assert run_train(one, *SMALL, f"--gin.TRAIN_STEPS={stop}", "--gin.CHECKPOINT_PERIOD=2",

@@ -76,7 +76,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   a, b = saved_state(straight / "checkpoint_8"), saved_state(killed / "checkpoint_8")
   assert_trees_equal(a, b)
   meta = json.loads((killed / "checkpoint_8" / "train_state.json").read_text())
-  assert meta == {"step": 8, "data_position": 8, "data_shards": 1}
+  assert meta == {"step": 8, "data_position": 8, "data_shards": 1, "pack": False}
   losses = [json.loads(l)["loss"] for l in (straight / "metrics.jsonl").read_text().splitlines()]
   assert len(losses) == 4 and losses[-1] < losses[0]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(straight / "train"))
@@ -230,7 +230,7 @@ def test_missing_required_macro(capsys):
   assert "MODEL_DIR" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_resume_with_other_feature_values_or_data_shards_is_refused(tmp_path, capsys):
+def test_resume_with_other_feature_values_data_shards_or_packing_is_refused(tmp_path, capsys):
   assert run_train(tmp_path, "--gin.TRAIN_STEPS=4") == 0
   code = run_train(tmp_path, "--gin.OfflineConfig.langs=('en', 'es', 'de')")
   err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -240,6 +240,10 @@ def test_resume_with_other_feature_values_or_data_shards_is_refused(tmp_path, ca
   err = capsys.readouterr().err.strip().splitlines()[-1]
   assert (f"{tmp_path / 'checkpoint_4'} was trained with train.data_shards = 1, but this run "
           "sets 2: its data position would not continue the same batches.") in err
+  assert run_train(tmp_path, "--gin.PACK=True") == 1
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert (f"{tmp_path / 'checkpoint_4'} was trained with PACK = False, but this run sets PACK = "
+          "True: packed and unpacked rows are different batches") in err
 
 
 def test_damaged_checkpoint_names_itself_and_resumes_from_the_previous_on_request(tmp_path,

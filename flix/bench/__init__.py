@@ -9,7 +9,9 @@
   decode  greedy KV-cache decoding: heterogeneous FLix batch vs merged vs base (`decode`);
   memory  host page faults per step with freed memory retained or not (`memory`);
   resume  the input pipeline's resume time at two data positions: iterator state vs skipping
-          (`resume`).
+          (`resume`);
+  packing real (non-padding) tokens/s of training rows packed vs unpacked on the offline and
+          morphology grids (`packing`).
 
 `core` holds the timing, environment and report every bench shares; `synthetic` the model
 sizes, random weights and batches of the model benches.

@@ -9,8 +9,11 @@ PrefixLMFeatureConverter (T5X's prefix LM): `decoder_target_tokens`, `decoder_in
 `decoder_causal_attention` (1 on the prompt: the start token and the inputs with their EOS,
 i.e. the positions the model reads before predicting the first target) `[batch, inputs_len +
 targets_len]`.
-Both add `feature_ids` `[batch, n_types]` int32, one row per example. Packing is refused: a
-packed row holds several examples but has only one id row.
+Both add `feature_ids` `[batch, n_types]` int32, one row per example, or with pack=True one per
+packed row: rows hold only examples of one feature-id combination (`flix.data.packing`), with
+seqio's packing features: `encoder_segment_ids`, `encoder_positions`, `decoder_segment_ids`,
+`decoder_positions` (encoder-decoder) or `decoder_segment_ids`, `decoder_positions`
+(decoder-only; `decoder_causal_attention` then marks each segment's prompt).
 """
 
 from __future__ import annotations
@@ -20,27 +23,28 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from flix.data.packing import SHUFFLE_BUFFER, pack_by_features
 from flix.data.vocab import FEATURE_IDS
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 
 
 class _FeatureIdsMixin:
-  """What both converters add to seqio's: `n_types`, refusing packing, the `feature_ids` length
-  (defaulted to `n_types`, any other value refused) and a per-example id-count check.
+  """What both converters add to seqio's: `n_types`, the `feature_ids` length (defaulted to
+  `n_types`, any other value refused), a per-example id-count check and feature-aware packing.
 
   Comes before the seqio converter in the bases, so `super()` reaches seqio's methods.
   """
 
-  def _init_feature_ids(self, n_types: int, pack: bool) -> None:
-    if pack:
-      raise ValueError(
-          f"packing is not supported by {type(self).__name__}: a packed row concatenates "
-          "several examples, but feature_ids hold one row [n_types] per example, so the ids of "
-          "packed examples would be mixed up; use pack=False")
+  def _init_feature_ids(self, n_types: int, pack: bool, pack_shuffle_buffer: int) -> None:
+    if not isinstance(pack, bool):
+      raise ValueError(f"pack must be True or False, got {pack!r}")
     if not isinstance(n_types, int) or n_types < 0:
       raise ValueError(f"n_types must be an int >= 0, got {n_types!r}")
+    if not isinstance(pack_shuffle_buffer, int) or pack_shuffle_buffer < 0:
+      raise ValueError(f"pack_shuffle_buffer must be an int >= 0, got {pack_shuffle_buffer!r}")
     self._n_types = n_types
+    self._pack_shuffle_buffer = pack_shuffle_buffer
 
   @property
   def n_types(self) -> int:
@@ -55,12 +59,20 @@ class _FeatureIdsMixin:
     ds = ds.map(_id_count_check(self._n_types), num_parallel_calls=tf.data.AUTOTUNE)
     return super()._convert_features(ds, task_feature_lengths)
 
+  def _pack_or_pad(self, ds: tf.data.Dataset,
+                   packed_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    if not self.pack:
+      return super()._pack_or_pad(ds, packed_lengths)
+    return pack_by_features(ds, packed_lengths, shuffle_buffer=self._pack_shuffle_buffer,
+                            use_custom_ops=self._use_custom_packing_ops)
+
 
 class FlixEncDecFeatureConverter(_FeatureIdsMixin, seqio.EncDecFeatureConverter):
   """EncDecFeatureConverter that also carries `feature_ids` `[n_types]` through to the model.
 
   `task_feature_lengths` may omit `feature_ids`; it is then `n_types`. Giving another length
-  is an error (padding would add id 0, a real feature value).
+  is an error (padding would add id 0, a real feature value). pack=True: feature-aware packing
+  (`flix.data.packing`; `pack_shuffle_buffer` packed rows are shuffled together).
   """
 
   TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES,
@@ -68,9 +80,10 @@ class FlixEncDecFeatureConverter(_FeatureIdsMixin, seqio.EncDecFeatureConverter)
   MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
                     FEATURE_IDS: _Spec(dtype=tf.int32)}
 
-  def __init__(self, n_types: int, pack: bool = False, **kwargs):
-    self._init_feature_ids(n_types, pack)
-    super().__init__(pack=False, **kwargs)
+  def __init__(self, n_types: int, pack: bool = False,
+               pack_shuffle_buffer: int = SHUFFLE_BUFFER, **kwargs):
+    self._init_feature_ids(n_types, pack, pack_shuffle_buffer)
+    super().__init__(pack=pack, **kwargs)
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     d = dict(super()._convert_example(features))
@@ -88,14 +101,18 @@ class FlixPrefixLMFeatureConverter(_FeatureIdsMixin, seqio.PrefixLMFeatureConver
   `[n_types]` through to the model (as a seqio passthrough feature).
 
   `task_feature_lengths` may omit `feature_ids`; it is then `n_types`. Giving another length
-  is an error (padding would add id 0, a real feature value).
+  is an error (padding would add id 0, a real feature value). pack=True: feature-aware packing
+  (`flix.data.packing`; `pack_shuffle_buffer` packed rows are shuffled together).
   """
 
   def __init__(self, n_types: int, pack: bool = False, loss_on_targets_only: bool = True,
-               **kwargs):
-    self._init_feature_ids(n_types, pack)
+               pack_shuffle_buffer: int = SHUFFLE_BUFFER, **kwargs):
+    self._init_feature_ids(n_types, pack, pack_shuffle_buffer)
     super().__init__(loss_on_targets_only=loss_on_targets_only, pack=False,
                      passthrough_features={FEATURE_IDS: _Spec(dtype=tf.int32)}, **kwargs)
+    # seqio refuses pass-through features with packing, since its packing would concatenate
+    # them; `_pack_or_pad` packs around the ids instead, so packing is switched on afterwards.
+    self._pack = pack
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     return super().get_model_feature_lengths(_with_ids_length(task_feature_lengths,

@@ -29,6 +29,10 @@ per layer (KV heads only: the GQA saving), plus `index` (next buffer position) a
 (`[rows]`, each row's first buffer position). The first call writes a whole (left-padded)
 prompt, later calls one position each; a row's positions count from its `start`, and buffer
 positions before it are never attended to.
+
+Packed rows (`flix.models.segments`, training and scoring only): with `segment_ids` a position
+attends only within its own segment (causally; a prefix only to its own segment's prefix), and
+rotary positions are the given per-segment `positions` (seqio's `decoder_positions`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.layers import FAN_IN_NORMAL, projections
+from flix.models.segments import same_segment
 
 MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -169,12 +174,14 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 # -- masks ----------------------------------------------------------------------------------------
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, start: jax.Array | None,
                    window: int | None, prefix_q: jax.Array | None = None,
-                   prefix_k: jax.Array | None = None) -> jax.Array:
+                   prefix_k: jax.Array | None = None,
+                   segments: jax.Array | None = None) -> jax.Array:
   """bool `[b or 1, 1, 1, q, k]`: causal over buffer positions q_pos `[q]`, k_pos `[k]`.
 
   start `[b]`: keys before a row's start are padding (never visible). window: keys at most
   window - 1 positions back. prefix_q `[b, q]` / prefix_k `[b, k]`: a fully visible prefix
-  (T5X's bidirectional inputs): a prefix query sees every prefix key.
+  (T5X's bidirectional inputs): a prefix query sees every prefix key. segments `[b, q]` (q = k,
+  packed rows): a query sees only keys of its own segment.
   """
   mask = k_pos[None, :] <= q_pos[:, None]
   if window is not None:
@@ -184,6 +191,8 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, start: jax.Array | None,
     mask = mask | (prefix_q[:, :, None] & prefix_k[:, None, :])
   if start is not None:
     mask = mask & (k_pos[None, None, :] >= start[:, None, None])
+  if segments is not None:
+    mask = mask & same_segment(segments, segments)[:, 0]
   return mask[:, None, None]
 
 
@@ -305,12 +314,14 @@ class DecoderLM(nn.Module):
     return self.flix.space.n_types if self.flix is not None else 0
 
   @nn.compact
-  def __call__(self, tokens, feature_ids=None, *, prefix=None, start=None,
-               enable_dropout: bool = False, decode: bool = False):
+  def __call__(self, tokens, feature_ids=None, *, prefix=None, start=None, segment_ids=None,
+               positions=None, enable_dropout: bool = False, decode: bool = False):
     """Logits `[b, n, vocab]` (float32) of tokens int `[b, n]`; feature_ids int `[b, n_types]`.
 
     prefix: bool `[b, n]` or None: positions of a fully visible prefix (bidirectional inputs,
       T5X's prefix LM); None is fully causal (the HF models). With decode, first call only.
+    segment_ids, positions: int `[b, n]`, packed rows (both or neither; not with decode): each
+      segment attends within itself, at its own rotary positions.
     decode: run on the cache (see the module docstring). The first call (creating the cache,
       or prefill) takes `start` int `[b]`: each row's first real buffer position (the rows
       left-padded); default 0. Later calls take one position.
@@ -323,7 +334,11 @@ class DecoderLM(nn.Module):
                         embedding_init=nn.with_logical_partitioning(
                             nn.initializers.normal(std), ("vocab", "embed")),
                         name="token_embedder")
-    positions, mask_fn, cache_index = self._positions_and_mask(b, n, prefix, start, decode)
+    if segment_ids is not None or positions is not None:
+      positions, mask_fn, cache_index = self._packed_positions_and_mask(segment_ids, positions,
+                                                                        prefix, decode)
+    else:
+      positions, mask_fn, cache_index = self._positions_and_mask(b, n, prefix, start, decode)
     x = embedder(tokens).astype(dtype)
     if cfg.scale_embeddings:
       x = x * jnp.asarray(cfg.emb_dim**0.5, dtype)
@@ -338,6 +353,17 @@ class DecoderLM(nn.Module):
       return embedder.attend(x).astype(jnp.float32)
     logits = projections(None, "", dtype)(cfg.vocab_size, ("embed", "vocab"), "logits_dense")(x)
     return logits.astype(jnp.float32)
+
+  def _packed_positions_and_mask(self, segment_ids, positions, prefix, decode: bool):
+    """(positions, mask_fn, None) of packed rows: causal (and prefix) within each segment."""
+    if segment_ids is None or positions is None or decode:
+      raise ValueError("packed rows need both segment_ids and positions, and no decode=True; got "
+                       f"segment_ids {'None' if segment_ids is None else 'set'}, positions "
+                       f"{'None' if positions is None else 'set'}, decode={decode}")
+    n, window = segment_ids.shape[1], self.config.sliding_window
+    mask_fn = lambda keys: attention_mask(jnp.arange(n), jnp.arange(keys), None, window, prefix,
+                                          prefix, segment_ids)
+    return positions, mask_fn, None
 
   def _positions_and_mask(self, b: int, n: int, prefix, start, decode: bool):
     """(positions int `[b, n]`, mask_fn(keys) -> bool `[b, 1, 1, n, keys]`, cache index or

@@ -11,6 +11,11 @@ The trainer, evaluator, inference, benches and demo use only these. Families:
 `EncoderDecoderModel` (T5, `FlixEncDecFeatureConverter`) and `DecoderOnlyModel` (`DecoderLM`,
 `FlixPrefixLMFeatureConverter`); `make_model` picks one from the config's type.
 
+Packed batches (the converters' pack=True; `flix.models.segments`) carry seqio's segment ids
+(and the decoder-only model's positions): `logits`, hence `loss_fn`, attend within each
+example's segment, so a packed row's loss is the sum of its examples' losses. Scoring and
+decoding take unpacked batches only.
+
 `feature_ids(batch)` is the one place where per-example feature ids leave a batch; everything
 downstream (feature dropout, row compaction, beams) receives ids from it.
 
@@ -37,6 +42,7 @@ from flix.config import FlixConfig
 from flix.data.converter import FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter
 from flix.data.vocab import FEATURE_IDS
 from flix.features import INACTIVE, check_dropout_rate, feature_dropout
+from flix.models import segments
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.models.t5 import T5, T5Config
 from flix.training import losses
@@ -166,6 +172,7 @@ class BaseModel(abc.ABC):
 
   def score_batch(self, params, batch: Batch) -> jax.Array:
     """Log-likelihood `[batch]` of each example's targets (summed over weighted positions)."""
+    segments.refuse_packed(batch, "score_batch")
     logits = self.logits(params, batch, self.feature_ids(batch))
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
     token = jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
@@ -187,16 +194,20 @@ class EncoderDecoderModel(BaseModel):
 
   Batches: encoder_input_tokens `[b, in_len]`, decoder_input_tokens / decoder_target_tokens /
   decoder_loss_weights `[b, out_len]`, feature_ids `[b, n_types]`
-  (`FlixEncDecFeatureConverter`).
+  (`FlixEncDecFeatureConverter`); packed: also encoder_segment_ids and decoder_segment_ids.
   """
+
+  PACKED_FEATURES = (segments.ENCODER_SEGMENT_IDS, segments.DECODER_SEGMENT_IDS)
 
   def logits(self, params, batch, feature_ids, dropout_rng=None):
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     return self.module.apply({"params": params}, batch["encoder_input_tokens"],
                              batch["decoder_input_tokens"], feature_ids,
+                             **segments.packed_features(batch, self.PACKED_FEATURES),
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
   def predict_batch(self, params, batch, options, rng=None):
+    segments.refuse_packed(batch, "predict_batch")
     ids = self.feature_ids(batch)
     return decoding.decode_with_options(self.module, params, batch["encoder_input_tokens"],
                                         None if ids is None else np.asarray(ids), options, rng)
@@ -220,8 +231,10 @@ class DecoderOnlyModel(BaseModel):
   Batches (`FlixPrefixLMFeatureConverter`, T5X's prefix LM): decoder_input_tokens /
   decoder_target_tokens / decoder_loss_weights / decoder_causal_attention `[b, in_len +
   out_len]` (the inputs and targets concatenated; loss on the targets only), feature_ids
-  `[b, n_types]`. `predict_batch` decodes the prompt each row's decoder_causal_attention marks
-  (start token, inputs, EOS), prefilled into the KV cache once.
+  `[b, n_types]`; packed: also decoder_segment_ids and decoder_positions (each segment's
+  rotary positions; decoder_causal_attention marks each segment's prompt). `predict_batch`
+  decodes the prompt each row's decoder_causal_attention marks (start token, inputs, EOS),
+  prefilled into the KV cache once.
 
   inputs_bidirectional_attention: the prompt attends to itself in both directions (T5X's
     option of the same name); default fully causal, as the Hugging Face models were trained.
@@ -239,10 +252,16 @@ class DecoderOnlyModel(BaseModel):
     prefix = None
     if self.inputs_bidirectional_attention:
       prefix = batch["decoder_causal_attention"] > 0
+    packed = segments.packed_features(batch, (segments.DECODER_SEGMENT_IDS,
+                                              segments.DECODER_POSITIONS))
+    rows = {"segment_ids": packed[segments.DECODER_SEGMENT_IDS],
+            "positions": packed[segments.DECODER_POSITIONS]} if packed else {}
     return self.module.apply({"params": params}, batch["decoder_input_tokens"], feature_ids,
-                             prefix=prefix, enable_dropout=dropout_rng is not None, rngs=rngs)
+                             prefix=prefix, **rows, enable_dropout=dropout_rng is not None,
+                             rngs=rngs)
 
   def predict_batch(self, params, batch, options, rng=None):
+    segments.refuse_packed(batch, "predict_batch")
     ids = self.feature_ids(batch)
     prompts, lengths = self.prompts(batch)
     return decoding.decode_lm_with_options(

@@ -5,6 +5,10 @@ decoder/logits_dense/kernel, ...), so T5X checkpoints map one to one (`flix.inte
 them); adapter parameters sit next to the kernel they adapt (e.g. .../attention/query/lora_a_task).
 
 Feature ids enter as int `[batch, n_types]` and reach every adapted projection unchanged.
+Packed rows (`flix.models.segments`): with segment ids, encoder self-attention stays within a
+segment, decoder self-attention is causal within a segment and cross-attention sees only the
+encoder segment of the same example; relative position biases depend only on position
+differences, which within a segment are those of the unpacked example (as in T5X).
 Beam search: encoder outputs are expanded per beam as `[batch * beams, ...]` with each example's
 rows adjacent (T5X's flat_batch_beam_expand); feature ids must be expanded the same way, which is
 what `expand_for_beams` does (`jnp.repeat(ids, beams, axis=0)`).
@@ -23,6 +27,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.layers import FAN_IN_NORMAL, projections
+from flix.models.segments import same_segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,10 +245,12 @@ class Encoder(nn.Module):
   flix: FlixConfig | None = None
 
   @nn.compact
-  def __call__(self, tokens, feature_ids, *, deterministic: bool):
+  def __call__(self, tokens, feature_ids, segment_ids=None, *, deterministic: bool):
     cfg = self.config
     length = tokens.shape[1]
     mask = (tokens > 0)[:, None, None, :]
+    if segment_ids is not None:
+      mask = mask & same_segment(segment_ids, segment_ids)
     bias = RelativePositionBiases(cfg.relpos_buckets, cfg.relpos_max_distance, cfg.num_heads,
                                   bidirectional=True, name="relpos_bias")(
         np.arange(length), np.arange(length))
@@ -262,9 +269,16 @@ class Decoder(nn.Module):
   flix: FlixConfig | None = None
 
   @nn.compact
-  def __call__(self, encoded, encoder_tokens, decoder_input_tokens, feature_ids, *,
-               deterministic: bool, decode: bool = False, max_decode_length: int | None = None):
+  def __call__(self, encoded, encoder_tokens, decoder_input_tokens, feature_ids,
+               encoder_segment_ids=None, decoder_segment_ids=None, *, deterministic: bool,
+               decode: bool = False, max_decode_length: int | None = None):
     cfg = self.config
+    packed = decoder_segment_ids is not None
+    if packed != (encoder_segment_ids is not None):
+      raise ValueError("packed rows need both encoder_segment_ids and decoder_segment_ids, got "
+                       f"only {'decoder' if packed else 'encoder'}_segment_ids")
+    if packed and decode:
+      raise ValueError("decode=True takes unpacked rows, got decoder_segment_ids")
     relpos = RelativePositionBiases(cfg.relpos_buckets, cfg.relpos_max_distance, cfg.num_heads,
                                     bidirectional=False, name="relpos_bias")
     length = decoder_input_tokens.shape[1]
@@ -283,6 +297,9 @@ class Decoder(nn.Module):
       self_bias = relpos(np.arange(length), np.arange(length))
       self_mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
     cross_mask = (encoder_tokens > 0)[:, None, None, :]
+    if packed:
+      self_mask = self_mask & same_segment(decoder_segment_ids, decoder_segment_ids)
+      cross_mask = cross_mask & same_segment(decoder_segment_ids, encoder_segment_ids)
     y = self.embedder(decoder_input_tokens).astype(jnp.dtype(cfg.dtype))
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
@@ -328,24 +345,34 @@ class T5(nn.Module):
     """Feature types this model's adapters read (0: no feature ids needed)."""
     return self.flix.space.n_types if self.flix is not None else 0
 
-  def encode(self, encoder_input_tokens, feature_ids=None, *, enable_dropout: bool = False):
+  def encode(self, encoder_input_tokens, feature_ids=None, *, encoder_segment_ids=None,
+             enable_dropout: bool = False):
     """`[b, in_len]` tokens -> encoded `[b, in_len, emb]`."""
-    return self.encoder(encoder_input_tokens, feature_ids, deterministic=not enable_dropout)
+    return self.encoder(encoder_input_tokens, feature_ids, encoder_segment_ids,
+                        deterministic=not enable_dropout)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, feature_ids=None, *,
-             enable_dropout: bool = False, decode: bool = False,
-             max_decode_length: int | None = None):
+             encoder_segment_ids=None, decoder_segment_ids=None, enable_dropout: bool = False,
+             decode: bool = False, max_decode_length: int | None = None):
     """Logits `[b, out_len, vocab]` (float32); with decode=True, one position per call."""
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, feature_ids,
+                        encoder_segment_ids, decoder_segment_ids,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, feature_ids=None, *,
+               encoder_segment_ids=None, decoder_segment_ids=None,
                enable_dropout: bool = False):
-    """Teacher-forced logits `[b, out_len, vocab]`; feature_ids int `[b, n_types]`."""
-    encoded = self.encode(encoder_input_tokens, feature_ids, enable_dropout=enable_dropout)
+    """Teacher-forced logits `[b, out_len, vocab]`; feature_ids int `[b, n_types]`.
+
+    encoder_segment_ids `[b, in_len]`, decoder_segment_ids `[b, out_len]`: packed rows (both
+    or neither), whose examples attend only within their own segment.
+    """
+    encoded = self.encode(encoder_input_tokens, feature_ids,
+                          encoder_segment_ids=encoder_segment_ids, enable_dropout=enable_dropout)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, feature_ids,
-                       enable_dropout=enable_dropout)
+                       encoder_segment_ids=encoder_segment_ids,
+                       decoder_segment_ids=decoder_segment_ids, enable_dropout=enable_dropout)
 
 
 def init_params(model: T5, rng: jax.Array, batch: int = 1, input_length: int = 8,

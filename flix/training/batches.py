@@ -84,7 +84,8 @@ class TrainBatches(Iterator[dict]):
     self.pipeline = {"mixture_or_task_name": mixture_or_task_name,
                      "task_feature_lengths": dict(task_feature_lengths),
                      "batch_size": batch_size, "data_shards": self.data_shards, "seed": seed,
-                     "feature_converter": type(converter).__name__}
+                     "feature_converter": type(converter).__name__,
+                     "pack": bool(getattr(converter, "pack", False))}
     self.shards = list(range(host * per_host, (host + 1) * per_host))
 
     def shard(index: int) -> tf.data.Dataset:

@@ -4,6 +4,7 @@ MODEL_DIR/checkpoint_<step>/ is a `flix.checkpoints` model checkpoint plus
   train_state/       orbax: {"opt_state": ..., "rng": uint32 [2]}
   train_state.json   {"step": int, "data_position": batches consumed,
                       "data_shards": seqio shards the global batch is read from,
+                      "pack": whether the rows were packed,
                       "eval": {"<group>/<metric>": value} of an in-training evaluation at
                       this step (`flix.training.periodic_eval`), when there was one}
   config.gin         the operative gin config
@@ -67,13 +68,14 @@ def latest_everywhere(model_dir: str) -> str | None:
 
 
 def read_train_state_json(path: str) -> dict:
-  """{"step", "data_position", "data_shards"} of checkpoint `path` (data_shards 1 if absent)."""
+  """{"step", "data_position", "data_shards", "pack"} of checkpoint `path` (data_shards 1 and
+  pack False if absent: checkpoints written before they were recorded)."""
   file = os.path.join(path, TRAIN_STATE_JSON)
   if not os.path.isfile(file):
     raise checkpoints.CheckpointError(f"{path} is not a train checkpoint: {TRAIN_STATE_JSON} "
                                       "is missing")
   with open(file, encoding="utf-8") as f:
-    return {"data_shards": 1, **json.load(f)}
+    return {"data_shards": 1, "pack": False, **json.load(f)}
 
 
 class Checkpointer:
@@ -81,7 +83,8 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, model_config: ModelConfig, flix: FlixConfig | None, *,
                keep: int = 3, base_checkpoint: str | None = None, gin_config: str = "",
-               data_shards: int = 1, best_metric: str | None = None, best_mode: str = "max"):
+               data_shards: int = 1, pack: bool = False, best_metric: str | None = None,
+               best_mode: str = "max"):
     """`keep`: the newest checkpoints kept; with `best_metric` ("<group>/<metric>" recorded
     by in-training evaluation), the checkpoint with its best value ("max" or "min"
     `best_mode`) is kept too."""
@@ -91,7 +94,7 @@ class Checkpointer:
     self.model_dir = os.path.abspath(model_dir)
     self.model_config, self.flix = model_config, flix
     self.keep, self.base_checkpoint, self.gin_config = keep, base_checkpoint, gin_config
-    self.data_shards = data_shards
+    self.data_shards, self.pack = data_shards, pack
 
   def save(self, state: TrainState, data_position: int,
            batches: TrainBatches | None = None,
@@ -100,7 +103,8 @@ class Checkpointer:
     the step's evaluation metrics when given; keeps the newest `keep` and the best."""
     step = int(jax.device_get(state.step))
     path = os.path.join(self.model_dir, f"checkpoint_{step}")
-    meta = {"step": step, "data_position": int(data_position), "data_shards": self.data_shards}
+    meta = {"step": step, "data_position": int(data_position), "data_shards": self.data_shards,
+            "pack": self.pack}
     if eval_metrics:
       meta["eval"] = dict(eval_metrics)
     meta = json.dumps(meta, indent=2)
@@ -145,6 +149,11 @@ class Checkpointer:
           f"{path} was trained with train.data_shards = {meta['data_shards']}, but this run "
           f"sets {self.data_shards}: its data position would not continue the same batches. "
           "Leave train.data_shards unset to resume with the checkpoint's")
+    if meta["pack"] != self.pack:
+      raise checkpoints.CheckpointError(
+          f"{path} was trained with PACK = {meta['pack']}, but this run sets PACK = "
+          f"{self.pack}: packed and unpacked rows are different batches, so its data position "
+          "would not continue the same data. Resume with the checkpoint's PACK")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
     params = checkpoints.restore_params(path, abstract.params)

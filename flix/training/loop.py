@@ -1,7 +1,8 @@
 """The training loop: data -> jit-compiled sharded steps -> checkpoints, metrics, progress.
 
-Data flows one way: a seqio mixture of task-language pairs -> FlixEncDecFeatureConverter
-(feature ids `[batch, n_types]` in the batch) -> global arrays sharded over 'data' -> train step.
+Data flows one way: a seqio mixture of task-language pairs -> the model family's feature
+converter (feature ids `[batch, n_types]` in the batch; with `pack`, several examples of one
+feature combination per row) -> global arrays sharded over 'data' -> train step.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           skip_damaged_checkpoints: bool = False,
           save_data_iterator: bool = True, restore_data_iterator: bool = True,
           evaluation: EvalSettings = EvalSettings(),
-          vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> TrainState:
+          vocabulary: seqio.Vocabulary = BYTE_VOCAB, pack: bool = False) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
 
   Multi-process (jax.distributed): every process runs this with the same `model_dir`; each
@@ -273,6 +274,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       metric (`flix.training.periodic_eval`); every evaluation step also saves a checkpoint.
     vocabulary: T5X's VOCABULARY (`flix.data.vocab`): the model's vocab_size must cover it and
       every task of the mixture must tokenize with it, checked before anything is built.
+    pack: PACK: feature-aware packing of the training rows (`flix.data.packing`: examples of
+      one feature combination share a row, attending within their segment); recorded in each
+      checkpoint's train_state.json, and a resume must keep it (the data stream differs).
   Returns the final TrainState.
   """
   check_settings(train_steps=train_steps, batch_size=batch_size,
@@ -280,6 +284,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                  keep_checkpoints=keep_checkpoints, task_feature_lengths=task_feature_lengths,
                  data_shards=data_shards, input_threads=input_threads)
   evaluation.check()
+  if not isinstance(pack, bool):
+    raise ValueError(f"PACK (train.pack) must be True or False, got {pack!r}")
   import_task_modules(mixture_or_task_module)
   check_registered(mixture_or_task_name)
   check_run_vocabulary(vocabulary, model_config, mixture_or_task_name)
@@ -325,8 +331,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
               and adapters.method != "full" else None)
   checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,
                               base_checkpoint=base_ref, gin_config=gin_config,
-                              data_shards=data_shards, best_metric=evaluation.best_metric,
-                              best_mode=evaluation.best_mode)
+                              data_shards=data_shards, pack=pack,
+                              best_metric=evaluation.best_metric, best_mode=evaluation.best_mode)
   state, data_position, resume_from = restore_latest(checkpointer, model_dir, state,
                                                      skip_damaged_checkpoints)
 
@@ -338,7 +344,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   restore_iterator = (resume_from is not None and restore_data_iterator
                       and has_iterator_state(resume_from))
   batches = TrainBatches(mixture_or_task_name, task_feature_lengths, batch_size,
-                         model.feature_converter(n_types), random_seed,
+                         model.feature_converter(n_types, pack=pack), random_seed,
                          skip=0 if restore_iterator else data_position,
                          data_shards=data_shards, input_threads=input_threads,
                          use_cached=use_cached_tasks)
