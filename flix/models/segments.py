@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 ENCODER_SEGMENT_IDS = "encoder_segment_ids"
 DECODER_SEGMENT_IDS = "decoder_segment_ids"
@@ -19,8 +21,8 @@ DECODER_POSITIONS = "decoder_positions"
 
 def same_segment(q_segments: jax.Array, k_segments: jax.Array) -> jax.Array:
   """bool `[b, 1, q, k]`: query and key in the same segment (q_segments `[b, q]`,
-  k_segments `[b, k]`)."""
-  return (q_segments[:, :, None] == k_segments[:, None, :])[:, None]
+  k_segments `[b, k]`); flax's attention-mask builder with equality, as T5X uses it."""
+  return nn.make_attention_mask(q_segments, k_segments, jnp.equal, dtype=bool)
 
 
 def is_packed(batch: Mapping) -> bool:
