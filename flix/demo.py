@@ -1,13 +1,15 @@
-"""`python -m flix.demo [--quick] [--out DIR] [--ablation dropout]`: FLix against LoRA, offline.
+"""`python -m flix.demo [--quick] [--out DIR] [--methods ...|--ablation NAME]`: FLix vs LoRA, offline.
 
 1. Pretrains a small byte-level T5 on the offline benchmark's unlabelled corpus (the train
    split's input and target texts of every cell as separate, unpaired texts; spans replaced by
    sentinels, the whole text reconstructed; cached under --cache_dir by config hash).
-2. Fine-tunes, from that base and with the same steps, batch and learning rate:
-   LoRA (one shared adapter of rank r_task + r_lang, so both cost the same per example) and
-   FLix (task + language adapters with feature dropout).
-3. Evaluates both by greedy decoding on seen pairs, held-out (unseen) pairs and the unseen
-   language; writes results.json, heatmap.png and report.md into --out.
+2. Fine-tunes, from that base and with the same steps, batch and learning rate, the study's
+   methods (`flix.study.methods`, every one at LoRA's per-example rank 16): by default
+   `lora`, `flix` (the paper's task + language adapters) and `flix_derived` (the setting the
+   study chose on validation: a shared adapter, task and language adapters, and family and
+   script adapters derived from the language, so the unseen language keeps two of them).
+3. Evaluates the untrained base and every method by greedy decoding on seen pairs, held-out
+   (unseen) pairs and the unseen language; writes results.json, heatmap.png and report.md.
 
 Every method is evaluated on validation cells (used to choose settings; reported as
 `validation_summary`) and on test cells (the reported `cells` and `summary`).
@@ -45,8 +47,7 @@ class DemoConfig:
   finetune_steps: int
   finetune_learning_rate: float
   batch_size: int
-  feature_rank: int  # Per feature type; LoRA gets 2x (task + lang).
-  feature_dropout: float
+  methods: tuple[str, ...] = ("lora", "flix", "flix_derived")  # flix.study.methods names.
   pretrain_objective: str = "reconstruction"  # flix.data.span_corruption.OBJECTIVES
   pretrain_fields: tuple[str, ...] = ("inputs", "targets")  # Unpaired texts of the corpus.
   pretrain_optimizer: str = "adamw"
@@ -83,7 +84,7 @@ FULL = DemoConfig(
     pretrain_steps=3000, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
     pretrain_schedule="constant",
     finetune_steps=2000, finetune_learning_rate=1e-3,
-    batch_size=32, feature_rank=8, feature_dropout=0.3)
+    batch_size=32)
 
 QUICK = DemoConfig(
     offline=OfflineConfig(tasks=("month_year", "long_date"), langs=("en", "fr", "de", "pt"),
@@ -94,9 +95,7 @@ QUICK = DemoConfig(
     pretrain_steps=150, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
     pretrain_schedule="constant",
     finetune_steps=150, finetune_learning_rate=1e-3,
-    batch_size=16, feature_rank=4, feature_dropout=0.3, eval_batch_size=32)
-
-ABLATION_DROPOUTS = (0.0, 0.3, 0.5, 0.7)
+    batch_size=16, eval_batch_size=32)
 
 
 def stage(message: str) -> None:
@@ -126,25 +125,23 @@ def pretrain(cfg: DemoConfig, reg, cache_dir: str) -> str:
   return path
 
 
-def finetune(cfg: DemoConfig, reg, base: str, method: str, model_dir: str,
-             dropout: float) -> tuple[str, int]:
-  """Fine-tunes `method` from `base`; returns (checkpoint, trained parameter count)."""
+def finetune(cfg: DemoConfig, reg, base: str, spec, model_dir: str) -> tuple[str, int]:
+  """Fine-tunes the study method `spec` from `base`; returns (checkpoint, trained parameters)."""
   import jax
   from flix import checkpoints
   from flix.training import loop, optimizers
-  rank = cfg.feature_rank
-  adapters = loop.AdapterSettings(method=method, feature_ranks=rank, lora_rank=2 * rank,
-                                  feature_dropout=dropout if method == "flix" else 0.0)
-  stage(f"fine-tuning {method} ({cfg.finetune_steps} steps"
-        + (f", feature dropout {dropout}" if method == "flix" else f", rank {2 * rank}") + ")")
+  ranks = ", ".join(f"{t} {r}" for t, r in spec.feature_ranks)
+  stage(f"fine-tuning {spec.name} ({cfg.finetune_steps} steps; "
+        + (f"rank {spec.shared_rank})" if spec.method == "lora" else
+           f"shared {spec.shared_rank}, {ranks}, feature dropout {spec.feature_dropout})"))
   loop.train(model_dir=model_dir, mixture_or_task_name=reg.train_mixture,
              task_feature_lengths=reg.task_feature_lengths, train_steps=cfg.finetune_steps,
              batch_size=cfg.batch_size, model_config=cfg.model, registration=reg,
-             adapters=adapters, initial_checkpoint_path=base,
+             adapters=spec.adapters(), initial_checkpoint_path=base,
              optimizer=optimizers.make_optimizer(cfg.finetune_optimizer,
                                                 cfg.finetune_learning_rate),
              checkpoint_period=cfg.finetune_steps, log_period=max(cfg.finetune_steps // 10, 1),
-             random_seed=cfg.seed, gin_config=f"# flix.demo {method}: {cfg}\n")
+             random_seed=cfg.seed, gin_config=f"# flix.demo {spec.name}: {cfg}\n")
   path = os.path.join(model_dir, f"checkpoint_{cfg.finetune_steps}")
   _, _, params = checkpoints.load_model(path)
   trained = sum(v.size for v in jax.tree.leaves(checkpoints.adapter_leaves(params)))
@@ -173,11 +170,15 @@ def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str) ->
     cells.append({"task": info["task"], "lang": info["lang"], "split": KIND_NAMES[info["kind"]],
                   "metric": "exact_match", "value": metrics[ACCURACY] / 100.0,
                   "n": int(info["n_examples"])})
-  summary = {}
+  cer = {name: metrics["cer"] for name, metrics in report.per_pair.items()}
+  summary, summary_cer = {}, {}
   for kind in KIND_NAMES.values():
     values = [c["value"] for c in cells if c["split"] == kind]
     summary[kind] = sum(values) / len(values) if values else float("nan")
-  return {"cells": cells, "summary": summary}
+    errors = [cer[name] for name in cer if KIND_NAMES[report.pairs[name]["kind"]] == kind]
+    summary_cer[kind] = sum(errors) / len(errors) if errors else float("nan")
+  # Character error rate (%): shows learning where exact match is still 0 (the --quick run).
+  return {"cells": cells, "summary": summary, "summary_cer": summary_cer}
 
 
 def summary_table(methods: dict[str, dict[str, Any]]) -> str:
@@ -228,44 +229,62 @@ def heatmap(methods: dict[str, dict[str, Any]], path: str) -> None:
   plt.close(fig)
 
 
+def register(cfg: DemoConfig, derived: tuple[str, ...] = ()):
+  """The offline benchmark's registration; `derived` adds language-table feature types."""
+  from flix.data import offline, offline_tasks
+  space = (offline.generate(cfg.offline).feature_space(ranks=4, derived=derived)
+           if derived else None)
+  return offline_tasks.register_offline(
+      cfg.offline, space, prefix="flix_demo" + "".join(f"_{d}" for d in derived),
+      pretrain_objective=cfg.pretrain_objective, pretrain_fields=cfg.pretrain_fields)
+
+
+def method_specs(names) -> list:
+  """The study's MethodSpecs for `names`, at LoRA's per-example rank (ValueError otherwise)."""
+  from flix.study import methods as study_methods
+  specs = [study_methods.method(n) for n in names]
+  study_methods.check_budget(specs)
+  return specs
+
+
 def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) -> dict:
-  from flix.data.offline_tasks import register_offline
   start = time.time()
+  specs = method_specs(cfg.methods)
   os.makedirs(out, exist_ok=True)
   stage("generating the offline benchmark")
-  reg = register_offline(cfg.offline, prefix="flix_demo",
-                         pretrain_objective=cfg.pretrain_objective,
-                         pretrain_fields=cfg.pretrain_fields)
+  reg = register(cfg)
   print(f"{len(reg.tasks)} cells; absent: "
         f"{sorted(f'{p.task}-{p.lang}' for p in reg.data.absent)}; unseen pairs: "
         f"{sorted(f'{p.task}-{p.lang}' for p in reg.data.holdout.unseen_pairs)}; unseen "
         f"languages: {sorted(reg.data.holdout.unseen_langs)}", file=sys.stderr)
-  base = pretrain(cfg, reg, cache_dir)
-  runs = ([("lora", 0.0), ("flix", cfg.feature_dropout)] if ablation is None else
-          [(f"flix_p{p}", p) for p in ABLATION_DROPOUTS])
+  base_checkpoint = pretrain(cfg, reg, cache_dir)
+  stage(f"evaluating the untrained base on the {cfg.eval_split} split (the floor)")
+  base = evaluate(cfg, reg, base_checkpoint, os.path.join(out, "base", f"eval_{cfg.eval_split}"),
+                  cfg.eval_split)
   methods = {}
-  for name, dropout in runs:
-    method = "lora" if name == "lora" else "flix"
-    ckpt, trained = finetune(cfg, reg, base, method, os.path.join(out, name), dropout)
-    stage(f"evaluating {name} on the validation split (for choosing settings)")
-    validation = evaluate(cfg, reg, ckpt, os.path.join(out, name, "eval_validation"),
+  for spec in specs:
+    spec_reg = register(cfg, spec.derived) if spec.derived else reg
+    ckpt, trained = finetune(cfg, spec_reg, base_checkpoint, spec, os.path.join(out, spec.name))
+    stage(f"evaluating {spec.name} on the validation split (for choosing settings)")
+    validation = evaluate(cfg, spec_reg, ckpt, os.path.join(out, spec.name, "eval_validation"),
                           "validation")
     result = validation
     if cfg.eval_split != "validation":
-      stage(f"evaluating {name} on the {cfg.eval_split} split (reported)")
-      result = evaluate(cfg, reg, ckpt, os.path.join(out, name, f"eval_{cfg.eval_split}"),
-                        cfg.eval_split)
-    methods[name] = {"params_trained": trained, **result,
-                     "validation_summary": validation["summary"],
-                     "train_loss": train_losses(os.path.join(out, name))}
-    print(summary_table({name: methods[name]}), file=sys.stderr)
-  results = {"wall_seconds": time.time() - start, "methods": methods,
+      stage(f"evaluating {spec.name} on the {cfg.eval_split} split (reported)")
+      result = evaluate(cfg, spec_reg, ckpt,
+                        os.path.join(out, spec.name, f"eval_{cfg.eval_split}"), cfg.eval_split)
+    methods[spec.name] = {"params_trained": trained, **result,
+                          "validation_summary": validation["summary"],
+                          "train_loss": train_losses(os.path.join(out, spec.name)),
+                          "spec": dataclasses.asdict(spec)}
+    print(summary_table({spec.name: methods[spec.name]}), file=sys.stderr)
+  results = {"wall_seconds": time.time() - start, "base": base, "methods": methods,
              "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
              "holdout": reg.data.holdout.to_dict()}
   with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   heatmap(methods, os.path.join(out, "heatmap.png"))
-  table = summary_table(methods)
+  table = summary_table({"untrained base": {"params_trained": 0, **base}, **methods})
   with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
     f.write(f"# flix demo ({'ablation: ' + ablation if ablation else 'FLix vs LoRA'})\n\n"
             f"Exact match on the {cfg.eval_split} split, mean over cells of each kind.\n\n"
@@ -277,19 +296,21 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="reduced version (< 3 minutes)")
+  parser.add_argument("--quick", action="store_true", help="reduced version (the tests run it; minutes)")
   parser.add_argument("--out", default="out/demo", help="output directory")
   parser.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache",
                                                           "flix", "demo"),
                       help="where pretrained bases are kept, keyed by config")
-  parser.add_argument("--ablation", choices=("dropout",), default=None,
-                      help="FLix with feature dropout p in {0, 0.3, 0.5, 0.7} instead")
+  parser.add_argument("--methods", default=None,
+                      help="comma-separated flix.study methods (default: "
+                      "lora,flix,flix_derived)")
+  parser.add_argument("--ablation", choices=("dropout", "ranks", "shared"), default=None,
+                      help="the study's ablation methods instead (dropout: FLix with feature "
+                      "dropout 0 / 0.3 / 0.5 / 0.7; ranks: task vs language rank; shared)")
   parser.add_argument("--split", choices=("validation", "test"), default=None,
                       help="evaluation split (default: test; use validation to tune)")
   parser.add_argument("--finetune_steps", type=int, default=None,
                       help="fine-tuning steps of each method (default: 2000; --quick: 150)")
-  parser.add_argument("--feature_rank", type=int, default=None,
-                      help="FLix rank per feature type; LoRA gets twice it (default: 8)")
   args = parser.parse_args(argv)
   host_memory.retain_freed_memory()  # Before JAX starts its backend.
   from absl import logging as absl_logging  # seqio's "uncached FunctionDataset" notes.
@@ -297,12 +318,21 @@ def main(argv=None) -> int:
   cfg = QUICK if args.quick else FULL
   if args.split:
     cfg = dataclasses.replace(cfg, eval_split=args.split)
-  for field in ("finetune_steps", "feature_rank"):  # Size overrides of the config.
-    value = getattr(args, field)
-    if value is not None:
-      if value < 1:
-        parser.error(f"--{field} must be >= 1, got {value}")
-      cfg = dataclasses.replace(cfg, **{field: value})
+  if args.finetune_steps is not None:
+    if args.finetune_steps < 1:
+      parser.error(f"--finetune_steps must be >= 1, got {args.finetune_steps}")
+    cfg = dataclasses.replace(cfg, finetune_steps=args.finetune_steps)
+  if args.methods and args.ablation:
+    parser.error("give --methods or --ablation, not both")
+  if args.methods or args.ablation:
+    from flix.study import methods as study_methods
+    names = (study_methods.ABLATIONS[args.ablation] if args.ablation else
+             tuple(n.strip() for n in args.methods.split(",") if n.strip()))
+    try:
+      method_specs(names)
+    except ValueError as e:
+      parser.error(f"--methods: {e}")
+    cfg = dataclasses.replace(cfg, methods=tuple(names))
   if os.path.exists(os.path.join(args.out, "results.json")):
     print(f"error: {args.out}/results.json exists; choose another --out or remove it",
           file=sys.stderr)
