@@ -1,4 +1,4 @@
-"""`python -m flix.demo [--quick] [--out DIR] [--methods ...|--ablation NAME]`: FLix vs LoRA, offline.
+"""`python -m flix.demo [--quick] [--out DIR] [--methods M,...|--ablation A]`: FLix vs LoRA.
 
 1. Pretrains a small byte-level T5 on the offline benchmark's unlabelled corpus (the train
    split's input and target texts of every cell as separate, unpaired texts; spans replaced by
@@ -170,14 +170,14 @@ def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str) ->
     cells.append({"task": info["task"], "lang": info["lang"], "split": KIND_NAMES[info["kind"]],
                   "metric": "exact_match", "value": metrics[ACCURACY] / 100.0,
                   "n": int(info["n_examples"])})
-  cer = {name: metrics["cer"] for name, metrics in report.per_pair.items()}
-  summary, summary_cer = {}, {}
-  for kind in KIND_NAMES.values():
-    values = [c["value"] for c in cells if c["split"] == kind]
-    summary[kind] = sum(values) / len(values) if values else float("nan")
-    errors = [cer[name] for name in cer if KIND_NAMES[report.pairs[name]["kind"]] == kind]
-    summary_cer[kind] = sum(errors) / len(errors) if errors else float("nan")
-  # Character error rate (%): shows learning where exact match is still 0 (the --quick run).
+  # Means over the pairs of each kind (flix.data.aggregate); character error rate (%) shows
+  # learning where exact match is still 0 (the --quick run).
+  kinds = {KIND_NAMES[kind]: means for kind, means in report.by_kind.items()}
+  nan = float("nan")
+  summary = {kind: kinds[kind][ACCURACY] / 100.0 if kind in kinds else nan
+             for kind in KIND_NAMES.values()}
+  summary_cer = {kind: kinds[kind]["cer"] if kind in kinds else nan
+                 for kind in KIND_NAMES.values()}
   return {"cells": cells, "summary": summary, "summary_cer": summary_cer}
 
 
@@ -295,16 +295,18 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
 
 
 def main(argv=None) -> int:
+  host_memory.retain_freed_memory()  # Before JAX (imported with flix.study) starts its backend.
+  from flix.study import methods as study_methods
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="reduced version (the tests run it; minutes)")
+  parser.add_argument("--quick", action="store_true", help="reduced version (the tests run it)")
   parser.add_argument("--out", default="out/demo", help="output directory")
   parser.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache",
                                                           "flix", "demo"),
                       help="where pretrained bases are kept, keyed by config")
   parser.add_argument("--methods", default=None,
                       help="comma-separated flix.study methods (default: "
-                      "lora,flix,flix_derived)")
-  parser.add_argument("--ablation", choices=("dropout", "ranks", "shared"), default=None,
+                      f"{','.join(FULL.methods)})")
+  parser.add_argument("--ablation", choices=sorted(study_methods.ABLATIONS), default=None,
                       help="the study's ablation methods instead (dropout: FLix with feature "
                       "dropout 0 / 0.3 / 0.5 / 0.7; ranks: task vs language rank; shared)")
   parser.add_argument("--split", choices=("validation", "test"), default=None,
@@ -312,7 +314,6 @@ def main(argv=None) -> int:
   parser.add_argument("--finetune_steps", type=int, default=None,
                       help="fine-tuning steps of each method (default: 2000; --quick: 150)")
   args = parser.parse_args(argv)
-  host_memory.retain_freed_memory()  # Before JAX starts its backend.
   from absl import logging as absl_logging  # seqio's "uncached FunctionDataset" notes.
   absl_logging.set_verbosity(absl_logging.ERROR)
   cfg = QUICK if args.quick else FULL
@@ -325,7 +326,6 @@ def main(argv=None) -> int:
   if args.methods and args.ablation:
     parser.error("give --methods or --ablation, not both")
   if args.methods or args.ablation:
-    from flix.study import methods as study_methods
     names = (study_methods.ABLATIONS[args.ablation] if args.ablation else
              tuple(n.strip() for n in args.methods.split(",") if n.strip()))
     try:
