@@ -246,6 +246,7 @@ def test_resume_with_other_feature_values_data_shards_or_packing_is_refused(tmp_
           "True: packed and unpacked rows are different batches") in err
 
 
+@pytest.mark.slow  # Library-level refusal and skip: test_reliability's checkpoint-damaged rows.
 def test_damaged_checkpoint_names_itself_and_resumes_from_the_previous_on_request(tmp_path,
                                                                                 capsys):
   assert run_train(tmp_path, "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=1") == 0
