@@ -285,6 +285,22 @@ def test_interrupted_write_leaves_no_checkpoint(tmp_path):
   assert latest(str(tmp_path)) is None
 
 
+def test_replicated_arrays_are_written_once_and_read_back(tmp_path):
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+  tree = {"replicated": jax.device_put(np.arange(16, dtype=np.float32),
+                                       NamedSharding(mesh, P())),
+          "sharded": jax.device_put(np.arange(32, dtype=np.float32).reshape(4, 8),
+                                    NamedSharding(mesh, P(None, "model")))}
+  checkpoints.save_pytree(str(tmp_path / "tree"), tree)
+  chunks = lambda name: sorted(p.name for p in (tmp_path / "tree" / name).iterdir()
+                               if not p.name.startswith("."))
+  assert chunks("replicated") == ["0"]  # One chunk, not one slice per replica.
+  assert chunks("sharded") == ["0.0", "0.1"]  # One per 'model' shard.
+  restored = checkpoints.restore_pytree(str(tmp_path / "tree"))
+  jax.tree.map(np.testing.assert_array_equal, restored, jax.tree.map(np.asarray, tree))
+
+
 def run_entry(module, gin_file, *bindings):
   gin.clear_config()
   with pytest.raises(SystemExit) as exit_info:
