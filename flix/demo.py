@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from flix import host_memory  # noqa: E402
 from flix.data.offline import OfflineConfig  # noqa: E402
 from flix.models.t5 import T5Config  # noqa: E402
+from flix.study.grids import SMALL_T5, TINY_T5  # noqa: E402  The study's bases.
 
 KIND_NAMES = {"seen_pair": "seen", "unseen_pair": "unseen_pair", "unseen_language": "unseen_lang"}
 ACCURACY = "sequence_accuracy"
@@ -77,9 +78,6 @@ class DemoConfig:
 # fine-tuning steps, LoRA and FLix derived only, byte lengths 25 = the longest text + EOS) is
 # what fits 15 minutes on a 2-core machine (docs/demo_history.md: 3000 + 3 x 2000 steps took
 # 46 min; 1500 + 2 x 1000 steps 18 min).
-SMALL_T5 = T5Config(emb_dim=128, num_heads=2, head_dim=64, mlp_dim=512, num_encoder_layers=3,
-                    num_decoder_layers=3, dropout_rate=0.0)
-
 FULL = DemoConfig(
     offline=OfflineConfig(tasks=("month_year", "long_date", "decimal"),
                           langs=("en", "fr", "de", "es", "it", "nl", "pt"), prefix="task_lang",
@@ -94,8 +92,7 @@ QUICK = DemoConfig(
     offline=OfflineConfig(tasks=("month_year", "long_date"), langs=("en", "fr", "de", "pt"),
                           prefix="task_lang", n_train=48, n_validation=8, n_test=8,
                           input_length=32, target_length=32),
-    model=T5Config(emb_dim=64, num_heads=1, head_dim=64, mlp_dim=256, num_encoder_layers=2,
-                   num_decoder_layers=2, dropout_rate=0.0),
+    model=TINY_T5,
     pretrain_steps=150, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
     pretrain_schedule="constant",
     finetune_steps=150, finetune_learning_rate=1e-3,

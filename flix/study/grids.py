@@ -22,7 +22,8 @@ from flix.data.morphology import MorphologyConfig
 from flix.data.offline import OfflineConfig
 from flix.models.t5 import T5Config
 
-# The small byte-level T5.1.1 of the demo (d_model 128, 3 + 3 layers): learns to copy in minutes.
+# The small byte-level T5.1.1 of the study and the demo (d_model 128, 3 + 3 layers): learns to
+# copy in minutes. TINY_T5: the --quick runs.
 SMALL_T5 = T5Config(emb_dim=128, num_heads=2, head_dim=64, mlp_dim=512, num_encoder_layers=3,
                     num_decoder_layers=3, dropout_rate=0.0)
 TINY_T5 = T5Config(emb_dim=64, num_heads=1, head_dim=64, mlp_dim=256, num_encoder_layers=2,
