@@ -157,7 +157,7 @@ def train_losses(model_dir: str) -> dict[str, float]:
 
 
 def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str,
-             evaluators: dict | None = None) -> dict[str, Any]:
+             evaluators: dict) -> dict[str, Any]:
   """Greedy decoding on every pair of `split`; returns the method's results record.
 
   evaluators: PairEvaluators of this run by (eval mixture, split), built on first use and
@@ -168,7 +168,6 @@ def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str,
   from flix.models.model import make_model
   model_config, flix, params = checkpoints.load_model(checkpoint)
   model = make_model(model_config, flix)
-  evaluators = {} if evaluators is None else evaluators
   key = (reg.eval_mixture, split)
   if key not in evaluators:
     evaluators[key] = evaluation.PairEvaluator(
