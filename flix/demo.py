@@ -142,7 +142,8 @@ def finetune(cfg: DemoConfig, reg, base: str, spec, model_dir: str) -> tuple[str
              optimizer=optimizers.make_optimizer(cfg.finetune_optimizer,
                                                 cfg.finetune_learning_rate),
              checkpoint_period=cfg.finetune_steps, log_period=max(cfg.finetune_steps // 10, 1),
-             random_seed=cfg.seed, gin_config=f"# flix.demo {spec.name}: {cfg}\n")
+             random_seed=cfg.seed, pack=False,  # As the study: equal examples per step.
+             gin_config=f"# flix.demo {spec.name}: {cfg}\n")
   path = os.path.join(model_dir, f"checkpoint_{cfg.finetune_steps}")
   _, _, params = checkpoints.load_model(path)
   trained = sum(v.size for v in jax.tree.leaves(checkpoints.adapter_leaves(params)))

@@ -19,9 +19,9 @@ def registration():
   return register_offline(config, prefix="flix_test_batches")
 
 
-def make(registration, data_shards=1, batch_size=8, **kwargs):
+def make(registration, data_shards=1, batch_size=8, pack=False, **kwargs):
   return TrainBatches(registration.train_mixture, registration.task_feature_lengths, batch_size,
-                      FlixEncDecFeatureConverter(registration.space.n_types), seed=7,
+                      FlixEncDecFeatureConverter(registration.space.n_types, pack=pack), seed=7,
                       data_shards=data_shards, **kwargs)
 
 
@@ -37,21 +37,23 @@ def assert_same(a, b):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-def test_restore_continues_exactly_and_equals_skipping(registration, tmp_path):
+@pytest.mark.parametrize("pack", [False, True])
+def test_restore_continues_exactly_and_equals_skipping(registration, tmp_path, pack):
   # 5 batches of 8 from 24 examples per pair: the save falls mid-epoch, with full shuffle
-  # buffers and prefetched batches in flight.
-  first = make(registration)
+  # buffers and prefetched batches in flight (packed: mid-window, packed rows in the shuffle).
+  first = make(registration, pack=pack)
   take(first, 5)
   assert not has_iterator_state(str(tmp_path))
   first.save(str(tmp_path))
   assert has_iterator_state(str(tmp_path))
   expected = take(first, 6)
-  restored = make(registration)
+  assert ("encoder_segment_ids" in expected[0]) == pack
+  restored = make(registration, pack=pack)
   restored.restore(str(tmp_path))
   assert_same(take(restored, 6), expected)
-  assert_same(take(make(registration, skip=5), 6), expected)
-  fresh = take(make(registration), 1)
-  assert_same(fresh, take(make(registration), 1))  # Deterministic,
+  assert_same(take(make(registration, pack=pack, skip=5), 6), expected)
+  fresh = take(make(registration, pack=pack), 1)
+  assert_same(fresh, take(make(registration, pack=pack), 1))  # Deterministic,
   assert not np.array_equal(fresh[0]["encoder_input_tokens"], expected[0]["encoder_input_tokens"])  # and it moved on.
 
 

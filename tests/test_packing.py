@@ -142,3 +142,43 @@ def test_packing_settings_and_packed_batches_where_unsupported_are_clear_errors(
                                        r"\['decoder_segment_ids'\] without "
                                        r"\['encoder_segment_ids'\]"):
     model.logits(params, partial, packed["feature_ids"])
+
+
+def test_pack_auto_packs_where_exact_and_a_resume_keeps_the_checkpoints_choice(tmp_path):
+  """PACK 'auto' (the gin runs' default): packed without feature dropout, unpacked with it
+  (packed examples would share one dropout draw); a resumed run keeps what it was trained with."""
+  from flix.training.loop import AdapterSettings, resolve_pack
+  fresh = lambda **kw: resolve_pack("auto", AdapterSettings(**kw), None)[0]
+  assert fresh(method="lora") is True
+  assert fresh(method="full") is True
+  assert fresh(method="flix", feature_dropout=0.0) is True
+  assert fresh(method="flix", feature_dropout=0.3) is False
+  _, why = resolve_pack("auto", AdapterSettings(method="flix", feature_dropout=0.3), None)
+  assert why == ("'auto': FEATURE_DROPOUT 0.3 is drawn per row, so the examples of a packed "
+                 "row would share one draw")
+  for trained in (True, False):  # A resume follows the checkpoint, whatever 'auto' would pick.
+    ckpt = tmp_path / f"checkpoint_{int(trained)}"
+    ckpt.mkdir()
+    (ckpt / "train_state.json").write_text(
+        f'{{"step": 4, "data_position": 4, "pack": {str(trained).lower()}}}')
+    for kw in ({"method": "lora"}, {"method": "flix", "feature_dropout": 0.5}):
+      assert resolve_pack("auto", AdapterSettings(**kw), str(ckpt)) == (
+          trained, f"'auto': as {ckpt} was trained")
+  assert resolve_pack(False, AdapterSettings(method="lora"), None) == (False, "as configured")
+  assert resolve_pack(True, AdapterSettings(method="flix", feature_dropout=0.3), None)[0] is True
+  with pytest.raises(ValueError, match=r"PACK \(train.pack\) must be True, False or 'auto', "
+                                       "got 'yes'"):
+    resolve_pack("yes", AdapterSettings(), None)
+
+
+def test_a_fingerprint_collision_is_a_loud_error_not_a_mixed_row(monkeypatch):
+  """Two combinations in one packing window (forced: every key equal) stop the pipeline."""
+  from flix.data import packing
+  monkeypatch.setattr(packing, "combination_key", lambda ids: tf.constant(0, tf.int64))
+  exs = examples()
+  ds = tf.data.Dataset.from_generator(lambda: iter(exs), output_signature={
+      k: tf.TensorSpec([None], tf.int32) for k in exs[0]})
+  rows = FlixEncDecFeatureConverter(2, pack=True)(ds, LENGTHS)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="two feature-id combinations share "
+                                                           "a packing window"):
+    list(rows.as_numpy_iterator())

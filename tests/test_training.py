@@ -382,6 +382,10 @@ def test_mixture_or_task_module_registers_the_users_task(tmp_path, monkeypatch, 
                      "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.METHOD='lora'") == 0, (
                          capsys.readouterr().err[-2000:])
     assert [s for s, _ in step_dirs(str(model_dir))] == [2]
+    # runs/finetune.gin's PACK 'auto' packs a LoRA run (no feature dropout: exact).
+    assert "PACK = True ('auto': method 'lora' without feature dropout" in capsys.readouterr().err
+    meta = json.loads((model_dir / "checkpoint_2" / "train_state.json").read_text())
+    assert meta["pack"] is True
     out = tmp_path / "eval"
     assert run_entry(eval_entry, "runs/eval.gin", *common, "--gin.EVAL_EXAMPLES=1",
                      f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",

@@ -138,6 +138,7 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str) ->
              optimizer=optimizers.make_optimizer("adamw", schedule),
              checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
              log_period=max(steps // 10, 1), random_seed=seed,
+             pack=False,  # Equal examples per step: packing 'auto' would pack LoRA only.
              gin_config=f"# flix.study run: {key}\n")
   checkpoint = os.path.join(model_dir, f"checkpoint_{steps}")
   model_config, flix, params = checkpoints.load_model(checkpoint)

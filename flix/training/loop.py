@@ -98,6 +98,34 @@ def check_settings(*, train_steps, batch_size, checkpoint_period, log_period, ke
     check_counts(**{"train.input_threads": input_threads})
 
 
+PACK_AUTO = "auto"
+
+
+def check_pack(pack: bool | str) -> None:
+  if not (isinstance(pack, bool) or pack == PACK_AUTO):
+    raise ValueError(f"PACK (train.pack) must be True, False or {PACK_AUTO!r}, got {pack!r}")
+
+
+def resolve_pack(pack: bool | str, adapters: AdapterSettings,
+                 resume_from: str | None) -> tuple[bool, str]:
+  """(whether this run packs its rows, why). True / False: as given. 'auto' (the gin runs'
+  default, as T5X packs by default): a resumed run keeps its checkpoint's value; a fresh run
+  packs exactly where a packed example computes as it would alone, i.e. without feature
+  dropout (LoRA, full training, FLix at FEATURE_DROPOUT = 0). Feature dropout is drawn per
+  row, so the examples packed into one row would share one draw: FLix with dropout stays
+  unpacked."""
+  check_pack(pack)
+  if isinstance(pack, bool):
+    return pack, "as configured"
+  if resume_from is not None:
+    return read_train_state_json(resume_from)["pack"], f"'auto': as {resume_from} was trained"
+  if adapters.method == "flix" and adapters.feature_dropout:
+    return False, (f"'auto': FEATURE_DROPOUT {adapters.feature_dropout} is drawn per row, so "
+                   "the examples of a packed row would share one draw")
+  return True, (f"'auto': method {adapters.method!r} without feature dropout, every packed "
+                "example computes as it would alone")
+
+
 def data_n_types(mixture_or_task_name: str, use_cached: bool = False) -> int:
   """The length of the data's feature ids (0 without them), from the first task's train split:
   what a run without a registration (a LoRA or full run on a user's tasks) reads."""
@@ -242,7 +270,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           skip_damaged_checkpoints: bool = False,
           save_data_iterator: bool = True, restore_data_iterator: bool = True,
           evaluation: EvalSettings = EvalSettings(),
-          vocabulary: seqio.Vocabulary = BYTE_VOCAB, pack: bool = False) -> TrainState:
+          vocabulary: seqio.Vocabulary = BYTE_VOCAB, pack: bool | str = False) -> TrainState:
   """Trains to `train_steps` (resuming from the latest checkpoint in `model_dir`).
 
   Multi-process (jax.distributed): every process runs this with the same `model_dir`; each
@@ -277,6 +305,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     pack: PACK: feature-aware packing of the training rows (`flix.data.packing`: examples of
       one feature combination share a row, attending within their segment); recorded in each
       checkpoint's train_state.json, and a resume must keep it (the data stream differs).
+      'auto' (the gin runs' default): packed where exact (`resolve_pack`). The library
+      default stays False: the study and the demo compare methods at equal examples per step.
   Returns the final TrainState.
   """
   check_settings(train_steps=train_steps, batch_size=batch_size,
@@ -284,8 +314,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                  keep_checkpoints=keep_checkpoints, task_feature_lengths=task_feature_lengths,
                  data_shards=data_shards, input_threads=input_threads)
   evaluation.check()
-  if not isinstance(pack, bool):
-    raise ValueError(f"PACK (train.pack) must be True or False, got {pack!r}")
+  check_pack(pack)
   import_task_modules(mixture_or_task_module)
   check_registered(mixture_or_task_name)
   check_run_vocabulary(vocabulary, model_config, mixture_or_task_name)
@@ -315,6 +344,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     data_shards = (read_train_state_json(resume_from)["data_shards"] if resume_from
                    else jax.process_count())
   check_data_shards(batch_size, data_shards, resume_from if inherited else None)
+  pack, pack_reason = resolve_pack(pack, adapters, resume_from)
+  if checkpoints.is_primary():
+    print(f"PACK = {pack} ({pack_reason})", file=sys.stderr, flush=True)
 
   # State: fresh (or base checkpoint + fresh adapters), laid out over the mesh.
   root = jax.random.key(random_seed)
