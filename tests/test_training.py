@@ -198,6 +198,29 @@ def test_best_checkpoint_by_recorded_metric(tmp_path):
   assert best() is None
 
 
+@pytest.mark.parametrize("kwargs, kept", [
+    ({"keep": 2}, [8, 10]),
+    ({"keep": 2, "best_metric": "seen_pair/sequence_accuracy"}, [4, 8, 10]),
+    ({"keep": 2, "best_metric": "seen_pair/sequence_accuracy", "best_mode": "min"}, [2, 8, 10]),
+    ({"keep": 1, "best_metric": "seen_pair/sequence_accuracy"}, [4, 10]),
+    ({"keep": 3, "best_metric": "seen_pair/sequence_accuracy"}, [4, 6, 8, 10]),
+    ({"keep": 2, "best_metric": "overall/sequence_accuracy"}, [8, 10]),
+])
+def test_retention_keeps_the_newest_and_the_best(tmp_path, kwargs, kept):
+  """orbax's LatestN + BestN: a NaN or missing metric is never the best."""
+  from flix.training.checkpointer import Checkpointer
+  for step, value in ((2, 0.5), (4, 0.7), (6, float("nan")), (8, 0.6), (10, None)):
+    (tmp_path / f"checkpoint_{step}").mkdir()
+    meta = {"step": step, "data_position": step}
+    if value is not None:
+      meta["eval"] = {"seen_pair/sequence_accuracy": value}
+    (tmp_path / f"checkpoint_{step}" / "train_state.json").write_text(json.dumps(meta))
+  removed = Checkpointer(str(tmp_path), None, None, **kwargs).prune()
+  assert [s for s, _ in step_dirs(str(tmp_path))] == kept
+  assert sorted(removed) == sorted(str(tmp_path / f"checkpoint_{s}")
+                                   for s in {2, 4, 6, 8, 10} - set(kept))
+
+
 @pytest.mark.parametrize("bindings, message", [
     (["--gin.train.foo=3"], "Configurable 'train' doesn't have a parameter named 'foo'"),
     (["--gin.MIXTURE_OR_TASK_NAME='nope'"], "unknown mixture or task 'nope'; registered:"),

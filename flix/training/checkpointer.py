@@ -13,12 +13,20 @@ MODEL_DIR/checkpoint_<step>/ is a `flix.checkpoints` model checkpoint plus
 Adapter-only checkpoints (when training starts from a base checkpoint and the base is frozen)
 hold adapter leaves only and reference the base checkpoint by path.
 
+Which checkpoints stay is orbax's preservation policy, the one orbax's CheckpointManager builds
+from max_to_keep and best_fn (`retention_policy`: the newest `keep`, plus the best by the
+recorded `best_metric`); writing stays flix's own atomic, self-describing directory (orbax's
+CheckpointManager would put every item in its own subdirectory, moving the model.json that
+eval, infer, convert and merge read at the top of a checkpoint).
+
 Multi-process: every process calls `save` and `restore` (each writes and reads its shards);
 process 0 writes the files, renames the directory into place and deletes old checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import math
 import os
@@ -27,6 +35,7 @@ import shutil
 
 import jax
 import numpy as np
+from orbax.checkpoint import checkpoint_managers as ocp_policies
 from jax.experimental import multihost_utils
 
 from flix import checkpoints
@@ -114,22 +123,39 @@ class Checkpointer:
         extra_trees={TRAIN_STATE: {"opt_state": state.opt_state, "rng": state.rng}},
         writers=[batches.save] if batches is not None else [])
     if checkpoints.is_primary():
-      best = self.best()
-      for _, old in step_dirs(self.model_dir)[:-self.keep]:
-        if old != best:
-          shutil.rmtree(old, ignore_errors=True)
+      self.prune()
     return path
+
+  def prune(self) -> list[str]:
+    """Deletes the checkpoints `retention_policy` does not preserve; returns their paths."""
+    dirs = step_dirs(self.model_dir)
+    keep = retention_policy(self.keep, self.best_metric, self.best_mode).should_preserve(
+        self._infos(dirs), context=ocp_policies.PreservationContext())
+    removed = [path for (_, path), kept in zip(dirs, keep) if not kept]
+    for path in removed:
+      shutil.rmtree(path, ignore_errors=True)
+    return removed
 
   def best(self) -> str | None:
     """The checkpoint with the best recorded `best_metric` (the newest among equals), or None."""
     if self.best_metric is None:
       return None
-    scored = []
-    for step, path in step_dirs(self.model_dir):
-      value = read_train_state_json(path).get("eval", {}).get(self.best_metric)
-      if value is not None and math.isfinite(value):
-        scored.append((value if self.best_mode == "max" else -value, step, path))
-    return max(scored)[2] if scored else None
+    dirs = step_dirs(self.model_dir)
+    scored = [(path, info) for (_, path), info in zip(dirs, self._infos(dirs)) if info.metrics]
+    best = _best_policy(self.best_metric, self.best_mode).should_preserve(
+        [info for _, info in scored], context=ocp_policies.PreservationContext())
+    return next((path for (path, _), b in zip(scored, best) if b), None)
+
+  def _infos(self, dirs: list[tuple[int, str]]) -> list[CheckpointInfo]:
+    """orbax's view of `dirs`: step, time, and {best_metric: value} where recorded and finite."""
+    infos = []
+    for step, path in dirs:
+      value = (read_train_state_json(path).get("eval", {}).get(self.best_metric)
+               if self.best_metric else None)
+      finite = value is not None and math.isfinite(value)
+      infos.append(CheckpointInfo(step, {self.best_metric: value} if finite else None,
+                                  datetime.datetime.fromtimestamp(os.path.getmtime(path))))
+    return infos
 
   def restore(self, path: str, target: TrainState) -> tuple[TrainState, int]:
     """The state saved at `path`, laid out (shapes, shardings) like `target`; and data position."""
@@ -164,3 +190,27 @@ class Checkpointer:
                        params=params, opt_state=rest["opt_state"], rng=rest["rng"])
     return state, meta["data_position"]
 
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  """What orbax's preservation policies read of a checkpoint (its PolicyCheckpointInfo)."""
+  step: int
+  metrics: dict[str, float] | None
+  time: datetime.datetime
+
+
+def _best_policy(best_metric: str, best_mode: str) -> ocp_policies.BestN:
+  # BestN sorts by the metric (stable: equal values stay oldest first) and keeps the last.
+  return ocp_policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
+                            reverse=best_mode == "min", n=1,
+                            keep_checkpoints_without_metrics=False)
+
+
+def retention_policy(keep: int, best_metric: str | None = None,
+                     best_mode: str = "max") -> ocp_policies.PreservationPolicy:
+  """The checkpoints a run keeps, as an orbax preservation policy (what CheckpointManager
+  applies): the newest `keep`, plus the one with the best `best_metric` when given."""
+  policies = [ocp_policies.LatestN(n=keep)]
+  if best_metric is not None:
+    policies.append(_best_policy(best_metric, best_mode))
+  return ocp_policies.AnyPreservationPolicy(policies)
