@@ -109,3 +109,33 @@ def test_bootstrap_intervals_cover_the_truth_and_pairing_tightens_them():
   same = stats.summarize({"lora": stats.kind_scores(lora), "copy": stats.kind_scores(lora)},
                          ["seen"], n_boot=200)[1]
   assert same["copy-lora"]["seen"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n_seeds": 3}
+
+
+def test_an_ablation_is_also_paired_against_its_own_reference():
+  """`--ablation dropout`: besides LoRA, every FLix variant minus FLix without dropout."""
+  for name, reference in methods.ABLATION_REFERENCES.items():
+    assert reference in methods.ABLATIONS[name], name
+  rates = {"flix_p0.0": 0.2, "flix": 0.35, "lora": 0.2}
+  results = {}
+  for i, (name, rate) in enumerate(rates.items()):
+    runs_ = fake_runs({"seen": 0.5, "unseen_pair": rate}, seed=i)
+    for r in runs_:
+      for c in r["test"]:
+        c.update(metric="exact_match", value=float(np.mean(c["correct"])), n=len(c["correct"]))
+    results[name] = [{**r, "validation": r["test"], "trained_params": 10,
+                      "holdout": {"unseen_pairs": [], "unseen_langs": []}} for r in runs_]
+  study = report.build(grids.offline_grid(quick=True), list(rates), [0, 1, 2], results, 1.0,
+                       n_boot=300, reference="flix_p0.0")
+  assert study["reference"]["method"] == "flix_p0.0"
+  for split in ("test", "validation"):
+    assert set(study["reference"][split]) == {"flix-flix_p0.0"}  # LoRA is not an ablation arm.
+    lo, hi = study["reference"][split]["flix-flix_p0.0"]["unseen_pair"]["ci95"]
+    assert 0.0 < lo and hi < 0.3  # The 0.15 gain, found.
+  assert study["differences"]["flix_p0.0-lora"]["unseen_pair"]["ci95"][0] < 0.0 < (
+      study["differences"]["flix_p0.0-lora"]["unseen_pair"]["ci95"][1])
+  text = report.markdown(study)
+  assert text.count("Against the ablation's reference, flix_p0.0 (paired):") == 2
+  assert "| flix-flix_p0.0 | " in text
+  with pytest.raises(ValueError, match=r"reference 'flix_q' is not among the methods"):
+    report.build(grids.offline_grid(quick=True), list(rates), [0, 1, 2], results, 1.0,
+                 n_boot=100, reference="flix_q")

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   tfds.disable_progress_bar()
-  from flix.study import report, runs  # pylint: disable=import-outside-toplevel
+  from flix.study import methods, report, runs  # pylint: disable=import-outside-toplevel
   if args.quick and args.cache_dir == parse_args(["--out", "x"]).cache_dir:
     args.cache_dir = os.path.join(args.out, "cache")
   chosen = grids(args)
@@ -147,10 +147,13 @@ def main(argv=None) -> int:
               f"ETA {duration(eta)}", file=sys.stderr, flush=True)
   for grid in chosen:
     study = report.build(grid, [s.name for s in args.specs], args.seeds, results[grid.name],
-                         time.time() - start, args.n_boot)
+                         time.time() - start, args.n_boot,
+                         reference=methods.ABLATION_REFERENCES.get(args.ablation))
     report.write(study, os.path.join(args.out, grid.name))
     print(f"{grid.name}:\n" + report.tables(study["summary"], study["differences"],
                                             study["methods"], study["trained_params"]))
+    if "reference" in study:
+      print(report.difference_table(study["reference"]["test"]))
   print(f"wrote {args.out} in {duration(time.time() - start)} ({trained} runs trained, "
         f"{total - trained} from the cache)")
   return 0

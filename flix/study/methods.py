@@ -90,6 +90,9 @@ ABLATIONS = {
     "ranks": ("flix_t12_l4", "flix", "flix_t4_l12"),
     "shared": ("flix", "flix_shared", "flix_shared_p0.0", "flix_shared_p0.5"),
 }
+# Each ablation's own baseline (its differences are paired against it, besides LoRA): no
+# feature dropout, the paper's equal ranks, no shared adapter.
+ABLATION_REFERENCES = {"dropout": "flix_p0.0", "ranks": "flix", "shared": "flix"}
 
 
 def method(name: str) -> MethodSpec:

@@ -29,8 +29,13 @@ KIND_TITLES = {"seen": "seen pairs", "unseen_pair": "unseen pairs",
 
 
 def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str, list[dict]],
-          wall_seconds: float, n_boot: int = 2000) -> dict[str, Any]:
-  """The study.json dict from `results[method] = [run results, one per seed]`."""
+          wall_seconds: float, n_boot: int = 2000, reference: str | None = None
+          ) -> dict[str, Any]:
+  """The study.json dict from `results[method] = [run results, one per seed]`.
+
+  reference: an ablation's own baseline (e.g. FLix without feature dropout): the study also
+  holds every other FLix method minus it, paired, under "reference" (test and validation).
+  """
   study: dict[str, Any] = {"grid": grid.name, "seeds": list(seeds), "methods": list(methods),
                            "eval_split": "test"}
   results = {m: sorted(results[m], key=lambda r: r["seed"]) for m in methods}
@@ -45,6 +50,15 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
       study["summary"], study["differences"] = summary, differences
     else:
       study["validation"] = {"summary": summary, "differences": differences}
+  if reference is not None:
+    if reference not in methods:
+      raise ValueError(f"reference {reference!r} is not among the methods {list(methods)}")
+    compared = [m for m in methods if m != "lora"]
+    study["reference"] = {"method": reference}
+    for split in ("test", "validation"):
+      scores = {m: stats.kind_scores(results[m], split) for m in compared}
+      study["reference"][split] = stats.summarize(scores, KINDS, baseline=reference,
+                                                  n_boot=n_boot)[1]
   study["holdouts"] = {str(r["seed"]): r["holdout"] for r in results[methods[0]]}
   study["trained_params"] = {m: results[m][0]["trained_params"] for m in methods}
   study["budget"] = dataclasses.asdict(grid.budget)
@@ -68,11 +82,24 @@ def tables(summary: dict, differences: dict, methods: Sequence[str], params: dic
     cells = [_fmt(summary.get(m, {}).get(k)) for k in KINDS]
     lines.append(f"| {m} | {params.get(m, 0):,} | " + " | ".join(cells) + " |")
   if differences:
-    lines += ["", "| difference (paired) | " + " | ".join(KIND_TITLES[k] for k in KINDS) + " |",
-              "| --- |" + " ---: |" * len(KINDS)]
-    for name, entry in differences.items():
-      lines.append(f"| {name} | " + " | ".join(_fmt(entry.get(k), True) for k in KINDS) + " |")
+    lines += ["", difference_table(differences)]
   return "\n".join(lines)
+
+
+def difference_table(differences: dict) -> str:
+  lines = ["| difference (paired) | " + " | ".join(KIND_TITLES[k] for k in KINDS) + " |",
+           "| --- |" + " ---: |" * len(KINDS)]
+  for name, entry in differences.items():
+    lines.append(f"| {name} | " + " | ".join(_fmt(entry.get(k), True) for k in KINDS) + " |")
+  return "\n".join(lines)
+
+
+def _reference_table(study: dict, split: str) -> list[str]:
+  reference = study.get("reference")
+  if not reference or not reference[split]:
+    return []
+  return ["", f"Against the ablation's reference, {reference['method']} (paired):", "",
+          difference_table(reference[split])]
 
 
 def markdown(study: dict) -> str:
@@ -93,9 +120,11 @@ def markdown(study: dict) -> str:
       f"{budget['pretrain_steps']} steps. Wall time {study['wall_seconds'] / 60:.1f} min.", "",
       "## Test (reported once)", "",
       tables(study["summary"], study["differences"], study["methods"], study["trained_params"]),
+      *_reference_table(study, "test"),
       "", "## Validation (settings are chosen here)", "",
       tables(study["validation"]["summary"], study["validation"]["differences"],
              study["methods"], study["trained_params"]),
+      *_reference_table(study, "validation"),
       "", "## Hold-outs", "", *holdouts, "",
       "Plots: differences.png (each method minus LoRA with 95% intervals), heatmap.png "
       "(per-cell mean difference on test).", ""])
