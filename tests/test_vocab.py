@@ -136,3 +136,38 @@ def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
                    f"--gin.MODEL_DIR='{model_dir}'") == 1
   assert "set SENTENCEPIECE_MODEL (models/mt5_*.gin)" in capsys.readouterr().err
   assert not model_dir.exists()
+
+
+@pytest.mark.slow  # Two training runs and two in-training evaluations of a converted model.
+def test_t5x_checkpoint_sentencepiece_flix_run_evaluates_and_resumes(tmp_path, sp_model,
+                                                                     capsys):
+  """Issue 16's whole path: T5X's own tiny T5.1.1 (SentencePiece-sized vocabulary) converts,
+  trains FLix on SentencePiece pieces, packed (PACK 'auto', no feature dropout), evaluates
+  during training, and resumes from the input iterator's saved state."""
+  from flix import convert
+  from shared_files import shared_path
+  t5x_file = shared_path("fixtures", "t5x", "test_t5_tiny.checkpoint_0")
+  base, model_dir = tmp_path / "base", tmp_path / "run"
+  assert convert.main(["from-t5x", "--t5x_dir", t5x_file, "--out", str(base),
+                       "--dropout_rate", "0.0"]) == 0
+  run = [*sentencepiece_bindings(sp_model), f"--gin_file={base / 'model.gin'}",
+         f"--gin.INITIAL_CHECKPOINT_PATH='{base}'", f"--gin.MODEL_DIR='{model_dir}'",
+         "--gin.FEATURE_DROPOUT=0.0", "--gin.PACK='auto'", "--gin.CHECKPOINT_PERIOD=2",
+         "--gin.EVAL_PERIOD=2", "--gin.EVAL_EXAMPLES=1"]
+  capsys.readouterr()
+  assert run_entry(train_entry, "tiny_offline.gin", *run, "--gin.TRAIN_STEPS=2") == 0
+  err = capsys.readouterr().err
+  assert "PACK = True ('auto': method 'flix' without feature dropout" in err, err[-2000:]
+  assert run_entry(train_entry, "tiny_offline.gin", *run, "--gin.TRAIN_STEPS=4") == 0
+  err = capsys.readouterr().err
+  assert (f"resuming from {model_dir / 'checkpoint_2'} at step 2 (input iterator restored from "
+          "its state)") in err, err[-2000:]
+  assert "PACK = True ('auto': as" in err
+  checkpoint = model_dir / "checkpoint_4"
+  assert json.loads((checkpoint / "model.json").read_text())["vocab_size"] == 32128
+  assert json.loads((checkpoint / "base.json").read_text())["base_checkpoint"] == str(base)
+  meta = json.loads((checkpoint / "train_state.json").read_text())
+  assert meta["pack"] is True and meta["data_position"] == 4
+  assert {"seen_pair/sequence_accuracy", "unseen_language/sequence_accuracy"} <= set(meta["eval"])
+  lines = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines if "eval/validation/overall/sequence_accuracy" in l] == [2, 4]

@@ -382,6 +382,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                          use_cached=use_cached_tasks)
   if restore_iterator:
     batches.restore(resume_from)
+  if resume_from is not None and checkpoints.is_primary():
+    how = ("input iterator restored from its state" if restore_iterator else
+           f"skipping {data_position} batches through the input pipeline")
+    print(f"resuming from {resume_from} at step {int(jax.device_get(state.step))} ({how})",
+          file=sys.stderr, flush=True)
   evaluate = (PeriodicEvaluator(evaluation, model, model_dir, registration=registration,
                                 task_feature_lengths=task_feature_lengths,
                                 use_cached=use_cached_tasks)
