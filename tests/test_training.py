@@ -182,14 +182,20 @@ def test_in_training_eval_writes_metrics_and_keeps_the_best_checkpoint(tmp_path,
   assert 8 in [s for s, _ in step_dirs(str(tmp_path))]
 
 
-def test_best_checkpoint_by_recorded_metric(tmp_path):
-  from flix.training.checkpointer import Checkpointer
+def recorded_checkpoints(model_dir):
+  """checkpoint_{2,4,6,8,10} (train_state.json only) recording seen_pair/sequence_accuracy 0.5,
+  0.7, NaN, 0.6 and nothing."""
   for step, value in ((2, 0.5), (4, 0.7), (6, float("nan")), (8, 0.6), (10, None)):
-    (tmp_path / f"checkpoint_{step}").mkdir()
+    (model_dir / f"checkpoint_{step}").mkdir()
     meta = {"step": step, "data_position": step}
     if value is not None:
       meta["eval"] = {"seen_pair/sequence_accuracy": value}
-    (tmp_path / f"checkpoint_{step}" / "train_state.json").write_text(json.dumps(meta))
+    (model_dir / f"checkpoint_{step}" / "train_state.json").write_text(json.dumps(meta))
+
+
+def test_best_checkpoint_by_recorded_metric(tmp_path):
+  from flix.training.checkpointer import Checkpointer
+  recorded_checkpoints(tmp_path)
   best = lambda **kw: Checkpointer(str(tmp_path), None, None, **kw).best()
   assert best(best_metric="seen_pair/sequence_accuracy") == str(tmp_path / "checkpoint_4")
   assert best(best_metric="seen_pair/sequence_accuracy", best_mode="min") == str(
@@ -209,12 +215,7 @@ def test_best_checkpoint_by_recorded_metric(tmp_path):
 def test_retention_keeps_the_newest_and_the_best(tmp_path, kwargs, kept):
   """orbax's LatestN + BestN: a NaN or missing metric is never the best."""
   from flix.training.checkpointer import Checkpointer
-  for step, value in ((2, 0.5), (4, 0.7), (6, float("nan")), (8, 0.6), (10, None)):
-    (tmp_path / f"checkpoint_{step}").mkdir()
-    meta = {"step": step, "data_position": step}
-    if value is not None:
-      meta["eval"] = {"seen_pair/sequence_accuracy": value}
-    (tmp_path / f"checkpoint_{step}" / "train_state.json").write_text(json.dumps(meta))
+  recorded_checkpoints(tmp_path)
   removed = Checkpointer(str(tmp_path), None, None, **kwargs).prune()
   assert [s for s, _ in step_dirs(str(tmp_path))] == kept
   assert sorted(removed) == sorted(str(tmp_path / f"checkpoint_{s}")
