@@ -130,12 +130,13 @@ def main(argv=None) -> int:
   results: dict[str, dict[str, list]] = {grid.name: {} for grid in chosen}
   # Seed-major, grids interleaved: a partial study holds complete paired comparisons.
   for seed in args.seeds:
+    evaluators: dict = {}  # Shared by the runs of this seed's registrations.
     for grid in chosen:
       for spec in args.specs:
         run_start = time.time()
         cached = runs.done(grid, spec, seed, args.cache_dir)
         results[grid.name].setdefault(spec.name, []).append(
-            runs.run(grid, spec, seed, args.cache_dir, bases[grid.name]))
+            runs.run(grid, spec, seed, args.cache_dir, bases[grid.name], evaluators))
         done += 1
         if not cached:
           trained += 1

@@ -110,8 +110,14 @@ def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str) -> bool:
   return os.path.isfile(os.path.join(run_dir(grid, method, seed, cache_dir), RESULTS))
 
 
-def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str) -> dict:
-  """The run's results (trained and evaluated now, or read from its cache)."""
+def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str,
+        evaluators: dict | None = None) -> dict:
+  """The run's results (trained and evaluated now, or read from its cache).
+
+  evaluators: PairEvaluators by (eval mixture, split), built by the first run that needs one
+  and reused by the next runs of the same registration (building one is a tf.data pipeline per
+  cell: about a minute per split on the offline grid, the same for every method).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
   from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
@@ -147,12 +153,15 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str) ->
              "holdout": reg.holdout.to_dict(),
              "trained_params": int(sum(v.size for v in jax.tree.leaves(
                  checkpoints.adapter_leaves(params))))}
+  evaluators = {} if evaluators is None else evaluators
   for split in EVAL_SPLITS:
     out_dir = os.path.join(directory, f"eval_{split}")
-    report = evaluation.evaluate(model, params, reg.eval_mixture, out_dir=out_dir,
-                                 feature_lengths=reg.task_feature_lengths,
-                                 batch_size=budget.eval_batch_size, holdout=reg.holdout,
-                                 split=split, num_examples=budget.eval_examples)
+    if (reg.eval_mixture, split) not in evaluators:
+      evaluators[reg.eval_mixture, split] = evaluation.PairEvaluator(
+          reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
+          batch_size=budget.eval_batch_size, holdout=reg.holdout, split=split,
+          num_examples=budget.eval_examples, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
+    report = evaluators[reg.eval_mixture, split].evaluate(model, params, out_dir=out_dir)
     results[split] = _cells(report, out_dir)
   results["wall_seconds"] = time.time() - start
   _write_json(results_path, results)
