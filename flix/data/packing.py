@@ -27,8 +27,9 @@ from flix.features import INACTIVE
 
 SHUFFLE_BUFFER = 1024
 SHUFFLE_SEED = 0
-_IDS = "packed_feature_ids"  # The ids' feature while they ride through seqio's packing,
-_IDS_SHIFT = 1 - INACTIVE  # shifted to >= 1.
+# The feature ids' name while they ride through seqio's packing, and their shift to >= 1 there.
+_IDS = "packed_feature_ids"
+_IDS_SHIFT = 1 - INACTIVE
 
 
 def combination_key(ids: tf.Tensor) -> tf.Tensor:

@@ -35,8 +35,8 @@ import shutil
 
 import jax
 import numpy as np
-from orbax.checkpoint import checkpoint_managers as ocp_policies
 from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 from flix import checkpoints
 from flix.config import FlixConfig
