@@ -238,6 +238,7 @@ def test_retention_keeps_the_newest_and_the_best(tmp_path, kwargs, kept):
     (["--gin.EVAL_PERIOD=2", "--gin.BEST_METRIC='exact_match'"],
      "EvalSettings.best_metric must be '<group>/<metric>' with group one of ('seen_pair', "
      "'unseen_pair', 'unseen_language', 'overall')"),
+    (["--gin.PACK='yes'"], "PACK (train.pack) must be True, False or 'auto', got 'yes'"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, capsys, bindings, message):
   assert run_train(tmp_path, *bindings) == 1
