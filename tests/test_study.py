@@ -51,6 +51,45 @@ def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, cap
   after = json.loads(open(results).read())
   assert after["test"] == before["test"] and after["validation"] == before["validation"]
 
+  # The archive carries finished runs to a machine without this cache: nothing is trained
+  # there (no base either), and the report is the same.
+  archive = str(tmp_path / "archive")
+  assert cli.main([*argv, "--archive", archive]) == 0  # Archives what the cache holds.
+  capsys.readouterr()
+  other = ["--cache_dir" if a == str(tmp_path / "cache") else a for a in argv]
+  other[other.index("--cache_dir") + 1] = str(tmp_path / "empty_cache")
+  other[other.index("--out") + 1] = str(tmp_path / "study_elsewhere")
+  assert cli.main([*other, "--archive", archive]) == 0
+  assert "0 runs trained, 2 from the cache" in capsys.readouterr().out
+  assert not (tmp_path / "empty_cache").exists()
+  elsewhere = json.loads((tmp_path / "study_elsewhere" / "offline" / "study.json").read_text())
+  assert elsewhere["runs"] == study["runs"] and elsewhere["summary"] == study["summary"]
+
+
+def test_archived_runs_are_read_back_and_a_foreign_one_is_refused(tmp_path):
+  grid, spec = grids.offline_grid(quick=True), methods.method("flix")
+  cache, archive = str(tmp_path / "cache"), str(tmp_path / "archive")
+  finished = json.loads(json.dumps(  # As read back from JSON (tuples become lists).
+      {"method": "flix", "seed": 0, "key": runs.run_key(grid, spec, 0),
+       "test": [{"task": "t", "lang": "l", "split": "seen", "correct": [1, 0]}]}))
+  directory = runs.run_dir(grid, spec, 0, cache)
+  os.makedirs(directory)
+  with open(os.path.join(directory, runs.RESULTS), "w") as f:
+    json.dump(finished, f)
+  assert not runs.done(grid, spec, 0, str(tmp_path / "elsewhere"), archive)
+  assert runs.run(grid, spec, 0, cache, None, archive_dir=archive) == finished  # Archived now.
+  path = runs.archive_path(grid, spec, 0, archive)
+  assert path.startswith(os.path.join(archive, "offline", "flix_s0_")) and path.endswith(".json")
+  assert runs.done(grid, spec, 0, str(tmp_path / "elsewhere"), archive)
+  assert runs.run(grid, spec, 0, str(tmp_path / "elsewhere"), None,
+                  archive_dir=archive) == finished
+  with pytest.raises(ValueError, match="no base checkpoint was given"):
+    runs.run(grid, spec, 1, str(tmp_path / "elsewhere"), None, archive_dir=archive)
+  with open(path, "w") as f:
+    json.dump({**finished, "seed": 1, "key": runs.run_key(grid, spec, 1)}, f)
+  with pytest.raises(ValueError, match=r"holds the results of another configuration \(key "):
+    runs.run(grid, spec, 0, str(tmp_path / "elsewhere"), None, archive_dir=archive)
+
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):
   for argv, message in ((["--methods", "lora,flix_q"], "unknown method 'flix_q'"),

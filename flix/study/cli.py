@@ -2,7 +2,8 @@
 
 Runs every (grid, method, seed), each cached (`flix.study.runs`), then writes
 `DIR/{grid}/study.json`, `study.md`, `differences.png`, `heatmap.png`. A rerun trains only what
-is new (another seed, another method). One progress line per finished run gives the count,
+is new (another seed, another method); `--archive DIR` also keeps every finished run's results
+in DIR, and a run found there is not retrained. One progress line per finished run gives the count,
 the elapsed time and the ETA from the mean run time so far. `--ablation dropout|ranks|shared`
 runs a lever's methods instead (read its validation numbers). `--quick`: a tiny model on small
 grids in about two minutes (the tests run it); the morphology grid is skipped with a message
@@ -57,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="the release files (sigmorphon2023/, wikipron/)")
   parser.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache",
                                                           "flix", "study"))
+  parser.add_argument("--archive", default=None,
+                      help="also keep each finished run's results here (no checkpoints, ~30 kB a "
+                           "run); runs found here are not retrained: copy or commit it to carry a "
+                           "study across machines whose caches are not shared")
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (default TFDS's)")
   parser.add_argument("--quick", action="store_true", help="tiny model, small grids (~2 min)")
   parser.add_argument("--finetune_steps", type=int, default=None,
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
     return 1
   total = len(chosen) * len(args.specs) * len(args.seeds)
   start, done, trained, run_seconds = time.time(), 0, 0, 0.0
-  bases = {grid.name: runs.pretrain_base(grid, args.cache_dir) for grid in chosen}
+  bases: dict[str, str] = {}  # Pretrained when a run of the grid first needs training.
   results: dict[str, dict[str, list]] = {grid.name: {} for grid in chosen}
   # Seed-major, grids interleaved: a partial study holds complete paired comparisons.
   for seed in args.seeds:
@@ -134,9 +139,12 @@ def main(argv=None) -> int:
     for grid in chosen:
       for spec in args.specs:
         run_start = time.time()
-        cached = runs.done(grid, spec, seed, args.cache_dir)
+        cached = runs.done(grid, spec, seed, args.cache_dir, args.archive)
+        if not cached and grid.name not in bases:
+          bases[grid.name] = runs.pretrain_base(grid, args.cache_dir)
         results[grid.name].setdefault(spec.name, []).append(
-            runs.run(grid, spec, seed, args.cache_dir, bases[grid.name], evaluators))
+            runs.run(grid, spec, seed, args.cache_dir, bases.get(grid.name), evaluators,
+                     args.archive))
         done += 1
         if not cached:
           trained += 1

@@ -5,6 +5,10 @@ decides its numbers (grid data and budget, base model, method, seed). `results.j
 written last and atomically: a run with it is done and is never retrained; a run without it
 resumes training from its latest checkpoint (checkpoints every quarter of the steps) and then
 evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
+
+An archive (`ARCHIVE/{grid}/{method}_s{seed}_{key}.json`) keeps a copy of each finished run's
+results, without checkpoints (~30 kB a run): a run found there is not retrained, so a study can
+be carried to another machine, or across sessions whose cache is lost, by copying the archive.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def _write_json(path: str, value: Any) -> None:
+def _write_json(path: str, value: Any, indent: int | None = 1) -> None:
   tmp = f"{path}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1, ensure_ascii=False)
+    json.dump(value, f, indent=indent, ensure_ascii=False,
+              separators=None if indent else (",", ":"))
   os.replace(tmp, path)
 
 
@@ -105,15 +110,35 @@ def run_dir(grid: Grid, method: MethodSpec, seed: int, cache_dir: str) -> str:
                       f"{method.name}_s{seed}_{digest(run_key(grid, method, seed))}")
 
 
-def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str) -> bool:
-  """Whether the run's results are in the cache."""
-  return os.path.isfile(os.path.join(run_dir(grid, method, seed, cache_dir), RESULTS))
+def archive_path(grid: Grid, method: MethodSpec, seed: int, archive_dir: str) -> str:
+  return os.path.join(archive_dir, grid.name,
+                      os.path.basename(run_dir(grid, method, seed, archive_dir)) + ".json")
 
 
-def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str,
-        evaluators: dict | None = None) -> dict:
-  """The run's results (trained and evaluated now, or read from its cache).
+def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str,
+         archive_dir: str | None = None) -> bool:
+  """Whether the run's results are in the cache (or in the archive)."""
+  return os.path.isfile(os.path.join(run_dir(grid, method, seed, cache_dir), RESULTS)) or bool(
+      archive_dir and os.path.isfile(archive_path(grid, method, seed, archive_dir)))
 
+
+def _read_archived(path: str, key: dict[str, Any]) -> dict:
+  """An archived run's results, refused loudly if they belong to another configuration."""
+  with open(path, encoding="utf-8") as f:
+    results = json.load(f)
+  if digest(results.get("key")) != digest(key):
+    raise ValueError(f"{path} holds the results of another configuration (key "
+                     f"{digest(results.get('key'))}, expected {digest(key)}); move it away")
+  return results
+
+
+def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | None,
+        evaluators: dict | None = None, archive_dir: str | None = None) -> dict:
+  """The run's results (trained and evaluated now, or read from its cache or the archive).
+
+  base: the grid's base checkpoint (`pretrain_base`); only read when the run trains.
+  archive_dir: where finished runs' results are also kept (see the module docstring); results
+    found only in the cache are archived too.
   evaluators: PairEvaluators by (eval mixture, split), built by the first run that needs one
   and reused by the next runs of the same registration (building one is a tf.data pipeline per
   cell: about a minute per split on the offline grid, the same for every method).
@@ -125,9 +150,18 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str,
   key = run_key(grid, method, seed)
   directory = run_dir(grid, method, seed, cache_dir)
   results_path = os.path.join(directory, RESULTS)
+  archived = archive_path(grid, method, seed, archive_dir) if archive_dir else None
   if os.path.isfile(results_path):
     with open(results_path, encoding="utf-8") as f:
-      return json.load(f)
+      results = json.load(f)
+    if archived and not os.path.isfile(archived):
+      _archive(archived, results)
+    return results
+  if archived and os.path.isfile(archived):
+    return _read_archived(archived, key)
+  if base is None:
+    raise ValueError(f"{method.name} seed {seed} on {grid.name} must be trained, but no base "
+                     "checkpoint was given (runs.pretrain_base)")
   start = time.time()
   os.makedirs(directory, exist_ok=True)
   _write_json(os.path.join(directory, "key.json"), key)
@@ -165,4 +199,11 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str,
     results[split] = _cells(report, out_dir)
   results["wall_seconds"] = time.time() - start
   _write_json(results_path, results)
+  if archived:
+    _archive(archived, results)
   return results
+
+
+def _archive(path: str, results: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  _write_json(path, results, indent=None)
