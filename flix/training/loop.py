@@ -382,16 +382,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                          use_cached=use_cached_tasks)
   if restore_iterator:
     batches.restore(resume_from)
+  start = int(jax.device_get(state.step))
   if resume_from is not None and checkpoints.is_primary():
     how = ("input iterator restored from its state" if restore_iterator else
            f"skipping {data_position} batches through the input pipeline")
-    print(f"resuming from {resume_from} at step {int(jax.device_get(state.step))} ({how})",
+    print(f"resuming from {resume_from} at step {start} ({how})",
           file=sys.stderr, flush=True)
   evaluate = (PeriodicEvaluator(evaluation, model, model_dir, registration=registration,
                                 task_feature_lengths=task_feature_lengths,
                                 use_cached=use_cached_tasks)
               if evaluation.period is not None else None)
-  start = int(jax.device_get(state.step))
   logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
                          tokens_per_step=batch_size * sum(task_feature_lengths.values()),
                          write_files=checkpoints.is_primary())
