@@ -105,14 +105,17 @@ def _cells(report, out_dir: str) -> list[dict]:
   return cells
 
 
+def run_name(grid: Grid, method: MethodSpec, seed: int) -> str:
+  """`{method}_s{seed}_{key}`: the run's directory in the cache, its file in an archive."""
+  return f"{method.name}_s{seed}_{digest(run_key(grid, method, seed))}"
+
+
 def run_dir(grid: Grid, method: MethodSpec, seed: int, cache_dir: str) -> str:
-  return os.path.join(cache_dir, "runs", grid.name,
-                      f"{method.name}_s{seed}_{digest(run_key(grid, method, seed))}")
+  return os.path.join(cache_dir, "runs", grid.name, run_name(grid, method, seed))
 
 
 def archive_path(grid: Grid, method: MethodSpec, seed: int, archive_dir: str) -> str:
-  return os.path.join(archive_dir, grid.name,
-                      os.path.basename(run_dir(grid, method, seed, archive_dir)) + ".json")
+  return os.path.join(archive_dir, grid.name, f"{run_name(grid, method, seed)}.json")
 
 
 def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str,
