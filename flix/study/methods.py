@@ -13,6 +13,7 @@ Levers (validation only), one change each against flix / flix_shared:
   flix_p{0.0,0.5,0.7}          feature dropout
   flix_t12_l4, flix_t4_l12     task vs language rank (the paper gives languages less)
   flix_shared_p{0.0,0.5}       dropout with a shared adapter
+  flix_derived_p0.0            flix_derived without feature dropout
 """
 
 from __future__ import annotations
@@ -84,15 +85,20 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
     _flix("flix_t4_l12", {"task": 4, "lang": 12}),
     _flix("flix_shared_p0.0", {"task": 4, "lang": 4}, shared=8, dropout=0.0),
     _flix("flix_shared_p0.5", {"task": 4, "lang": 4}, shared=8, dropout=0.5),
+    _flix("flix_derived_p0.0", {"task": 4, "lang": 2, "family": 1, "script": 1}, shared=8,
+          dropout=0.0, derived=("family", "script")),
 )}
 ABLATIONS = {
     "dropout": ("flix_p0.0", "flix", "flix_p0.5", "flix_p0.7"),
     "ranks": ("flix_t12_l4", "flix", "flix_t4_l12"),
     "shared": ("flix", "flix_shared", "flix_shared_p0.0", "flix_shared_p0.5"),
+    # Run 5 found dropout hurts: the three structures compared without it.
+    "no_dropout": ("flix_p0.0", "flix_shared_p0.0", "flix_derived_p0.0"),
 }
 # Each ablation's own baseline (its differences are paired against it, besides LoRA): no
 # feature dropout, the paper's equal ranks, no shared adapter.
-ABLATION_REFERENCES = {"dropout": "flix_p0.0", "ranks": "flix", "shared": "flix"}
+ABLATION_REFERENCES = {"dropout": "flix_p0.0", "ranks": "flix", "shared": "flix",
+                       "no_dropout": "flix_p0.0"}
 
 
 def method(name: str) -> MethodSpec:
