@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -77,18 +78,84 @@ def test_archived_runs_are_read_back_and_a_foreign_one_is_refused(tmp_path):
   with open(os.path.join(directory, runs.RESULTS), "w") as f:
     json.dump(finished, f)
   assert not runs.done(grid, spec, 0, str(tmp_path / "elsewhere"), archive)
-  assert runs.run(grid, spec, 0, cache, None, archive_dir=archive) == finished  # Archived now.
+  assert runs.run(grid, spec, 0, cache, None, archive_dir=archive) == (finished, "cache")
   path = runs.archive_path(grid, spec, 0, archive)
   assert path.startswith(os.path.join(archive, "offline", "flix_s0_")) and path.endswith(".json")
   assert runs.done(grid, spec, 0, str(tmp_path / "elsewhere"), archive)
   assert runs.run(grid, spec, 0, str(tmp_path / "elsewhere"), None,
-                  archive_dir=archive) == finished
+                  archive_dir=archive) == (finished, "archive")
   with pytest.raises(ValueError, match="no base checkpoint was given"):
     runs.run(grid, spec, 1, str(tmp_path / "elsewhere"), None, archive_dir=archive)
   with open(path, "w") as f:
     json.dump({**finished, "seed": 1, "key": runs.run_key(grid, spec, 1)}, f)
   with pytest.raises(ValueError, match=r"holds the results of another configuration \(key "):
     runs.run(grid, spec, 0, str(tmp_path / "elsewhere"), None, archive_dir=archive)
+
+
+def _finished(grid, spec, seed, correct):
+  """A finished run's results as `runs.run` writes them: one cell of each kind."""
+  cells = [{"task": "month_year", "lang": lang, "split": kind, "metric": "exact_match",
+            "value": sum(correct) / len(correct), "n": len(correct), "correct": list(correct)}
+           for kind, lang in zip(report.KINDS, ("en", "fr", "pt"))]
+  return {"method": spec.name, "seed": seed, "key": runs.run_key(grid, spec, seed),
+          "holdout": {"unseen_pairs": [["month_year", "fr"]], "unseen_langs": ["pt"]},
+          "trained_params": 7, "test": cells, "validation": cells}
+
+
+def _write_finished(cache, grid, spec, seed, correct):
+  directory = runs.run_dir(grid, spec, seed, cache)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, runs.RESULTS), "w") as f:
+    json.dump(_finished(grid, spec, seed, correct), f)
+
+
+def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
+    tmp_path, capsys, monkeypatch):
+  grid, lora, flix = grids.offline_grid(quick=True), methods.method("lora"), methods.method("flix")
+  cache = str(tmp_path / "cache")
+  flix_dir = runs.run_dir(grid, flix, 0, cache)
+  # The run-level contract: refused at once without waiting, else waited for and read back.
+  with runs.claimed(flix_dir, "flix seed 0"):  # A second open file: as another process.
+    with pytest.raises(runs.RunBusy, match="flix seed 0 on offline is being trained by another"):
+      runs.run(grid, flix, 0, cache, base="never-read", wait=False)
+
+  # The CLI: LoRA is finished; "another process" (a thread holding flix's lock) finishes flix
+  # only after the CLI has found it busy. The CLI goes on, then waits, and trains nothing.
+  _write_finished(cache, grid, lora, 0, [1, 0])
+  os.makedirs(os.path.join(cache, "bases", f"offline_{runs.digest(runs.base_key(grid))}",
+                           f"checkpoint_{grid.budget.pretrain_steps}"))  # The cached base.
+  real_run, found_busy, holding = runs.run, threading.Event(), threading.Event()
+
+  def run_noting_busy(*args, **kwargs):
+    try:
+      return real_run(*args, **kwargs)
+    except runs.RunBusy:
+      found_busy.set()
+      raise
+
+  def other_process():
+    with runs.claimed(flix_dir, "flix seed 0"):
+      holding.set()
+      found_busy.wait(timeout=60)
+      _write_finished(cache, grid, flix, 0, [1, 1])
+
+  monkeypatch.setattr(runs, "run", run_noting_busy)
+  other = threading.Thread(target=other_process)
+  other.start()
+  holding.wait(timeout=60)
+  out = tmp_path / "study"
+  assert cli.main(["--quick", "--grids", "offline", "--seeds", "0", "--methods", "lora,flix",
+                   "--out", str(out), "--cache_dir", cache, "--n_boot", "200"]) == 0
+  other.join()
+  captured = capsys.readouterr()
+  assert "flix seed 0 on offline is being trained by another process" in captured.err
+  assert "coming back to it after the others" in captured.err
+  assert captured.err.index("1/2 runs (offline lora seed 0: cache") < captured.err.index(
+      "2/2 runs (offline flix seed 0: waited")
+  assert "0 runs trained, 2 from the cache" in captured.out
+  study = json.loads((out / "offline" / "study.json").read_text())
+  assert study["summary"]["flix"]["seen"]["mean"] == 1.0  # The other process's results.
+  assert study["summary"]["lora"]["seen"]["mean"] == 0.5
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):

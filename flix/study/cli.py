@@ -133,27 +133,42 @@ def main(argv=None) -> int:
   start, done, trained, run_seconds = time.time(), 0, 0, 0.0
   bases: dict[str, str] = {}  # Pretrained when a run of the grid first needs training.
   results: dict[str, dict[str, list]] = {grid.name: {} for grid in chosen}
-  # Seed-major, grids interleaved: a partial study holds complete paired comparisons.
+
+  def one_run(seed, grid, spec, evaluators, wait: bool) -> bool:
+    """Runs (or reads) one run and prints progress; False if another process has it."""
+    nonlocal done, trained, run_seconds
+    run_start = time.time()
+    if not runs.done(grid, spec, seed, args.cache_dir, args.archive) and grid.name not in bases:
+      bases[grid.name] = runs.pretrain_base(grid, args.cache_dir)
+    try:
+      record, how = runs.run(grid, spec, seed, args.cache_dir, bases.get(grid.name),
+                            evaluators, args.archive, wait=wait)
+    except runs.RunBusy as e:
+      print(f"[study] {e}; coming back to it after the others", file=sys.stderr, flush=True)
+      return False
+    results[grid.name].setdefault(spec.name, []).append(record)
+    done += 1
+    if how == "trained":
+      trained += 1
+      run_seconds += time.time() - run_start
+    elapsed = time.time() - start
+    eta = run_seconds / max(trained, 1) * (total - done)  # Mean trained run; cache is free.
+    print(f"[study] {done}/{total} runs ({grid.name} {spec.name} seed {seed}: {how}, "
+          f"{duration(time.time() - run_start)}) | elapsed {duration(elapsed)} | "
+          f"ETA {duration(eta)}", file=sys.stderr, flush=True)
+    return True
+
+  # Seed-major, grids interleaved: a partial study holds complete paired comparisons. Runs that
+  # another process sharing the cache is training are taken last (waiting for them if need be).
+  deferred = []
   for seed in args.seeds:
     evaluators: dict = {}  # Shared by the runs of this seed's registrations.
     for grid in chosen:
       for spec in args.specs:
-        run_start = time.time()
-        cached = runs.done(grid, spec, seed, args.cache_dir, args.archive)
-        if not cached and grid.name not in bases:
-          bases[grid.name] = runs.pretrain_base(grid, args.cache_dir)
-        results[grid.name].setdefault(spec.name, []).append(
-            runs.run(grid, spec, seed, args.cache_dir, bases.get(grid.name), evaluators,
-                     args.archive))
-        done += 1
-        if not cached:
-          trained += 1
-          run_seconds += time.time() - run_start
-        elapsed = time.time() - start
-        eta = run_seconds / max(trained, 1) * (total - done)  # Mean trained run; cache is free.
-        print(f"[study] {done}/{total} runs ({grid.name} {spec.name} seed {seed}, "
-              f"{duration(time.time() - run_start)}) | elapsed {duration(elapsed)} | "
-              f"ETA {duration(eta)}", file=sys.stderr, flush=True)
+        if not one_run(seed, grid, spec, evaluators, wait=False):
+          deferred.append((seed, grid, spec))
+  for seed, grid, spec in deferred:
+    one_run(seed, grid, spec, {}, wait=True)
   for grid in chosen:
     study = report.build(grid, [s.name for s in args.specs], args.seeds, results[grid.name],
                          time.time() - start, args.n_boot,
@@ -164,7 +179,7 @@ def main(argv=None) -> int:
     if "reference" in study:
       print(report.difference_table(study["reference"]["test"]))
   print(f"wrote {args.out} in {duration(time.time() - start)} ({trained} runs trained, "
-        f"{total - trained} from the cache)")
+        f"{total - trained} from the cache, the archive or another process)")
   return 0
 
 

@@ -9,11 +9,18 @@ evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
 An archive (`ARCHIVE/{grid}/{method}_s{seed}_{key}.json`) keeps a copy of each finished run's
 results, without checkpoints (~30 kB a run): a run found there is not retrained, so a study can
 be carried to another machine, or across sessions whose cache is lost, by copying the archive.
+
+Several processes may share one cache: a run (and a base) is trained under an exclusive lock on
+`{dir}/lock` (`fcntl.flock`, released when its process dies), so no two train the same one; a
+process that finds a run locked either waits for it or, with `wait=False`, gets `RunBusy` and
+comes back to it later (the study CLI does that).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +32,7 @@ from flix.study.grids import Grid
 from flix.study.methods import MethodSpec
 
 RESULTS = "results.json"
+LOCK = "lock"
 KIND_NAMES = {"seen_pair": "seen", "unseen_pair": "unseen_pair",
               "unseen_language": "unseen_lang"}
 EVAL_SPLITS = ("validation", "test")
@@ -61,17 +69,47 @@ def _write_json(path: str, value: Any, indent: int | None = 1) -> None:
   os.replace(tmp, path)
 
 
+class RunBusy(RuntimeError):
+  """Another process holds the run's lock (it is training it now)."""
+
+
+@contextlib.contextmanager
+def claimed(directory: str, what: str, wait: bool = True):
+  """Holds the exclusive lock of `directory` (created if missing) for the block.
+
+  Raises RunBusy if another process holds it and not `wait`; else waits for it (logged).
+  """
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, LOCK), "w", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+      if not wait:
+        raise RunBusy(f"{what} is being trained by another process ({directory})") from e
+      log(f"[study] waiting for another process to finish {what} ({directory})")
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def pretrain_base(grid: Grid, cache_dir: str) -> str:
   """The grid's base checkpoint: pretrained now (resumable) or found in the cache."""
-  from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   model_dir = os.path.join(cache_dir, "bases", f"{grid.name}_{digest(base_key(grid))}")
+  path = os.path.join(model_dir, f"checkpoint_{grid.budget.pretrain_steps}")
+  if not os.path.isdir(path):
+    with claimed(model_dir, f"the {grid.name} base"):
+      if not os.path.isdir(path):  # Not pretrained by another process while this one waited.
+        _pretrain(grid, model_dir)
+  return path
+
+
+def _pretrain(grid: Grid, model_dir: str) -> None:
+  from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   steps = grid.budget.pretrain_steps
-  path = os.path.join(model_dir, f"checkpoint_{steps}")
-  if os.path.isdir(path):
-    return path
   task, lengths, reg = grid.register_pretraining()
   log(f"[study] pretraining the {grid.name} base ({steps} steps) -> {model_dir}")
-  os.makedirs(model_dir, exist_ok=True)
   with open(os.path.join(model_dir, "key.json"), "w", encoding="utf-8") as f:
     json.dump(base_key(grid), f, indent=1)
   schedule = optimizers.learning_rate_schedule(grid.budget.pretrain_learning_rate, "constant",
@@ -82,7 +120,6 @@ def pretrain_base(grid: Grid, cache_dir: str) -> str:
              optimizer=optimizers.make_optimizer("adamw", schedule),
              checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
              log_period=max(steps // 10, 1), gin_config=f"# flix.study base: {base_key(grid)}\n")
-  return path
 
 
 def _correct(record: dict) -> bool:
@@ -127,17 +164,25 @@ def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str,
 
 def _read_archived(path: str, key: dict[str, Any]) -> dict:
   """An archived run's results, refused loudly if they belong to another configuration."""
-  with open(path, encoding="utf-8") as f:
-    results = json.load(f)
+  results = _read_results(path)
   if digest(results.get("key")) != digest(key):
     raise ValueError(f"{path} holds the results of another configuration (key "
                      f"{digest(results.get('key'))}, expected {digest(key)}); move it away")
   return results
 
 
+def _read_results(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | None,
-        evaluators: dict | None = None, archive_dir: str | None = None) -> dict:
-  """The run's results (trained and evaluated now, or read from its cache or the archive).
+        evaluators: dict | None = None, archive_dir: str | None = None,
+        wait: bool = True) -> tuple[dict, str]:
+  """(the run's results, where they came from: "trained", "cache", "archive" or "waited").
+
+  Trained and evaluated now, or read from the cache or the archive, or written by another
+  process that was training the run while this one waited for it.
 
   base: the grid's base checkpoint (`pretrain_base`); only read when the run trains.
   archive_dir: where finished runs' results are also kept (see the module docstring); results
@@ -145,28 +190,43 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
   evaluators: PairEvaluators by (eval mixture, split), built by the first run that needs one
   and reused by the next runs of the same registration (building one is a tf.data pipeline per
   cell: about a minute per split on the offline grid, the same for every method).
+  wait: if another process is training this run, wait for it (else raise RunBusy).
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
-  from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
-  from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   key = run_key(grid, method, seed)
   directory = run_dir(grid, method, seed, cache_dir)
   results_path = os.path.join(directory, RESULTS)
   archived = archive_path(grid, method, seed, archive_dir) if archive_dir else None
   if os.path.isfile(results_path):
-    with open(results_path, encoding="utf-8") as f:
-      results = json.load(f)
+    results = _read_results(results_path)
     if archived and not os.path.isfile(archived):
       _archive(archived, results)
-    return results
+    return results, "cache"
   if archived and os.path.isfile(archived):
-    return _read_archived(archived, key)
+    return _read_archived(archived, key), "archive"
   if base is None:
     raise ValueError(f"{method.name} seed {seed} on {grid.name} must be trained, but no base "
                      "checkpoint was given (runs.pretrain_base)")
+  with claimed(directory, f"{method.name} seed {seed} on {grid.name}", wait):
+    if os.path.isfile(results_path):  # Finished by the process this one waited for.
+      how = "waited"
+      results = _read_results(results_path)
+    else:
+      how = "trained"
+      results = _train_and_evaluate(grid, method, seed, directory, base, evaluators)
+  if archived:
+    _archive(archived, results)
+  return results, how
+
+
+def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, directory: str, base: str,
+                        evaluators: dict | None) -> dict:
+  """Fine-tunes (resuming from the latest checkpoint) and evaluates; writes results.json."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
+  from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
+  from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
+  key = run_key(grid, method, seed)
   start = time.time()
-  os.makedirs(directory, exist_ok=True)
   _write_json(os.path.join(directory, "key.json"), key)
   reg = grid.register(seed, method.derived)
   budget = grid.budget
@@ -201,9 +261,7 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
     report = evaluators[reg.eval_mixture, split].evaluate(model, params, out_dir=out_dir)
     results[split] = _cells(report, out_dir)
   results["wall_seconds"] = time.time() - start
-  _write_json(results_path, results)
-  if archived:
-    _archive(archived, results)
+  _write_json(os.path.join(directory, RESULTS), results)
   return results
 
 
