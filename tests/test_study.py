@@ -99,7 +99,7 @@ def _finished(grid, spec, seed, correct):
            for kind, lang in zip(report.KINDS, ("en", "fr", "pt"))]
   return {"method": spec.name, "seed": seed, "key": runs.run_key(grid, spec, seed),
           "holdout": {"unseen_pairs": [["month_year", "fr"]], "unseen_langs": ["pt"]},
-          "trained_params": 7, "test": cells, "validation": cells}
+          "trained_params": 7, "test": cells, "validation": cells, "wall_seconds": 60.0}
 
 
 def _write_finished(cache, grid, spec, seed, correct):
@@ -156,6 +156,7 @@ def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
   study = json.loads((out / "offline" / "study.json").read_text())
   assert study["summary"]["flix"]["seen"]["mean"] == 1.0  # The other process's results.
   assert study["summary"]["lora"]["seen"]["mean"] == 0.5
+  assert study["run_seconds"] == 120.0  # The runs' own time, not this command's.
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):

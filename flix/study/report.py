@@ -6,7 +6,9 @@ study.json:
    "summary": {method: {split: {"mean", "ci95": [lo, hi], "n_seeds"}}},
    "differences": {"<method>-lora": {split: {"mean", "ci95": [lo, hi]}}},
    ...}  plus "eval_split", "validation" (the same summary / differences on validation cells,
-  what settings are chosen on), "holdouts" (per seed), "budget", "model", "wall_seconds".
+  what settings are chosen on), "holdouts" (per seed), "budget", "model", "wall_seconds"
+  (this command's), "run_seconds" (the runs' own training and evaluation, summed, wherever and
+  whenever they ran).
 Split kinds: "seen" (trained pairs), "unseen_pair", "unseen_lang"; values are exact match in
 [0, 1]. Plots: differences.png (each method minus LoRA, 95% intervals, per split kind) and
 heatmap.png (per cell, each method minus LoRA on test, averaged over the seeds).
@@ -64,6 +66,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
   study["budget"] = dataclasses.asdict(grid.budget)
   study["model"] = dataclasses.asdict(grid.model)
   study["wall_seconds"] = wall_seconds
+  study["run_seconds"] = sum(r.get("wall_seconds", 0.0) for m in methods for r in results[m])
   return study
 
 
@@ -117,7 +120,9 @@ def markdown(study: dict) -> str:
       "(paired for differences). Budget: "
       f"{budget['finetune_steps']} fine-tuning steps, batch {budget['batch_size']}, AdamW "
       f"{budget['finetune_learning_rate']} ({budget['schedule']}); base pretrained "
-      f"{budget['pretrain_steps']} steps. Wall time {study['wall_seconds'] / 60:.1f} min.", "",
+      f"{budget['pretrain_steps']} steps. Runs: {study['run_seconds'] / 3600:.1f} h of "
+      f"training and evaluation in all (summed); this report's command took "
+      f"{study['wall_seconds'] / 60:.1f} min.", "",
       "## Test (reported once)", "",
       tables(study["summary"], study["differences"], study["methods"], study["trained_params"]),
       *_reference_table(study, "test"),
