@@ -5,10 +5,11 @@
    sentinels, the whole text reconstructed; cached under --cache_dir by config hash).
 2. Fine-tunes, from that base and with the same steps, batch and learning rate, the study's
    methods (`flix.study.methods`, every one at LoRA's per-example rank 16): by default
-   `lora` and `flix_derived` (the setting the study chose on validation: a shared adapter,
-   task and language adapters, and family and script adapters derived from the language, so
-   the unseen language keeps two of them); `--methods lora,flix,flix_derived` adds the paper's
-   plain task + language adapters.
+   `lora` and `flix_derived_p0.0` (the setting the study chose on validation: a shared
+   adapter, task and language adapters, and family and script adapters derived from the
+   language, so the unseen language keeps two of them; no feature dropout);
+   `--methods lora,flix,flix_derived_p0.0` adds the paper's plain task + language adapters
+   with dropout 0.3.
 3. Evaluates the untrained base and every method by greedy decoding on seen pairs, held-out
    (unseen) pairs and the unseen language; writes results.json, heatmap.png and report.md.
 
@@ -78,6 +79,8 @@ class DemoConfig:
 # fine-tuning steps, LoRA and FLix derived only, byte lengths 25 = the longest text + EOS) is
 # what fits 15 minutes on a 2-core machine (docs/demo_history.md: 3000 + 3 x 2000 steps took
 # 46 min; 1500 + 2 x 1000 steps 18 min).
+# The FLix method follows the study's validation choice (docs/study.md run 6): FLix derived
+# without feature dropout since 2026-12-06 (with dropout 0.3 before).
 FULL = DemoConfig(
     offline=OfflineConfig(tasks=("month_year", "long_date", "decimal"),
                           langs=("en", "fr", "de", "es", "it", "nl", "pt"), prefix="task_lang",
@@ -86,7 +89,7 @@ FULL = DemoConfig(
     pretrain_steps=1000, pretrain_learning_rate=1e-3, pretrain_optimizer="adamw",
     pretrain_schedule="constant",
     finetune_steps=800, finetune_learning_rate=1e-3,
-    batch_size=32, methods=("lora", "flix_derived"))
+    batch_size=32, methods=("lora", "flix_derived_p0.0"))
 
 QUICK = DemoConfig(
     offline=OfflineConfig(tasks=("month_year", "long_date"), langs=("en", "fr", "de", "pt"),
@@ -322,7 +325,8 @@ def main(argv=None) -> int:
                       f"{','.join(FULL.methods)})")
   parser.add_argument("--ablation", choices=sorted(study_methods.ABLATIONS), default=None,
                       help="the study's ablation methods instead (dropout: FLix with feature "
-                      "dropout 0 / 0.3 / 0.5 / 0.7; ranks: task vs language rank; shared)")
+                      "dropout 0 / 0.3 / 0.5 / 0.7; ranks: task vs language rank; shared: a "
+                      "shared adapter x dropout; no_dropout: plain, shared and derived FLix)")
   parser.add_argument("--split", choices=("validation", "test"), default=None,
                       help="evaluation split (default: test; use validation to tune)")
   parser.add_argument("--finetune_steps", type=int, default=None,
