@@ -124,7 +124,8 @@ def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
   _write_finished(cache, grid, lora, 0, [1, 0])
   os.makedirs(os.path.join(cache, "bases", f"offline_{runs.digest(runs.base_key(grid))}",
                            f"checkpoint_{grid.budget.pretrain_steps}"))  # The cached base.
-  real_run, found_busy, holding = runs.run, threading.Event(), threading.Event()
+  real_run, real_log = runs.run, runs.log
+  found_busy, cli_waits, holding = threading.Event(), threading.Event(), threading.Event()
 
   def run_noting_busy(*args, **kwargs):
     try:
@@ -133,13 +134,20 @@ def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
       found_busy.set()
       raise
 
+  def log_noting_wait(message):
+    real_log(message)
+    if message.startswith("[study] waiting for another process"):
+      cli_waits.set()
+
   def other_process():
     with runs.claimed(flix_dir, "flix seed 0"):
       holding.set()
       found_busy.wait(timeout=60)
+      cli_waits.wait(timeout=60)  # Finish only once the CLI blocks on the lock: it "waited".
       _write_finished(cache, grid, flix, 0, [1, 1])
 
   monkeypatch.setattr(runs, "run", run_noting_busy)
+  monkeypatch.setattr(runs, "log", log_noting_wait)
   other = threading.Thread(target=other_process)
   other.start()
   holding.wait(timeout=60)

@@ -212,20 +212,22 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
       results = _read_results(results_path)
     else:
       how = "trained"
-      results = _train_and_evaluate(grid, method, seed, directory, base, evaluators)
+      results = _train_and_evaluate(grid, method, seed, key, directory, base, evaluators)
   if archived:
     _archive(archived, results)
   return results, how
 
 
-def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, directory: str, base: str,
-                        evaluators: dict | None) -> dict:
-  """Fine-tunes (resuming from the latest checkpoint) and evaluates; writes results.json."""
+def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str, Any],
+                        directory: str, base: str, evaluators: dict | None) -> dict:
+  """Fine-tunes (resuming from the latest checkpoint) and evaluates; writes results.json.
+
+  key: the run's `run_key`.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
   from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
-  key = run_key(grid, method, seed)
   start = time.time()
   _write_json(os.path.join(directory, "key.json"), key)
   reg = grid.register(seed, method.derived)
