@@ -1,12 +1,16 @@
 """flix.study: the quick study end to end (schema, cache, resume), and its statistics."""
 
+import dataclasses
 import json
 import os
 import threading
 
+import jax
+
 import numpy as np
 import pytest
 
+from flix import checkpoints
 from flix.study import cli, grids, methods, report, runs, stats
 
 
@@ -165,6 +169,86 @@ def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
   assert study["summary"]["flix"]["seen"]["mean"] == 1.0  # The other process's results.
   assert study["summary"]["lora"]["seen"]["mean"] == 0.5
   assert study["run_seconds"] == 120.0  # The runs' own time, not this command's.
+
+
+def _with_budget(grid, **changes):
+  return dataclasses.replace(grid, budget=dataclasses.replace(grid.budget, **changes))
+
+
+def _final_params(grid, spec, seed, cache):
+  path = os.path.join(runs.run_dir(grid, spec, seed, cache), "train",
+                      f"checkpoint_{grid.budget.finetune_steps}")
+  return jax.tree.leaves(checkpoints.load_model(path)[2])
+
+
+@pytest.mark.slow
+def test_a_longer_run_continues_a_shorter_one_and_ends_bit_for_bit_where_step_0_would(
+    tmp_path, capsys):
+  longer, spec = grids.offline_grid(quick=True), methods.method("flix")
+  steps = longer.budget.finetune_steps
+  shorter = _with_budget(longer, finetune_steps=steps // 2)
+  cache, elsewhere = str(tmp_path / "cache"), str(tmp_path / "elsewhere")
+  base = runs.pretrain_base(longer, cache)
+  runs.run(shorter, spec, 0, cache, base)
+  capsys.readouterr()
+  continued, how = runs.run(longer, spec, 0, cache, base)
+  assert how == "trained"
+  assert f"starting from step {steps // 2} of" in capsys.readouterr().err
+  from_zero, _ = runs.run(longer, spec, 0, elsewhere, base)  # No shorter run there.
+  assert "starting from step" not in capsys.readouterr().err
+  assert continued["test"] == from_zero["test"]
+  assert continued["validation"] == from_zero["validation"]
+  ends = _final_params(longer, spec, 0, cache)
+  for a, b in zip(ends, _final_params(longer, spec, 0, elsewhere), strict=True):
+    np.testing.assert_array_equal(a, b)
+  halfway = _final_params(shorter, spec, 0, cache)
+  assert any(not np.array_equal(a, b) for a, b in zip(ends, halfway, strict=True))
+  curve = [json.loads(line)["step"] for line in open(os.path.join(
+      runs.run_dir(longer, spec, 0, cache), "train", "metrics.jsonl"))]
+  assert curve[0] < steps // 2 < curve[-1] == steps  # The whole curve, both halves.
+
+
+
+def _fake_run(cache, grid, spec, seed, step):
+  """A cached run dir with key.json, a checkpoint at `step` and its metrics (no arrays)."""
+  directory = runs.run_dir(grid, spec, seed, cache)
+  checkpoint = os.path.join(directory, "train", f"checkpoint_{step}")
+  os.makedirs(checkpoint)
+  with open(os.path.join(checkpoint, "train_state.json"), "w") as f:
+    json.dump({"step": step}, f)
+  with open(os.path.join(directory, "key.json"), "w") as f:
+    json.dump(runs.run_key(grid, spec, seed), f)
+  with open(os.path.join(directory, "train", "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (step // 2, step))
+  return directory
+
+
+def test_only_a_shorter_run_of_the_same_configuration_under_a_constant_rate_is_continued(
+    tmp_path):
+  grid, spec = grids.offline_grid(quick=True), methods.method("flix")
+  cache = str(tmp_path / "cache")
+  for steps, seed, lr in ((10, 0, 1e-3), (20, 0, 1e-3), (20, 1, 1e-3), (30, 0, 2e-3)):
+    _fake_run(cache, _with_budget(grid, finetune_steps=steps, finetune_learning_rate=lr),
+              spec, seed, steps)
+  target = runs.run_dir(grid, spec, 0, cache)  # 40 steps, seed 0, rate 1e-3.
+  copied = runs.start_from_shorter_run(target, runs.run_key(grid, spec, 0), "flix", 0)
+  assert copied == os.path.join(target, "train", "checkpoint_20")  # The longest, same seed/rate.
+  assert json.load(open(os.path.join(copied, "train_state.json"))) == {"step": 20}
+  assert [json.loads(line)["step"] for line in open(
+      os.path.join(target, "train", "metrics.jsonl"))] == [10, 20]
+  assert sorted(os.listdir(os.path.join(target, "train"))) == ["checkpoint_20", "metrics.jsonl"]
+
+  # A decaying rate depends on the number of steps; a run being trained now is passed over.
+  linear = _with_budget(grid, schedule="linear")
+  _fake_run(cache, _with_budget(linear, finetune_steps=20), spec, 0, 20)
+  assert runs.start_from_shorter_run(runs.run_dir(linear, spec, 0, cache),
+                                     runs.run_key(linear, spec, 0), "flix", 0) is None
+  longest = _fake_run(cache, _with_budget(grid, finetune_steps=35), spec, 0, 35)
+  other = _with_budget(grid, finetune_steps=50)
+  with runs.claimed(longest, "flix seed 0"):
+    copied = runs.start_from_shorter_run(runs.run_dir(other, spec, 0, cache),
+                                         runs.run_key(other, spec, 0), "flix", 0)
+  assert copied.endswith(os.path.join("train", "checkpoint_20"))
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):

@@ -6,6 +6,11 @@ written last and atomically: a run with it is done and is never retrained; a run
 resumes training from its latest checkpoint (checkpoints every quarter of the steps) and then
 evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
 
+More steps cost only the new ones: under a constant learning rate (nothing depends on the
+number of steps) a run of N steps is a shorter cached run of the same configuration continued,
+so a fresh run starts from the latest checkpoint of the longest such run (copied; the optimizer
+state and the data iterator come with it) and gives the same numbers as training from step 0.
+
 An archive (`ARCHIVE/{grid}/{method}_s{seed}_{key}.json`) keeps a copy of each finished run's
 results, without checkpoints (~30 kB a run): a run found there is not retrained, so a study can
 be carried to another machine, or across sessions whose cache is lost, by copying the archive.
@@ -24,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -33,6 +39,9 @@ from flix.study.methods import MethodSpec
 
 RESULTS = "results.json"
 LOCK = "lock"
+# Schedules that do not depend on the number of fine-tuning steps: a longer run continues a
+# shorter one.
+CONTINUABLE_SCHEDULES = ("constant",)
 KIND_NAMES = {"seen_pair": "seen", "unseen_pair": "unseen_pair",
               "unseen_language": "unseen_lang"}
 EVAL_SPLITS = ("validation", "test")
@@ -164,14 +173,14 @@ def done(grid: Grid, method: MethodSpec, seed: int, cache_dir: str,
 
 def _read_archived(path: str, key: dict[str, Any]) -> dict:
   """An archived run's results, refused loudly if they belong to another configuration."""
-  results = _read_results(path)
+  results = _read_json(path)
   if digest(results.get("key")) != digest(key):
     raise ValueError(f"{path} holds the results of another configuration (key "
                      f"{digest(results.get('key'))}, expected {digest(key)}); move it away")
   return results
 
 
-def _read_results(path: str) -> dict:
+def _read_json(path: str) -> dict:
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -197,7 +206,7 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
   results_path = os.path.join(directory, RESULTS)
   archived = archive_path(grid, method, seed, archive_dir) if archive_dir else None
   if os.path.isfile(results_path):
-    results = _read_results(results_path)
+    results = _read_json(results_path)
     if archived and not os.path.isfile(archived):
       _archive(archived, results)
     return results, "cache"
@@ -209,7 +218,7 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
   with claimed(directory, f"{method.name} seed {seed} on {grid.name}", wait):
     if os.path.isfile(results_path):  # Finished by the process this one waited for.
       how = "waited"
-      results = _read_results(results_path)
+      results = _read_json(results_path)
     else:
       how = "trained"
       results = _train_and_evaluate(grid, method, seed, key, directory, base, evaluators)
@@ -228,6 +237,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
   from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
+  from flix.training.checkpointer import latest  # pylint: disable=import-outside-toplevel
   start = time.time()
   _write_json(os.path.join(directory, "key.json"), key)
   reg = grid.register(seed, method.derived)
@@ -236,6 +246,8 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   schedule = optimizers.learning_rate_schedule(budget.finetune_learning_rate, budget.schedule,
                                                decay_steps=steps)
   model_dir = os.path.join(directory, "train")
+  if not latest(model_dir):
+    start_from_shorter_run(directory, key, method.name, seed)
   loop.train(model_dir=model_dir, mixture_or_task_name=reg.train_mixture,
              task_feature_lengths=reg.task_feature_lengths, train_steps=steps,
              batch_size=budget.batch_size, model_config=grid.model, registration=reg,
@@ -265,6 +277,68 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   results["wall_seconds"] = time.time() - start
   _write_json(os.path.join(directory, RESULTS), results)
   return results
+
+
+def _steps(key: dict[str, Any]) -> int:
+  return key["grid"]["budget"]["finetune_steps"]
+
+
+def _without_steps(key: dict[str, Any]) -> str:
+  other = json.loads(json.dumps(key, default=str))
+  other["grid"]["budget"].pop("finetune_steps")
+  return digest(other)
+
+
+def start_from_shorter_run(directory: str, key: dict[str, Any], method_name: str,
+                           seed: int) -> str | None:
+  """Copies into `directory`/train the latest checkpoint of the longest cached run that differs
+  from `key` only in having fewer fine-tuning steps; returns the copy (None: nothing copied).
+
+  Nothing is copied under a schedule that depends on the number of steps (a decay), nor from a
+  shorter run that another process is training now.
+  """
+  from flix.training.checkpointer import latest  # pylint: disable=import-outside-toplevel
+  if key["grid"]["budget"]["schedule"] not in CONTINUABLE_SCHEDULES:
+    return None
+  runs_dir, mine = os.path.dirname(directory), _without_steps(key)
+  found = []  # (step, checkpoint, run directory)
+  for name in sorted(os.listdir(runs_dir)):
+    other = os.path.join(runs_dir, name)
+    key_file = os.path.join(other, "key.json")
+    if (other == directory or not name.startswith(f"{method_name}_s{seed}_")
+        or not os.path.isfile(key_file)):
+      continue
+    theirs = _read_json(key_file)
+    if _steps(theirs) < _steps(key) and _without_steps(theirs) == mine:
+      checkpoint = latest(os.path.join(other, "train"))
+      if checkpoint:
+        found.append((int(checkpoint.rsplit("_", 1)[1]), checkpoint, other))
+  for step, checkpoint, other in sorted(found, reverse=True):
+    try:
+      with claimed(other, f"{method_name} seed {seed} ({other})", wait=False):
+        target = os.path.join(directory, "train", os.path.basename(checkpoint))
+        tmp = f"{target}.copying"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(checkpoint, tmp)
+        _copy_metrics(os.path.join(other, "train"), os.path.join(directory, "train"), step)
+        os.replace(tmp, target)
+    except RunBusy:
+      continue
+    log(f"[study] {method_name} seed {seed}: starting from step {step} of {other} (a constant "
+        f"learning rate: the same run, continued to {_steps(key)} steps)")
+    return target
+  return None
+
+
+def _copy_metrics(source_dir: str, target_dir: str, up_to_step: int) -> None:
+  """The shorter run's metrics.jsonl lines up to `up_to_step`, so the curve starts at step 1."""
+  source = os.path.join(source_dir, "metrics.jsonl")
+  if not os.path.isfile(source):
+    return
+  with open(source, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= up_to_step]
+  with open(os.path.join(target_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.writelines(lines)
 
 
 def _archive(path: str, results: dict) -> None:
