@@ -25,7 +25,9 @@ from flix import host_memory  # noqa: E402
 
 DEFAULT_MORPH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), os.pardir, "shared", "data", "morphology")
-DEFAULT_METHODS = ("lora", "flix", "flix_shared", "flix_derived")
+# LoRA, the paper's design (task + language adapters, feature dropout 0.3) and the setting the
+# offline grid's validation cells chose (docs/study.md run 6).
+DEFAULT_METHODS = ("lora", "flix", "flix_derived_p0.0")
 
 
 def int_list(text: str) -> list[int]:

@@ -40,7 +40,7 @@ class Budget:
 
   pretrain_steps: int = 3000
   pretrain_learning_rate: float = 1e-3
-  finetune_steps: int = 2000
+  finetune_steps: int = 1000
   finetune_learning_rate: float = 1e-3
   schedule: str = "constant"
   batch_size: int = 32
