@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -71,11 +72,20 @@ def log(message: str) -> None:
 
 
 def _write_json(path: str, value: Any, indent: int | None = 1) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=indent, ensure_ascii=False,
-              separators=None if indent else (",", ":"))
-  os.replace(tmp, path)
+  """Writes `path` atomically. The temporary file is unique to this call: two processes may
+  write the same file at once (both archive a run one trained and the other waited for)."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
+                             prefix=f"{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=indent, ensure_ascii=False,
+                separators=None if indent else (",", ":"))
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide archived results from other users.
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
 
 
 class RunBusy(RuntimeError):
