@@ -6,7 +6,6 @@ import os
 import threading
 
 import jax
-
 import numpy as np
 import pytest
 
@@ -227,7 +226,6 @@ def test_a_longer_run_continues_a_shorter_one_and_ends_bit_for_bit_where_step_0_
   assert curve[0] < steps // 2 < curve[-1] == steps  # The whole curve, both halves.
 
 
-
 def _fake_run(cache, grid, spec, seed, step):
   """A cached run dir with key.json, a checkpoint at `step` and its metrics (no arrays)."""
   directory = runs.run_dir(grid, spec, seed, cache)
@@ -250,7 +248,7 @@ def test_only_a_shorter_run_of_the_same_configuration_under_a_constant_rate_is_c
     _fake_run(cache, _with_budget(grid, finetune_steps=steps, finetune_learning_rate=lr),
               spec, seed, steps)
   target = runs.run_dir(grid, spec, 0, cache)  # 40 steps, seed 0, rate 1e-3.
-  copied = runs.start_from_shorter_run(target, runs.run_key(grid, spec, 0), "flix", 0)
+  copied = runs.start_from_shorter_run(target, runs.run_key(grid, spec, 0))
   assert copied == os.path.join(target, "train", "checkpoint_20")  # The longest, same seed/rate.
   assert json.load(open(os.path.join(copied, "train_state.json"))) == {"step": 20}
   assert [json.loads(line)["step"] for line in open(
@@ -261,12 +259,12 @@ def test_only_a_shorter_run_of_the_same_configuration_under_a_constant_rate_is_c
   linear = _with_budget(grid, schedule="linear")
   _fake_run(cache, _with_budget(linear, finetune_steps=20), spec, 0, 20)
   assert runs.start_from_shorter_run(runs.run_dir(linear, spec, 0, cache),
-                                     runs.run_key(linear, spec, 0), "flix", 0) is None
+                                     runs.run_key(linear, spec, 0)) is None
   longest = _fake_run(cache, _with_budget(grid, finetune_steps=35), spec, 0, 35)
   other = _with_budget(grid, finetune_steps=50)
   with runs.claimed(longest, "flix seed 0"):
     copied = runs.start_from_shorter_run(runs.run_dir(other, spec, 0, cache),
-                                         runs.run_key(other, spec, 0), "flix", 0)
+                                         runs.run_key(other, spec, 0))
   assert copied.endswith(os.path.join("train", "checkpoint_20"))
 
 

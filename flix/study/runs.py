@@ -24,6 +24,7 @@ comes back to it later (the study CLI does that).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -247,7 +248,6 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
   from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
-  from flix.training.checkpointer import latest  # pylint: disable=import-outside-toplevel
   start = time.time()
   _write_json(os.path.join(directory, "key.json"), key)
   reg = grid.register(seed, method.derived)
@@ -256,8 +256,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   schedule = optimizers.learning_rate_schedule(budget.finetune_learning_rate, budget.schedule,
                                                decay_steps=steps)
   model_dir = os.path.join(directory, "train")
-  if not latest(model_dir):
-    start_from_shorter_run(directory, key, method.name, seed)
+  start_from_shorter_run(directory, key)
   loop.train(model_dir=model_dir, mixture_or_task_name=reg.train_mixture,
              task_feature_lengths=reg.task_feature_lengths, train_steps=steps,
              batch_size=budget.batch_size, model_config=grid.model, registration=reg,
@@ -294,47 +293,49 @@ def _steps(key: dict[str, Any]) -> int:
 
 
 def _without_steps(key: dict[str, Any]) -> str:
-  other = json.loads(json.dumps(key, default=str))
+  other = copy.deepcopy(key)
   other["grid"]["budget"].pop("finetune_steps")
   return digest(other)
 
 
-def start_from_shorter_run(directory: str, key: dict[str, Any], method_name: str,
-                           seed: int) -> str | None:
+def start_from_shorter_run(directory: str, key: dict[str, Any]) -> str | None:
   """Copies into `directory`/train the latest checkpoint of the longest cached run that differs
-  from `key` only in having fewer fine-tuning steps; returns the copy (None: nothing copied).
+  from `key` (a `run_key`) only in having fewer fine-tuning steps; returns the copy (None:
+  nothing copied).
 
-  Nothing is copied under a schedule that depends on the number of steps (a decay), nor from a
-  shorter run that another process is training now.
+  Nothing is copied when `directory` already has a checkpoint (it resumes from its own), under
+  a schedule that depends on the number of steps (a decay), nor from a shorter run that another
+  process is training now.
   """
-  from flix.training.checkpointer import latest  # pylint: disable=import-outside-toplevel
-  if key["grid"]["budget"]["schedule"] not in CONTINUABLE_SCHEDULES:
+  from flix import checkpoints  # pylint: disable=import-outside-toplevel
+  from flix.training.checkpointer import step_dirs  # pylint: disable=import-outside-toplevel
+  model_dir = os.path.join(directory, "train")
+  if key["grid"]["budget"]["schedule"] not in CONTINUABLE_SCHEDULES or step_dirs(model_dir):
     return None
+  name, seed = key["method"]["name"], key["seed"]
   runs_dir, mine = os.path.dirname(directory), _without_steps(key)
   found = []  # (step, checkpoint, run directory)
-  for name in sorted(os.listdir(runs_dir)):
-    other = os.path.join(runs_dir, name)
+  for other_name in sorted(os.listdir(runs_dir)):
+    other = os.path.join(runs_dir, other_name)
     key_file = os.path.join(other, "key.json")
-    if (other == directory or not name.startswith(f"{method_name}_s{seed}_")
+    if (other == directory or not other_name.startswith(f"{name}_s{seed}_")
         or not os.path.isfile(key_file)):
       continue
     theirs = _read_json(key_file)
     if _steps(theirs) < _steps(key) and _without_steps(theirs) == mine:
-      checkpoint = latest(os.path.join(other, "train"))
-      if checkpoint:
-        found.append((int(checkpoint.rsplit("_", 1)[1]), checkpoint, other))
+      dirs = step_dirs(os.path.join(other, "train"))
+      if dirs:
+        found.append((*dirs[-1], other))
   for step, checkpoint, other in sorted(found, reverse=True):
     try:
-      with claimed(other, f"{method_name} seed {seed} ({other})", wait=False):
-        target = os.path.join(directory, "train", os.path.basename(checkpoint))
-        tmp = f"{target}.copying"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint, tmp)
-        _copy_metrics(os.path.join(other, "train"), os.path.join(directory, "train"), step)
-        os.replace(tmp, target)
+      with claimed(other, f"{name} seed {seed} ({other})", wait=False):
+        target = os.path.join(model_dir, os.path.basename(checkpoint))
+        with checkpoints.atomic_directory(target) as tmp:
+          shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+        _copy_metrics(os.path.join(other, "train"), model_dir, step)
     except RunBusy:
       continue
-    log(f"[study] {method_name} seed {seed}: starting from step {step} of {other} (a constant "
+    log(f"[study] {name} seed {seed}: starting from step {step} of {other} (a constant "
         f"learning rate: the same run, continued to {_steps(key)} steps)")
     return target
   return None
