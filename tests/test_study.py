@@ -170,6 +170,56 @@ def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
   assert study["run_seconds"] == 120.0  # The runs' own time, not this command's.
 
 
+def test_a_base_another_process_pretrains_does_not_hold_up_the_other_grids(
+    tmp_path, capsys, monkeypatch):
+  # Two grids; "another process" (a thread) holds the first grid's base lock. The CLI goes on
+  # to the second grid's runs, then waits for the base; the other process finishes the base
+  # and the first grid's runs once the CLI waits, and the CLI trains nothing.
+  first = grids.offline_grid(quick=True)
+  second = dataclasses.replace(first, name="offline_b")
+  lora, flix = methods.method("lora"), methods.method("flix")
+  cache = str(tmp_path / "cache")
+  for spec in (lora, flix):
+    _write_finished(cache, second, spec, 0, [1, 0])
+  base_dir = os.path.join(cache, "bases", f"offline_{runs.digest(runs.base_key(first))}")
+  with runs.claimed(base_dir, "the offline base"):  # The base-level contract.
+    with pytest.raises(runs.RunBusy, match="the offline base is being trained by another"):
+      runs.pretrain_base(first, cache, wait=False)
+  real_log = runs.log
+  cli_waits, holding = threading.Event(), threading.Event()
+
+  def log_noting_wait(message):
+    real_log(message)
+    if message.startswith("[study] waiting for another process to finish the offline base"):
+      cli_waits.set()
+
+  def other_process():
+    with runs.claimed(base_dir, "the offline base"):
+      holding.set()
+      cli_waits.wait(timeout=60)
+      os.makedirs(os.path.join(base_dir, f"checkpoint_{first.budget.pretrain_steps}"))
+      for spec in (lora, flix):
+        _write_finished(cache, first, spec, 0, [1, 1])
+
+  monkeypatch.setattr(runs, "log", log_noting_wait)
+  monkeypatch.setattr(cli, "grids", lambda args: [first, second])
+  other = threading.Thread(target=other_process)
+  other.start()
+  holding.wait(timeout=60)
+  assert cli.main(["--quick", "--seeds", "0", "--methods", "lora,flix", "--out",
+                   str(tmp_path / "study"), "--cache_dir", cache, "--n_boot", "200"]) == 0
+  other.join()
+  captured = capsys.readouterr()
+  assert captured.err.count("the offline base is being trained by another process") == 2
+  order = [captured.err.index(f"{i}/4 runs ({name} {spec} seed 0: cache") for i, name, spec in
+           ((1, "offline_b", "lora"), (2, "offline_b", "flix"), (3, "offline", "lora"),
+            (4, "offline", "flix"))]
+  assert order == sorted(order)
+  assert captured.err.index("coming back to it after the others") < order[0] < captured.err.index(
+      "waiting for another process to finish the offline base") < order[2]
+  assert "0 runs trained, 4 from the cache" in captured.out
+
+
 def test_two_processes_archiving_the_same_run_at_once_both_succeed(tmp_path, monkeypatch):
   # The trainer and a process that waited for it both archive the run; here the second write
   # lands between the first one's temporary file and its rename.

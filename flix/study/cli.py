@@ -4,7 +4,7 @@ Runs every (grid, method, seed), each cached (`flix.study.runs`), then writes
 `DIR/{grid}/study.json`, `study.md`, `differences.png`, `heatmap.png`. A rerun trains only what
 is new (another seed, another method); `--archive DIR` also keeps every finished run's results
 in DIR, and a run found there is not retrained. Processes may share a cache: a run another one
-is training is taken last (`flix.study.runs`). One progress line per finished run gives the
+is training, or whose grid's base it is pretraining, is taken last (`flix.study.runs`). One progress line per finished run gives the
 count, where the run came from, the elapsed time and the ETA from the mean run time so far.
 `--ablation NAME` runs a lever's methods instead (read its validation numbers). `--quick`: a
 tiny model on small grids in about two minutes (the tests run it); the morphology grid is
@@ -141,9 +141,9 @@ def main(argv=None) -> int:
     """Runs (or reads) one run and prints progress; False if another process has it."""
     nonlocal done, trained, run_seconds
     run_start = time.time()
-    if not runs.done(grid, spec, seed, args.cache_dir, args.archive) and grid.name not in bases:
-      bases[grid.name] = runs.pretrain_base(grid, args.cache_dir)
     try:
+      if not runs.done(grid, spec, seed, args.cache_dir, args.archive) and grid.name not in bases:
+        bases[grid.name] = runs.pretrain_base(grid, args.cache_dir, wait)
       record, how = runs.run(grid, spec, seed, args.cache_dir, bases.get(grid.name),
                             evaluators, args.archive, wait=wait)
     except runs.RunBusy as e:
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     return True
 
   # Seed-major, grids interleaved: a partial study holds complete paired comparisons. Runs that
-  # another process sharing the cache is training are taken last (waiting for them if need be).
+  # another process sharing the cache is training, or whose base it is pretraining, are taken
+  # last (waiting for them if need be): two processes pretrain two grids' bases side by side.
   deferred = []
   for seed in args.seeds:
     evaluators: dict = {}  # Shared by the runs of this seed's registrations.

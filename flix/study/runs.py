@@ -114,12 +114,15 @@ def claimed(directory: str, what: str, wait: bool = True):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def pretrain_base(grid: Grid, cache_dir: str) -> str:
-  """The grid's base checkpoint: pretrained now (resumable) or found in the cache."""
+def pretrain_base(grid: Grid, cache_dir: str, wait: bool = True) -> str:
+  """The grid's base checkpoint: pretrained now (resumable) or found in the cache.
+
+  wait: if another process is pretraining it, wait for it (else raise RunBusy).
+  """
   model_dir = os.path.join(cache_dir, "bases", f"{grid.name}_{digest(base_key(grid))}")
   path = os.path.join(model_dir, f"checkpoint_{grid.budget.pretrain_steps}")
   if not os.path.isdir(path):
-    with claimed(model_dir, f"the {grid.name} base"):
+    with claimed(model_dir, f"the {grid.name} base", wait):
       if not os.path.isdir(path):  # Not pretrained by another process while this one waited.
         _pretrain(grid, model_dir)
   return path
