@@ -51,6 +51,7 @@ import os
 import sys
 from typing import Sequence
 
+from flix import files
 from flix.checkpoints import CheckpointError, load_model, save_model, strip_adapters
 from flix.features import UnknownFeatureError, parse_features
 from flix.interop import hf, hf_verify, peft_export
@@ -169,8 +170,7 @@ def verify(hf_dir: str, checkpoint: str | None = None, json_out: str | None = No
                             f"transformers ({e}); install the extras: pip install -e '.[hf]'"
                             ) from None
   if json_out:
-    with open(json_out, "w", encoding="utf-8") as f:
-      f.write(json.dumps(report) + "\n")
+    files.write_text(json_out, json.dumps(report) + "\n")
   return report
 
 

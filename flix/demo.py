@@ -30,7 +30,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from flix import host_memory  # noqa: E402
+from flix import files, host_memory  # noqa: E402
 from flix.data.offline import OfflineConfig  # noqa: E402
 from flix.models.t5 import T5Config  # noqa: E402
 from flix.study.grids import SMALL_T5, TINY_T5  # noqa: E402  The study's bases.
@@ -240,7 +240,7 @@ def heatmap(methods: dict[str, dict[str, Any]], path: str) -> None:
   fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
   fig.suptitle("red solid: unseen pair; red dotted: unseen language; blank: absent cell",
                fontsize=7)
-  fig.savefig(path, dpi=130)
+  files.save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -298,14 +298,14 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
   results = {"wall_seconds": time.time() - start, "base": base, "methods": methods,
              "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
              "holdout": reg.data.holdout.to_dict()}
-  with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2)
+  files.write_json(os.path.join(out, "results.json"), results, indent=2)
   heatmap(methods, os.path.join(out, "heatmap.png"))
   table = summary_table({"untrained base": {"params_trained": 0, **base}, **methods})
-  with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-    f.write(f"# flix demo ({'ablation: ' + ablation if ablation else 'FLix vs LoRA'})\n\n"
-            f"Exact match on the {cfg.eval_split} split, mean over cells of each kind.\n\n"
-            f"{table}\n\nWall time: {results['wall_seconds']:.0f} s. Heatmap: heatmap.png.\n")
+  files.write_text(os.path.join(out, "report.md"),
+                   f"# flix demo ({'ablation: ' + ablation if ablation else 'FLix vs LoRA'})\n\n"
+                   f"Exact match on the {cfg.eval_split} split, mean over cells of each kind.\n\n"
+                   f"{table}\n\nWall time: {results['wall_seconds']:.0f} s. Heatmap: "
+                   "heatmap.png.\n")
   print(f"\n{table}\n\nwrote {out}/results.json, heatmap.png, report.md in "
         f"{results['wall_seconds']:.0f} s", flush=True)
   return results

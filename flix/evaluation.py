@@ -44,7 +44,7 @@ import numpy as np
 import seqio
 from seqio import metrics as seqio_metrics
 
-from flix import decoding
+from flix import decoding, files
 from flix.data.aggregation import aggregate, as_pair
 from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered, import_task_modules
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary, describe
@@ -115,10 +115,8 @@ class Report:
   def write(self, out_dir: str) -> None:
     """Writes report.json and report.md into `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, REPORT_JSON), "w", encoding="utf-8") as f:
-      f.write(self.to_json() + "\n")
-    with open(os.path.join(out_dir, REPORT_MD), "w", encoding="utf-8") as f:
-      f.write(self.to_markdown())
+    files.write_text(os.path.join(out_dir, REPORT_JSON), self.to_json() + "\n")
+    files.write_text(os.path.join(out_dir, REPORT_MD), self.to_markdown())
 
 
 def _cell(v) -> str:
@@ -394,7 +392,8 @@ class PairEvaluator:
         for record, trimmed in zip(records, flags):
           record["truncated"] = trimmed
         if out_dir is not None:
-          _write_jsonl(os.path.join(out_dir, PREDICTIONS_DIR, f"{task.name}.jsonl"), records)
+          files.write_jsonl(os.path.join(out_dir, PREDICTIONS_DIR, f"{task.name}.jsonl"), records,
+                            default=_json_default)
     report = build_report(per_pair, self.holdout, split=self.split, step=step, pairs=info,
                           official=self.official)
     if out_dir is not None:
@@ -459,13 +458,6 @@ def _json_default(value):
   if isinstance(value, bytes):
     return value.decode("utf-8")
   return str(value)
-
-
-def _write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
 
 
 def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: str | None,

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import seqio
 
-from flix import decoding
+from flix import decoding, files
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
 from flix.features import INACTIVE, UnknownPolicy
 from flix.gin_utils import check_counts
@@ -161,12 +161,7 @@ def infer_file(*, checkpoint_path: str = gin.REQUIRED, input_file: str = gin.REQ
                               max_length=task_feature_lengths["targets"], batch_size=batch_size,
                               unknown=unknown_features, decode_kwargs=decode_kwargs,
                               vocabulary=vocabulary)
-  tmp = f"{output_file}.tmp"
-  os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in results:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, output_file)
+  files.write_jsonl(output_file, results)
   truncated = sum(r["truncated"] for r in results)
   if truncated:
     print(f"warning: {truncated} of {len(results)} inputs were longer than "

@@ -220,25 +220,6 @@ def test_a_base_another_process_pretrains_does_not_hold_up_the_other_grids(
   assert "0 runs trained, 4 from the cache" in captured.out
 
 
-def test_two_processes_archiving_the_same_run_at_once_both_succeed(tmp_path, monkeypatch):
-  # The trainer and a process that waited for it both archive the run; here the second write
-  # lands between the first one's temporary file and its rename.
-  path, real_replace, nested = str(tmp_path / "run.json"), os.replace, []
-
-  def replace_after_another_writer(src, dst):
-    if not nested:
-      nested.append(dst)
-      runs._write_json(path, {"writer": "other"}, indent=None)
-    real_replace(src, dst)
-
-  monkeypatch.setattr(runs.os, "replace", replace_after_another_writer)
-  runs._write_json(path, {"writer": "first"}, indent=None)
-  assert nested == [path]
-  assert json.loads(open(path).read()) == {"writer": "first"}
-  assert os.listdir(tmp_path) == ["run.json"]  # No temporary file left behind.
-  assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
-
-
 def _with_budget(grid, **changes):
   return dataclasses.replace(grid, budget=dataclasses.replace(grid.budget, **changes))
 

@@ -17,12 +17,12 @@ heatmap.png (per cell, each method minus LoRA on test, averaged over the seeds).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from flix import files
 from flix.study import stats
 
 KINDS = ("seen", "unseen_pair", "unseen_lang")
@@ -158,7 +158,7 @@ def plot_differences(study: dict, path: str) -> None:
   if names:
     ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  files.save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
@@ -206,15 +206,13 @@ def plot_heatmap(study: dict, path: str, baseline: str = "lora") -> None:
                  "some seed)", fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8)
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  files.save_figure(fig, path, dpi=130)
   plt.close(fig)
 
 
 def write(study: dict, out_dir: str) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "study.json"), "w", encoding="utf-8") as f:
-    json.dump(study, f, indent=1)
-  with open(os.path.join(out_dir, "study.md"), "w", encoding="utf-8") as f:
-    f.write(markdown(study))
+  files.write_json(os.path.join(out_dir, "study.json"), study)
+  files.write_text(os.path.join(out_dir, "study.md"), markdown(study))
   plot_differences(study, os.path.join(out_dir, "differences.png"))
   plot_heatmap(study, os.path.join(out_dir, "heatmap.png"))

@@ -32,10 +32,10 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
+from flix import files
 from flix.study.grids import Grid
 from flix.study.methods import MethodSpec
 
@@ -70,23 +70,6 @@ def run_key(grid: Grid, method: MethodSpec, seed: int) -> dict[str, Any]:
 
 def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
-
-
-def _write_json(path: str, value: Any, indent: int | None = 1) -> None:
-  """Writes `path` atomically. The temporary file is unique to this call: two processes may
-  write the same file at once (both archive a run one trained and the other waited for)."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
-                             prefix=f"{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=indent, ensure_ascii=False,
-                separators=None if indent else (",", ":"))
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide archived results from other users.
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
 
 
 class RunBusy(RuntimeError):
@@ -133,8 +116,7 @@ def _pretrain(grid: Grid, model_dir: str) -> None:
   steps = grid.budget.pretrain_steps
   task, lengths, reg = grid.register_pretraining()
   log(f"[study] pretraining the {grid.name} base ({steps} steps) -> {model_dir}")
-  with open(os.path.join(model_dir, "key.json"), "w", encoding="utf-8") as f:
-    json.dump(base_key(grid), f, indent=1)
+  files.write_json(os.path.join(model_dir, "key.json"), base_key(grid))
   schedule = optimizers.learning_rate_schedule(grid.budget.pretrain_learning_rate, "constant",
                                                warmup_steps=max(steps // 10, 1))
   loop.train(model_dir=model_dir, mixture_or_task_name=task, task_feature_lengths=lengths,
@@ -252,7 +234,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   start = time.time()
-  _write_json(os.path.join(directory, "key.json"), key)
+  files.write_json(os.path.join(directory, "key.json"), key)
   reg = grid.register(seed, method.derived)
   budget = grid.budget
   steps = budget.finetune_steps
@@ -287,7 +269,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
     report = evaluators[reg.eval_mixture, split].evaluate(model, params, out_dir=out_dir)
     results[split] = _cells(report, out_dir)
   results["wall_seconds"] = time.time() - start
-  _write_json(os.path.join(directory, RESULTS), results)
+  files.write_json(os.path.join(directory, RESULTS), results)
   return results
 
 
@@ -351,10 +333,9 @@ def _copy_metrics(source_dir: str, target_dir: str, up_to_step: int) -> None:
     return
   with open(source, encoding="utf-8") as f:
     lines = [line for line in f if line.strip() and json.loads(line)["step"] <= up_to_step]
-  with open(os.path.join(target_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:
-    f.writelines(lines)
+  files.write_text(os.path.join(target_dir, "metrics.jsonl"), "".join(lines))
 
 
 def _archive(path: str, results: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  _write_json(path, results, indent=None)
+  files.write_json(path, results, indent=None)

@@ -22,7 +22,7 @@ import optax
 import seqio
 from jax.experimental import multihost_utils
 
-from flix import checkpoints, host_memory
+from flix import checkpoints, files, host_memory
 from flix.config import FlixConfig
 from flix.data.pairs import check_registered, import_task_modules
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
@@ -335,8 +335,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                           adapters.method)
   os.makedirs(model_dir, exist_ok=True)
   if checkpoints.is_primary():
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-      f.write(f"# host malloc: {host_memory.describe()}\n{gin_config}")
+    files.write_text(os.path.join(model_dir, "config.gin"),
+                     f"# host malloc: {host_memory.describe()}\n{gin_config}")
     print(f"host malloc: {host_memory.describe()}", file=sys.stderr, flush=True)
   resume_from = latest_everywhere(model_dir)
   inherited = data_shards is None and resume_from is not None
