@@ -4,8 +4,9 @@ Runs every (grid, method, seed), each cached (`flix.study.runs`), then writes
 `DIR/{grid}/study.json`, `study.md`, `differences.png`, `heatmap.png`. A rerun trains only what
 is new (another seed, another method); `--archive DIR` also keeps every finished run's results
 in DIR, and a run found there is not retrained. Processes may share a cache: a run another one
-is training, or whose grid's base it is pretraining, is taken last (`flix.study.runs`). One progress line per finished run gives the
-count, where the run came from, the elapsed time and the ETA from the mean run time so far.
+is training, or whose grid's base it is pretraining, is taken last (`flix.study.runs`). One
+progress line per finished run gives the count, where the run came from, the elapsed time and
+the ETA from the mean run time so far.
 `--ablation NAME` runs a lever's methods instead (read its validation numbers). `--quick`: a
 tiny model on small grids in about two minutes (the tests run it); the morphology grid is
 skipped with a message when the release files are absent.
