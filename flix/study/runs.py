@@ -204,7 +204,7 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
   if os.path.isfile(results_path):
     results = _read_json(results_path)
     if archived and not os.path.isfile(archived):
-      _archive(archived, results)
+      files.write_json(archived, results, indent=None)  # One line.
     return results, "cache"
   if archived and os.path.isfile(archived):
     return _read_archived(archived, key), "archive"
@@ -219,7 +219,7 @@ def run(grid: Grid, method: MethodSpec, seed: int, cache_dir: str, base: str | N
       how = "trained"
       results = _train_and_evaluate(grid, method, seed, key, directory, base, evaluators)
   if archived:
-    _archive(archived, results)
+    files.write_json(archived, results, indent=None)  # One line.
   return results, how
 
 
@@ -334,8 +334,3 @@ def _copy_metrics(source_dir: str, target_dir: str, up_to_step: int) -> None:
   with open(source, encoding="utf-8") as f:
     lines = [line for line in f if line.strip() and json.loads(line)["step"] <= up_to_step]
   files.write_text(os.path.join(target_dir, "metrics.jsonl"), "".join(lines))
-
-
-def _archive(path: str, results: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  files.write_json(path, results, indent=None)
