@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flix import checkpoints
-from flix.study import cli, grids, methods, report, runs, stats
+from flix.study import cli, compare, grids, methods, report, runs, stats
 
 
 @pytest.mark.slow
@@ -218,6 +218,50 @@ def test_a_base_another_process_pretrains_does_not_hold_up_the_other_grids(
   assert captured.err.index("coming back to it after the others") < order[0] < captured.err.index(
       "waiting for another process to finish the offline base") < order[2]
   assert "0 runs trained, 4 from the cache" in captured.out
+
+
+def test_compare_pairs_runs_that_differ_only_in_the_lever(tmp_path, capsys):
+  grid, lora = grids.offline_grid(quick=True), methods.method("lora")
+  archive = tmp_path / "archive"
+  (archive / "offline").mkdir(parents=True)
+
+  def archived(budget_changes, seed, correct):
+    g = _with_budget(grid, **budget_changes)
+    path = runs.archive_path(g, lora, seed, str(archive))
+    with open(path, "w") as f:
+      json.dump(_finished(g, lora, seed, correct), f)
+
+  for seed in (0, 1):
+    archived({"finetune_steps": 40}, seed, [0, 0, 1, 1])
+    archived({"finetune_steps": 80}, seed, [1, 1, 1, 1])
+  archived({"finetune_steps": 40, "schedule": "linear"}, 0, [0, 0, 0, 0])  # Another lever.
+  archived({"finetune_steps": 160}, 2, [1, 1, 1, 1])  # No partner at 40 for seed 2.
+  argv = ["--archive", str(archive), "--grid", "offline", "--methods", "lora", "--vary",
+          "finetune_steps", "--values", "40,80", "--n_boot", "200"]
+  assert compare.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "finetune_steps 80 minus 40" in out
+  assert "| lora, validation | +0.500 [" in out and "| lora, test | +0.500 [" in out
+  result = compare.compare(compare.read_runs("offline", str(archive), None), ["lora"],
+                           "finetune_steps", ["40", "80"], n_boot=200)
+  for kind in report.KINDS:  # 1.0 - 0.5 in every cell; resampling 0, 0, 1, 1 moves it.
+    entry = result["lora"]["test"][kind]
+    assert entry["mean"] == pytest.approx(0.5) and entry["n_seeds"] == 2
+    assert 0.0 < entry["ci95"][0] < 0.5 < entry["ci95"][1] <= 1.0
+  # The schedule lever at 40 steps pairs the linear run with seed 0's constant one only.
+  linear = compare.compare(compare.read_runs("offline", str(archive), None), ["lora"],
+                           "schedule", ["constant", "linear"], n_boot=200)
+  assert linear["lora"]["validation"]["seen"]["mean"] == pytest.approx(-0.5)
+  assert linear["lora"]["validation"]["seen"]["n_seeds"] == 1
+  for args, message in [
+      (["--vary", "steps"], "--vary 'steps' is not a budget field; expected one of ["),
+      (["--values", "40,320"], "no seed has runs at both finetune_steps = 40 and 320"),
+      (["--methods", "flix"], "no runs of method 'flix'; found ['lora']")]:
+    bad = list(argv)
+    for flag, value in zip(args[::2], args[1::2]):
+      bad[bad.index(flag) + 1] = value
+    assert compare.main(bad) == 1
+    assert message in capsys.readouterr().err
 
 
 def _with_budget(grid, **changes):

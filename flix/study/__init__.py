@@ -8,4 +8,5 @@
   stats.py    paired hierarchical bootstrap over seeds and examples
   report.py   study.json (pinned schema), study.md, plots
   cli.py      the command line and the progress line across runs
+  compare.py  one lever's paired effect from archived runs (python -m flix.study.compare)
 """
