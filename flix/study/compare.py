@@ -1,4 +1,4 @@
-"""`python -m flix.study.compare`: one lever's paired effect, from archived (or cached) runs.
+r"""`python -m flix.study.compare`: one lever's paired effect, from archived (or cached) runs.
 
     python -m flix.study.compare --archive docs/study/archive --grid offline \
         --methods lora,flix_derived_p0.0 --vary finetune_steps --values 2000,4000
@@ -6,9 +6,10 @@
 prints, for each method and split, the mean difference (second value minus first) with its
 95% paired bootstrap interval over seeds and examples, as docs/study.md's lever tables. The
 runs compared differ only in `--vary` (a field of the grid's budget: finetune_steps,
-pretrain_steps, schedule, ...): every other part of their configuration is the same, and both
-values are paired seed by seed (seeds with a run at only one of them are left out). Runs are read from the archive's `{grid}/*.json`
-(`--archive`) or the cache's `runs/{grid}/*/results.json` (`--cache_dir`).
+pretrain_steps, schedule, ...); every other part of their configuration is the same, and they
+are paired seed by seed (a seed with a run at only one of the two values is left out). Runs
+are read from the archive's `{grid}/*.json` (`--archive`) and the cache's
+`runs/{grid}/*/results.json` (`--cache_dir`).
 """
 
 from __future__ import annotations
@@ -136,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("give --archive or --cache_dir (where the runs are)")
   all_runs = read_runs(args.grid, args.archive, args.cache_dir)
   if not all_runs:
-    print(f"error: no finished {args.grid} runs under {args.archive or ''} {args.cache_dir or ''}",
-          file=sys.stderr)
+    where = " or ".join(d for d in (args.archive, args.cache_dir) if d)
+    print(f"error: no finished runs of grid {args.grid!r} under {where}", file=sys.stderr)
     return 1
   try:
     result = compare(all_runs, [m.strip() for m in args.methods.split(",") if m.strip()],
