@@ -256,7 +256,8 @@ def test_compare_pairs_runs_that_differ_only_in_the_lever(tmp_path, capsys):
   for args, message in [
       (["--vary", "steps"], "--vary 'steps' is not a budget field; expected one of ["),
       (["--values", "40,320"], "no seed has runs at both finetune_steps = 40 and 320"),
-      (["--methods", "flix"], "no runs of method 'flix'; found ['lora']")]:
+      (["--methods", "flix"], "no runs of method 'flix'; found ['lora']"),
+      (["--grid", "morph"], "no finished runs of grid 'morph' under ")]:
     bad = list(argv)
     for flag, value in zip(args[::2], args[1::2]):
       bad[bad.index(flag) + 1] = value
