@@ -15,7 +15,6 @@ are read from the archive's `{grid}/*.json` (`--archive`) and the cache's
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import json
 import os
@@ -44,39 +43,23 @@ def read_runs(grid: str, archive: str | None, cache_dir: str | None) -> list[dic
   return list(found.values())
 
 
-def _label(value: Any, values: Sequence[str]) -> str | None:
-  """Which of the command line's `values` the budget field's `value` is (None: neither)."""
-  for text in values:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      try:
-        if type(value)(text) == value:
-          return text
-      except ValueError:
-        continue
-    elif str(value) == text:
-      return text
-  return None
-
-
 def pair_groups(method_runs: Sequence[dict], vary: str, values: Sequence[str]
                 ) -> tuple[list[dict], list[dict]]:
   """One method's runs at `values[0]` and at `values[1]`, seed by seed, whose configurations
   differ only in the budget field `vary`."""
+  wanted = {_parse(text): text for text in values}  # Budget value -> its command-line text.
   groups: dict[str, dict[int, dict[str, dict]]] = {}  # rest of the key -> seed -> value -> run
   for r in method_runs:
     budget = r["key"]["grid"]["budget"]
     if vary not in budget:
       raise ValueError(f"--vary {vary!r} is not a budget field; expected one of {sorted(budget)}")
-    label = _label(budget[vary], values)
-    if label is None:
+    if budget[vary] not in wanted:
       continue
-    rest = copy.deepcopy(r["key"])
-    rest["grid"]["budget"].pop(vary)
-    rest.pop("seed")
-    groups.setdefault(runs.digest(rest), {}).setdefault(r["seed"], {})[label] = r
-  complete = [{seed: by_value for seed, by_value in g.items() if set(by_value) == set(values)}
-              for g in groups.values()]
-  complete = [g for g in complete if g]
+    rest = runs.digest_without({**r["key"], "seed": None}, vary)
+    groups.setdefault(rest, {}).setdefault(r["seed"], {})[wanted[budget[vary]]] = r
+  complete = [paired for paired in (
+      {seed: by_value for seed, by_value in g.items() if len(by_value) == 2}
+      for g in groups.values()) if paired]
   if not complete:
     raise ValueError(f"no seed has runs at both {vary} = {values[0]} and {values[1]} with "
                      "otherwise equal configurations")
@@ -86,6 +69,14 @@ def pair_groups(method_runs: Sequence[dict], vary: str, values: Sequence[str]
   (group,) = complete
   seeds = sorted(group)
   return [group[s][values[0]] for s in seeds], [group[s][values[1]] for s in seeds]
+
+
+def _parse(text: str) -> Any:
+  """A command-line value as the budget stores it: 2000 and 1e-3 as numbers, names as text."""
+  try:
+    return json.loads(text)
+  except ValueError:
+    return text
 
 
 def compare(all_runs: Sequence[dict], methods: Sequence[str], vary: str, values: Sequence[str],
@@ -109,14 +100,9 @@ def compare(all_runs: Sequence[dict], methods: Sequence[str], vary: str, values:
 
 
 def table(result: dict[str, dict[str, dict]]) -> str:
-  def cell(d):
-    return "n/a" if d is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-  lines = ["| | seen pairs | unseen pairs | unseen languages |", "| --- | ---: | ---: | ---: |"]
-  for method, splits in result.items():
-    for split, kinds in splits.items():
-      lines.append(f"| {method}, {split} | " +
-                   " | ".join(cell(kinds.get(k)) for k in report.KINDS) + " |")
-  return "\n".join(lines)
+  return report.difference_table({f"{method}, {split}": kinds
+                                  for method, splits in result.items()
+                                  for split, kinds in splits.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -277,9 +277,10 @@ def _steps(key: dict[str, Any]) -> int:
   return key["grid"]["budget"]["finetune_steps"]
 
 
-def _without_steps(key: dict[str, Any]) -> str:
+def digest_without(key: dict[str, Any], budget_field: str) -> str:
+  """The digest of a run key without one budget field: runs that differ only there share it."""
   other = copy.deepcopy(key)
-  other["grid"]["budget"].pop("finetune_steps")
+  other["grid"]["budget"].pop(budget_field)
   return digest(other)
 
 
@@ -298,7 +299,7 @@ def start_from_shorter_run(directory: str, key: dict[str, Any]) -> str | None:
   if key["grid"]["budget"]["schedule"] not in CONTINUABLE_SCHEDULES or step_dirs(model_dir):
     return None
   name, seed = key["method"]["name"], key["seed"]
-  runs_dir, mine = os.path.dirname(directory), _without_steps(key)
+  runs_dir, mine = os.path.dirname(directory), digest_without(key, "finetune_steps")
   found = []  # (step, checkpoint, run directory)
   for other_name in sorted(os.listdir(runs_dir)):
     other = os.path.join(runs_dir, other_name)
@@ -307,7 +308,7 @@ def start_from_shorter_run(directory: str, key: dict[str, Any]) -> str | None:
         or not os.path.isfile(key_file)):
       continue
     theirs = _read_json(key_file)
-    if _steps(theirs) < _steps(key) and _without_steps(theirs) == mine:
+    if _steps(theirs) < _steps(key) and digest_without(theirs, "finetune_steps") == mine:
       dirs = step_dirs(os.path.join(other, "train"))
       if dirs:
         found.append((*dirs[-1], other))
