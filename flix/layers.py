@@ -14,7 +14,8 @@ smaller than with `[d_in, r]` (docs/performance.md).
 Compute strategies for the featurized part (the shared adapter is always a plain 2-D LoRA):
   masked:  all feature tables side by side as one rank-(sum_t F_t r_t) LoRA, the columns of
            inactive features zeroed per example. Two dense 2-D matmuls; cost grows with F * r,
-           independent of batch x adapter bytes. Best when F * r is small.
+           independent of batch x adapter bytes. Best when F * r is close to an example's
+           own rank (e.g. types of one or two values).
   gather:  gathers each example's A_t[f] and B_t[f] (batch x adapter bytes) and applies them
            with batched matmuls. Cost independent of F; the forward reads only active rows.
            Tables with at most T rows (T = tokens per example; the compact tables of a training
@@ -22,7 +23,8 @@ Compute strategies for the featurized part (the shared adapter is always a plain
   ragged:  sorts tokens by feature value and uses `jax.lax.ragged_dot` (grouped matmul, reads
            each active adapter once). Meant for backends with a grouped-matmul kernel; XLA:CPU
            lowers it to a dense loop over all F groups (measured: cost linear in F).
-  auto:    masked while sum_t F_t r_t <= config.MASKED_MAX_TABLE_RANK, otherwise gather.
+  auto:    masked while sum_t F_t r_t is at most 2x an example's sum_t r_t and at most 64
+           columns (`FlixConfig.resolved_strategy`), otherwise gather.
 All strategies give the same outputs and gradients (to float32 rounding).
 
 Gradients with respect to a table are table-sized (F rows) in JAX; `flix.rows` makes a

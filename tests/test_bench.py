@@ -34,7 +34,8 @@ def test_layer_bench_writes_schema(tmp_path, capsys):
     assert r["seconds"] > 0 and len(r["all_seconds"]) == 2
     assert r["ratio_vs_lora_r16"] == pytest.approx(r["seconds"] / ref, rel=1e-12)
   auto = {r["F"]: r for r in records if r["strategy"] == "auto"}
-  assert auto[8]["resolved"] == "masked"  # 2 types x 4 rows x rank 8 = 64 columns.
+  # 2 types x 4 rows x rank 8 = 64 columns, 4x an example's 16: gather.
+  assert auto[8]["resolved"] == "gather"
   assert auto[64]["ratio_vs_own_smallest_F"] == pytest.approx(
       auto[64]["seconds"] / auto[8]["seconds"], rel=1e-12)
   # Every path sees the same x, tables and ids at one F, so the losses agree.

@@ -188,12 +188,20 @@ def test_bad_ids_stay_bad_on_compact_tables(bad_id):
 
 
 def test_auto_strategy_choice():
+  # masked only while the tables' columns are at most 2x an example's own (and at most 64).
+  two = FlixConfig(FeatureSpace.build({"task": list("ab"), "lang": list("wx")}, 8))
+  assert (two.table_rank, two.example_rank) == (32, 16) and two.resolved_strategy() == "masked"
+  assert two.replace(row_limit=1).resolved_strategy() == "masked"
   small = FlixConfig(FeatureSpace.build({"task": list("abcd"), "lang": list("wxyz")}, 8))
-  assert small.table_rank == 64 and small.resolved_strategy() == "masked"
-  big = FlixConfig(FeatureSpace.build({"task": list("abcd"), "lang": list("uvwxyz")}, 8))
-  assert big.resolved_strategy() == "gather"
-  assert big.replace(row_limit=4).resolved_strategy() == "masked"
-  assert big.replace(strategy="ragged").resolved_strategy() == "ragged"
+  assert small.table_rank == 64 and small.resolved_strategy() == "gather"  # 4x: gather.
+  assert small.replace(row_limit=2).resolved_strategy() == "masked"  # compact rows: 2x.
+  three = FlixConfig(FeatureSpace.build({"task": list("abc"), "lang": list("x")}, 16))
+  assert (three.table_rank, three.example_rank) == (64, 32)
+  assert three.resolved_strategy() == "masked"
+  wide = FlixConfig(FeatureSpace.build({"task": list("abc"), "lang": list("xy")}, 16))
+  assert wide.table_rank == 80 and wide.resolved_strategy() == "gather"  # > 64 columns.
+  assert small.replace(strategy="masked").resolved_strategy() == "masked"
+  assert small.replace(strategy="ragged").resolved_strategy() == "ragged"
 
 
 def test_one_definition_of_adapter_tables():

@@ -11,7 +11,9 @@
   resume  the input pipeline's resume time at two data positions: iterator state vs skipping
           (`resume`);
   packing real (non-padding) tokens/s of training rows packed vs unpacked on the offline and
-          morphology grids (`packing`).
+          morphology grids (`packing`);
+  study   the study's fine-tuning step per study method, FLix strategy and optimizer, at the
+          offline grid's sizes (`study_step`).
 
 `core` holds the timing, environment and report every bench shares; `synthetic` the model
 sizes, random weights and batches of the model benches.

@@ -6,9 +6,9 @@ import argparse
 from typing import Sequence
 
 from flix import host_memory
-from flix.bench import decode, layer, memory, packing, peft, resume, train
+from flix.bench import decode, layer, memory, packing, peft, resume, study_step, train
 
-BENCHES = (layer, train, peft, decode, memory, packing, resume)
+BENCHES = (layer, train, peft, decode, memory, packing, resume, study_step)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
