@@ -189,13 +189,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
   if REFERENCE not in args.methods:
     parser.error(f"--methods must include {REFERENCE!r} (every ratio is against it), got "
                  f"{args.methods}")
-  bad = [s for s in args.strategies if s not in STRATEGIES]
-  if bad or not args.strategies:
-    parser.error(f"--strategies must be a non-empty subset of {list(STRATEGIES)}, got "
-                 f"{args.strategies}")
-  bad = [o for o in args.optimizers if o not in OPTIMIZERS]
-  if bad or not args.optimizers:
-    parser.error(f"--optimizers must be a non-empty subset of {list(OPTIMIZERS)}, got "
-                 f"{args.optimizers}")
+  for flag, allowed in (("strategies", STRATEGIES), ("optimizers", OPTIMIZERS)):
+    values = getattr(args, flag)
+    if not values or any(v not in allowed for v in values):
+      parser.error(f"--{flag} must be a non-empty subset of {list(allowed)}, got {values}")
   if args.repeats < 1 or args.settle < 0:
     parser.error(f"--repeats must be >= 1 and --settle >= 0, got {args.repeats}, {args.settle}")
