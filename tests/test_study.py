@@ -220,6 +220,58 @@ def test_a_base_another_process_pretrains_does_not_hold_up_the_other_grids(
   assert "0 runs trained, 4 from the cache" in captured.out
 
 
+def test_a_deferred_run_that_has_become_free_is_taken_before_waiting_for_a_busy_one(
+    tmp_path, capsys, monkeypatch):
+  # "Another process" (a thread) holds both runs at first, so the CLI defers both; it then
+  # finishes and frees flix but keeps lora until the CLI has read flix. A CLI that waits for
+  # its deferred runs in order blocks on lora (the other process's wait times out); this one
+  # takes flix first.
+  grid, lora, flix = grids.offline_grid(quick=True), methods.method("lora"), methods.method("flix")
+  cache = str(tmp_path / "cache")
+  base_dir = os.path.join(cache, "bases", f"offline_{runs.digest(runs.base_key(grid))}")
+  os.makedirs(os.path.join(base_dir, f"checkpoint_{grid.budget.pretrain_steps}"))
+  both_deferred, flix_freed, flix_read, holding = (threading.Event() for _ in range(4))
+  calls, waited_for_read = [], []
+  real_run = runs.run
+
+  def tracking_run(grid, spec, seed, *args, wait=True, **kwargs):
+    calls.append((spec.name, wait))
+    try:
+      out = real_run(grid, spec, seed, *args, wait=wait, **kwargs)
+    finally:
+      if len(calls) == 2:  # The first pass ends: the other process frees flix now.
+        both_deferred.set()
+        flix_freed.wait(timeout=60)
+    if spec.name == "flix":
+      flix_read.set()
+    return out
+
+  def other_process():
+    with runs.claimed(runs.run_dir(grid, lora, 0, cache), "lora seed 0"):
+      with runs.claimed(runs.run_dir(grid, flix, 0, cache), "flix seed 0"):
+        holding.set()
+        both_deferred.wait(timeout=60)
+        _write_finished(cache, grid, flix, 0, [1, 1])
+      flix_freed.set()
+      waited_for_read.append(flix_read.wait(timeout=20))
+      _write_finished(cache, grid, lora, 0, [1, 0])
+
+  monkeypatch.setattr(runs, "run", tracking_run)
+  monkeypatch.setattr(cli, "grids", lambda args: [grid])
+  other = threading.Thread(target=other_process)
+  other.start()
+  holding.wait(timeout=60)
+  assert cli.main(["--quick", "--seeds", "0", "--methods", "lora,flix", "--out",
+                   str(tmp_path / "study"), "--cache_dir", cache, "--n_boot", "200"]) == 0
+  other.join()
+  assert waited_for_read == [True]  # flix was read while lora was still busy.
+  err = capsys.readouterr().err
+  # lora is read back once the other process frees it: after waiting, or in a pass after.
+  assert err.index("(offline flix seed 0: cache") < err.index("(offline lora seed 0: ")
+  assert calls[:4] == [("lora", False), ("flix", False), ("lora", False), ("flix", False)]
+  assert err.count("coming back to it after the others") == 2  # Once per run.
+
+
 def test_compare_pairs_runs_that_differ_only_in_the_lever(tmp_path, capsys):
   grid, lora = grids.offline_grid(quick=True), methods.method("lora")
   archive = tmp_path / "archive"

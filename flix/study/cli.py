@@ -138,8 +138,9 @@ def main(argv=None) -> int:
   bases: dict[str, str] = {}  # Pretrained when a run of the grid first needs training.
   results: dict[str, dict[str, list]] = {grid.name: {} for grid in chosen}
 
-  def one_run(seed, grid, spec, evaluators, wait: bool) -> bool:
-    """Runs (or reads) one run and prints progress; False if another process has it."""
+  def one_run(seed, grid, spec, evaluators, wait: bool, deferred: bool = False) -> bool:
+    """Runs (or reads) one run and prints progress; False if another process has it (said
+    once: not again for a run already `deferred`)."""
     nonlocal done, trained, run_seconds
     run_start = time.time()
     try:
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
       record, how = runs.run(grid, spec, seed, args.cache_dir, bases.get(grid.name),
                             evaluators, args.archive, wait=wait)
     except runs.RunBusy as e:
-      print(f"[study] {e}; coming back to it after the others", file=sys.stderr, flush=True)
+      if not deferred:
+        print(f"[study] {e}; coming back to it after the others", file=sys.stderr, flush=True)
       return False
     results[grid.name].setdefault(spec.name, []).append(record)
     done += 1
@@ -164,7 +166,8 @@ def main(argv=None) -> int:
 
   # Seed-major, grids interleaved: a partial study holds complete paired comparisons. Runs that
   # another process sharing the cache is training, or whose base it is pretraining, are taken
-  # last (waiting for them if need be): two processes pretrain two grids' bases side by side.
+  # last: two processes pretrain two grids' bases side by side. Of those, any that has become
+  # free is taken before waiting for one that has not.
   deferred = []
   for seed in args.seeds:
     evaluators: dict = {}  # Shared by the runs of this seed's registrations.
@@ -172,8 +175,11 @@ def main(argv=None) -> int:
       for spec in args.specs:
         if not one_run(seed, grid, spec, evaluators, wait=False):
           deferred.append((seed, grid, spec))
-  for seed, grid, spec in deferred:
-    one_run(seed, grid, spec, {}, wait=True)
+  while deferred:
+    busy = [run for run in deferred if not one_run(*run, {}, wait=False, deferred=True)]
+    if len(busy) == len(deferred):  # All still busy elsewhere: wait for the first.
+      one_run(*busy.pop(0), {}, wait=True, deferred=True)
+    deferred = busy
   for grid in chosen:
     study = report.build(grid, [s.name for s in args.specs], args.seeds, results[grid.name],
                          time.time() - start, args.n_boot,
