@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from flix import checkpoints
+from flix import checkpoints, files
 from flix.study import cli, compare, grids, methods, report, runs, stats
 
 
@@ -106,10 +106,9 @@ def _finished(grid, spec, seed, correct):
 
 
 def _write_finished(cache, grid, spec, seed, correct):
+  """As a study process writes a finished run: atomically (another process may read it now)."""
   directory = runs.run_dir(grid, spec, seed, cache)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, runs.RESULTS), "w") as f:
-    json.dump(_finished(grid, spec, seed, correct), f)
+  files.write_json(os.path.join(directory, runs.RESULTS), _finished(grid, spec, seed, correct))
 
 
 def test_a_run_another_process_holds_is_taken_last_and_never_trained_twice(
