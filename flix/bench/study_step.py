@@ -9,7 +9,7 @@ derives them). Tokens are synthetic and feature ids uniform per type; methods wi
 dropout drop as in training.
 
 Every FLix method runs under each `--strategies` entry (`flix.layers`; "auto" resolves as the
-trainer does, masked while sum_t F_t r_t <= 64 columns, else gather); `--optimizers sgd` swaps
+trainer does, `FlixConfig.resolved_strategy`); `--optimizers sgd` swaps
 AdamW for plain SGD, which shows the optimizer's share of the step. Rounds interleave every
 case (`core.time_rounds`). Each record has the median and minimum seconds, the ratio to LoRA's
 median, the compile seconds, the lines of lowered StableHLO, and the loss after every step the
