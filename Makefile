@@ -18,10 +18,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 3 -m slow tests
 
 demo: $(STAMP)
-	$(PY) -m flix.demo --out out/demo-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m experiments.demo --out out/demo-$$(date +%Y%m%d-%H%M%S)
 
 bench: $(STAMP)
-	$(PY) -m flix.bench layer --json bench_layer.json
+	$(PY) -m experiments.bench layer --json bench_layer.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

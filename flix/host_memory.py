@@ -13,7 +13,7 @@ all threads share one malloc lock.
 
 It must run before JAX initialises its backend (the first computation or device query): threads
 that already have an arena keep it. Entry points call it first (`flix.gin_utils.run`,
-`python -m flix.bench`, `python -m flix.demo`, the test set-up). `FLIX_HOST_MALLOC=system` turns
+`python -m experiments.bench`, `python -m experiments.demo`, the test set-up). `FLIX_HOST_MALLOC=system` turns
 it off; elsewhere than glibc it does nothing.
 """
 

@@ -1,12 +1,12 @@
-"""Smoke test of `python -m flix.bench layer` at tiny sizes."""
+"""Smoke test of `python -m experiments.bench layer` at tiny sizes."""
 
 import json
 
 import pytest
 
-from flix.bench import layer
-from flix.bench.__main__ import main
-from flix.bench.synthetic import feature_config
+from experiments.bench import layer
+from experiments.bench.__main__ import main
+from experiments.bench.synthetic import feature_config
 
 TINY = ["layer", "--d", "32", "--batch", "4", "--length", "8", "--F", "8,64", "--repeats", "2"]
 KEYS = {"strategy", "F", "seconds", "ratio_vs_lora_r16", "ratio_vs_own_smallest_F", "all_seconds"}

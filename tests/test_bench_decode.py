@@ -1,4 +1,4 @@
-"""`python -m flix.bench decode` at tiny sizes: JSON schema, merged == adapter-path decodes."""
+"""`python -m experiments.bench decode` at tiny sizes: JSON schema, merged == adapter-path decodes."""
 
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from flix.bench import decode, synthetic
-from flix.bench.__main__ import main, parse_args
+from experiments.bench import decode, synthetic
+from experiments.bench.__main__ import main, parse_args
 
 TINY = ["decode", "--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2", "--head-dim", "8",
         "--layers", "2", "--batch", "6", "--in-len", "10", "--max-length", "5", "--F", "8",

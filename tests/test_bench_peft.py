@@ -1,4 +1,4 @@
-"""`python -m flix.bench peft` (T5 and `--arch decoder`) at tiny sizes: JSON schema, equivalence
+"""`python -m experiments.bench peft` (T5 and `--arch decoder`) at tiny sizes: JSON schema, equivalence
 checks, missing extra, bad flags."""
 
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from flix.bench import peft
-from flix.bench.__main__ import main, parse_args
+from experiments.bench import peft
+from experiments.bench.__main__ import main, parse_args
 
 SIZES = ["--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2", "--head-dim", "8",
          "--layers", "2", "--batch", "8", "--in-len", "12", "--out-len", "6", "--F", "8",

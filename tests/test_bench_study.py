@@ -1,11 +1,11 @@
-"""`python -m flix.bench study` on the quick study's grid: schema, strategies, equal losses."""
+"""`python -m experiments.bench study` on the quick study's grid: schema, strategies, equal losses."""
 
 import json
 import re
 
 import pytest
 
-from flix.bench.__main__ import main
+from experiments.bench.__main__ import main
 
 
 def test_study_step_bench_times_each_strategy_of_the_same_computation(tmp_path, capsys):

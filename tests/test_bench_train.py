@@ -1,10 +1,10 @@
-"""Smoke test of `python -m flix.bench train` at tiny sizes."""
+"""Smoke test of `python -m experiments.bench train` at tiny sizes."""
 
 import json
 
 import pytest
 
-from flix.bench.__main__ import main
+from experiments.bench.__main__ import main
 
 TINY = ["train", "--emb-dim", "16", "--mlp-dim", "32", "--num-heads", "2", "--head-dim", "8",
         "--layers", "1", "--batch", "4", "--in-len", "8", "--out-len", "4", "--F", "8",

@@ -1,4 +1,4 @@
-"""`python -m flix.demo --quick`: the main job end to end, with its output schema."""
+"""`python -m experiments.demo --quick`: the main job end to end, with its output schema."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import matplotlib.image
 import pytest
 
-from flix import demo
+from experiments import demo
 
 SPLITS = {"seen", "unseen_pair", "unseen_lang"}
 # Seen cells' character error rate against the untrained base's (quick run: 0.39-0.44;

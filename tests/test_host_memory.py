@@ -2,7 +2,7 @@
 
 Each case runs in a fresh process: the options must be set before JAX starts its backend, and
 this test process already set them (conftest.py). What the options do to a step's page faults
-is measured by `python -m flix.bench memory`, not asserted here (that is glibc's behaviour).
+is measured by `python -m experiments.bench memory`, not asserted here (that is glibc's behaviour).
 """
 
 import json
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from flix.bench.__main__ import main
+from experiments.bench.__main__ import main
 
 # A 64 MiB malloc: with M_MMAP_MAX = 0 it comes from the heap, else glibc mmaps it (its mmap
 # threshold is at most 32 MiB on 64-bit), which mallinfo2 counts in `hblks`.

@@ -504,7 +504,7 @@ def _(env):
 
 # -- study runner --------------------------------------------------------------------------------
 def study(*argv) -> str:
-  from flix.study import cli as study_cli
+  from experiments.study import cli as study_cli
   return cli(study_cli.parse_args, list(argv))
 
 

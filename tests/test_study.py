@@ -1,4 +1,4 @@
-"""flix.study: the quick study end to end (schema, cache, resume), and its statistics."""
+"""experiments.study: the quick study end to end (schema, cache, resume), and its statistics."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flix import checkpoints, files
-from flix.study import cli, compare, grids, methods, report, runs, stats
+from experiments.study import cli, compare, grids, methods, report, runs, stats
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ as T5X does with `save_dataset`:
     data_iterator/shard_<i>-of-<n>.index, .data-00000-of-00001     one per data shard
 
 so a resume restores the iterators where they stopped instead of replaying `data_position`
-batches through the pipeline (O(1) instead of O(steps); `python -m flix.bench resume` measures
+batches through the pipeline (O(1) instead of O(steps); `python -m experiments.bench resume` measures
 both). Shard files do not depend on the number of processes: a checkpoint resumes on any host
 count dividing its data_shards, each host restoring the shards it reads. A checkpoint without
 the directory (older flix, or `train.save_data_iterator=False`) resumes by skipping

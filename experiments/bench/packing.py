@@ -1,4 +1,4 @@
-"""`python -m flix.bench packing`: real (non-padding) tokens per second, packed vs unpacked rows.
+"""`python -m experiments.bench packing`: real (non-padding) tokens per second, packed vs unpacked rows.
 
 On the embedded offline grid (`flix.data.offline`, generated in memory) and, with
 `--morphology_dir`, the morphology grid (`flix.data.morphology_tasks`; TFDS datasets are built
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix.bench import core
-from flix.bench.synthetic import add_size_flags, model_config, synthetic_params
+from experiments.bench import core
+from experiments.bench.synthetic import add_size_flags, model_config, synthetic_params
 from flix.config import FlixConfig
 from flix.models.model import make_model
 from flix.trainable import freeze_base, trainable_mask

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m flix.bench <bench> [flags] [--json OUT]`.
+"""Benchmarks: `python -m experiments.bench <bench> [flags] [--json OUT]`.
 
   layer   forward+backward of one `FlixDense` per compute strategy and feature count F (`layer`);
   train   whole train steps of the tiny T5 per method, optimizer and path: time, tokens/s and

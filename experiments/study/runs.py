@@ -36,8 +36,8 @@ import time
 from typing import Any
 
 from flix import files
-from flix.study.grids import Grid
-from flix.study.methods import MethodSpec
+from experiments.study.grids import Grid
+from experiments.study.methods import MethodSpec
 
 RESULTS = "results.json"
 LOCK = "lock"
@@ -124,7 +124,7 @@ def _pretrain(grid: Grid, model_dir: str) -> None:
              registration=reg, adapters=loop.AdapterSettings(method="full"),
              optimizer=optimizers.make_optimizer("adamw", schedule),
              checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
-             log_period=max(steps // 10, 1), gin_config=f"# flix.study base: {base_key(grid)}\n")
+             log_period=max(steps // 10, 1), gin_config=f"# experiments.study base: {base_key(grid)}\n")
 
 
 def _correct(record: dict) -> bool:
@@ -250,7 +250,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
              checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
              log_period=max(steps // 10, 1), random_seed=seed,
              pack=False,  # Equal examples per step: packing 'auto' would pack LoRA only.
-             gin_config=f"# flix.study run: {key}\n")
+             gin_config=f"# experiments.study run: {key}\n")
   checkpoint = os.path.join(model_dir, f"checkpoint_{steps}")
   model_config, flix, params = checkpoints.load_model(checkpoint)
   model = make_model(model_config, flix)

@@ -1,4 +1,4 @@
-"""`python -m flix.bench resume`: what a resume costs the input pipeline, at two data positions.
+"""`python -m experiments.bench resume`: what a resume costs the input pipeline, at two data positions.
 
 The offline benchmark's training mixture (`flix.data.offline`, all its tasks x languages by
 default), the T5 feature converter, `--batch` rows per batch, one data shard. For each data
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from flix.bench import core
+from experiments.bench import core
 
 
 def _stream(registration, batch: int, skip: int = 0):

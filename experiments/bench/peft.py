@@ -1,13 +1,13 @@
-"""`python -m flix.bench peft`: transformers + PEFT LoRA (torch, CPU) vs flix LoRA and FLix.
+"""`python -m experiments.bench peft`: transformers + PEFT LoRA (torch, CPU) vs flix LoRA and FLix.
 
 Needs the `hf` extra (torch, transformers, peft, safetensors): `pip install -e '.[hf]'`.
 
 `--arch t5` (default) is described here; `--arch decoder` runs the same benches, checks and
-report on a tiny LlamaForCausalLM with a prefix-LM batch (`flix.bench.peft_decoder`, which also
+report on a tiny LlamaForCausalLM with a prefix-LM batch (`experiments.bench.peft_decoder`, which also
 states its model, batch and loss). An arch object (`T5Arch`, `peft_decoder.DecoderArch`) holds
 what differs between the two.
 
-One model and one batch for both frameworks: the tiny byte-level T5.1.1 of `flix.bench.train`
+One model and one batch for both frameworks: the tiny byte-level T5.1.1 of `experiments.bench.train`
 (d_model 256, 4 + 4 layers, d_ff 1024, gated GELU, untied head, dropout 0.1; `--model small`
 and the size flags as there) with random float32 weights, written by `flix.interop.hf.save_hf`
 and read back by `T5ForConditionalGeneration.from_pretrained`; a batch of B = 32 examples x
@@ -67,10 +67,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flix.bench import core
-from flix.bench.core import Case
-from flix.bench.peft_decoder import DecoderArch
-from flix.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
+from experiments.bench import core
+from experiments.bench.core import Case
+from experiments.bench.peft_decoder import DecoderArch
+from experiments.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
                                   forward, model_config, random_params, random_tokens,
                                   shift_right, trainer_batch, uniform_ids)
 from flix.checkpoints import adapter_leaves, graft, strip_adapters
@@ -109,7 +109,7 @@ def require_hf(omp_wait_policy: str | None = None):
     import torch
     import transformers
   except ImportError as e:
-    raise SystemExit(f"python -m flix.bench peft: error: needs the hf extra (torch, transformers, "
+    raise SystemExit(f"python -m experiments.bench peft: error: needs the hf extra (torch, transformers, "
                      f"peft, safetensors): {e}; install it with pip install -e '.[hf]'") from None
   return torch, transformers, peft
 
@@ -528,7 +528,7 @@ def add_parser(sub) -> None:
                                   "and mixed-adapter inference (needs the hf extra)")
   p.add_argument("--arch", choices=sorted(ARCHS), default="t5",
                  help="t5: the tiny T5.1.1 (T5ForConditionalGeneration); decoder: a tiny Llama "
-                      "(LlamaForCausalLM) on a prefix-LM batch (flix.bench.peft_decoder)")
+                      "(LlamaForCausalLM) on a prefix-LM batch (experiments.bench.peft_decoder)")
   add_size_flags(p)
   p.add_argument("--num-kv-heads", type=int, default=None,
                  help="--arch decoder: override the key/value heads (GQA)")

@@ -1,10 +1,10 @@
-"""`python -m flix.demo [--quick] [--out DIR] [--methods M,...|--ablation A]`: FLix vs LoRA.
+"""`python -m experiments.demo [--quick] [--out DIR] [--methods M,...|--ablation A]`: FLix vs LoRA.
 
 1. Pretrains a small byte-level T5 on the offline benchmark's unlabelled corpus (the train
    split's input and target texts of every cell as separate, unpaired texts; spans replaced by
    sentinels, the whole text reconstructed; cached under --cache_dir by config hash).
 2. Fine-tunes, from that base and with the same steps, batch and learning rate, the study's
-   methods (`flix.study.methods`, every one at LoRA's per-example rank 16): by default
+   methods (`experiments.study.methods`, every one at LoRA's per-example rank 16): by default
    `lora` and `flix_derived_p0.0` (the setting the study chose on validation: a shared
    adapter, task and language adapters, and family and script adapters derived from the
    language, so the unseen language keeps two of them; no feature dropout);
@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from flix import files, host_memory  # noqa: E402
 from flix.data.offline import OfflineConfig  # noqa: E402
 from flix.models.t5 import T5Config  # noqa: E402
-from flix.study.grids import SMALL_T5, TINY_T5  # noqa: E402  The study's bases.
+from experiments.study.grids import SMALL_T5, TINY_T5  # noqa: E402  The study's bases.
 
 KIND_NAMES = {"seen_pair": "seen", "unseen_pair": "unseen_pair", "unseen_language": "unseen_lang"}
 ACCURACY = "sequence_accuracy"
@@ -50,7 +50,7 @@ class DemoConfig:
   finetune_steps: int
   finetune_learning_rate: float
   batch_size: int
-  methods: tuple[str, ...] = ("lora", "flix", "flix_derived")  # flix.study.methods names.
+  methods: tuple[str, ...] = ("lora", "flix", "flix_derived")  # experiments.study.methods names.
   pretrain_objective: str = "reconstruction"  # flix.data.span_corruption.OBJECTIVES
   pretrain_fields: tuple[str, ...] = ("inputs", "targets")  # Unpaired texts of the corpus.
   pretrain_optimizer: str = "adamw"
@@ -125,7 +125,7 @@ def pretrain(cfg: DemoConfig, reg, cache_dir: str) -> str:
              adapters=loop.AdapterSettings(method="full"),
              optimizer=optimizers.make_optimizer(cfg.pretrain_optimizer, schedule),
              checkpoint_period=cfg.pretrain_steps, log_period=max(cfg.pretrain_steps // 20, 1),
-             random_seed=cfg.seed, gin_config=f"# flix.demo pretraining: {cfg}\n")
+             random_seed=cfg.seed, gin_config=f"# experiments.demo pretraining: {cfg}\n")
   return path
 
 
@@ -146,7 +146,7 @@ def finetune(cfg: DemoConfig, reg, base: str, spec, model_dir: str) -> tuple[str
                                                 cfg.finetune_learning_rate),
              checkpoint_period=cfg.finetune_steps, log_period=max(cfg.finetune_steps // 10, 1),
              random_seed=cfg.seed, pack=False,  # As the study: equal examples per step.
-             gin_config=f"# flix.demo {spec.name}: {cfg}\n")
+             gin_config=f"# experiments.demo {spec.name}: {cfg}\n")
   path = os.path.join(model_dir, f"checkpoint_{cfg.finetune_steps}")
   _, _, params = checkpoints.load_model(path)
   trained = sum(v.size for v in jax.tree.leaves(checkpoints.adapter_leaves(params)))
@@ -256,7 +256,7 @@ def register(cfg: DemoConfig, derived: tuple[str, ...] = ()):
 
 def method_specs(names) -> list:
   """The study's MethodSpecs for `names`, at LoRA's per-example rank (ValueError otherwise)."""
-  from flix.study import methods as study_methods
+  from experiments.study import methods as study_methods
   specs = [study_methods.method(n) for n in names]
   study_methods.check_budget(specs)
   return specs
@@ -312,8 +312,8 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
 
 
 def main(argv=None) -> int:
-  host_memory.retain_freed_memory()  # Before JAX (imported with flix.study) starts its backend.
-  from flix.study import methods as study_methods
+  host_memory.retain_freed_memory()  # Before JAX (imported with experiments.study) starts its backend.
+  from experiments.study import methods as study_methods
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="reduced version (the tests run it)")
   parser.add_argument("--out", default="out/demo", help="output directory")
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
                                                           "flix", "demo"),
                       help="where pretrained bases are kept, keyed by config")
   parser.add_argument("--methods", default=None,
-                      help="comma-separated flix.study methods (default: "
+                      help="comma-separated experiments.study methods (default: "
                       f"{','.join(FULL.methods)})")
   parser.add_argument("--ablation", choices=sorted(study_methods.ABLATIONS), default=None,
                       help="the study's ablation methods instead (dropout: FLix with feature "

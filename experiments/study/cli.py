@@ -1,10 +1,10 @@
-"""`python -m flix.study [--grids offline,morph] [--seeds 0,1,2] [--methods ...] --out DIR`.
+"""`python -m experiments.study [--grids offline,morph] [--seeds 0,1,2] [--methods ...] --out DIR`.
 
-Runs every (grid, method, seed), each cached (`flix.study.runs`), then writes
+Runs every (grid, method, seed), each cached (`experiments.study.runs`), then writes
 `DIR/{grid}/study.json`, `study.md`, `differences.png`, `heatmap.png`. A rerun trains only what
 is new (another seed, another method); `--archive DIR` also keeps every finished run's results
 in DIR, and a run found there is not retrained. Processes may share a cache: a run another one
-is training, or whose grid's base it is pretraining, is taken last (`flix.study.runs`). One
+is training, or whose grid's base it is pretraining, is taken last (`experiments.study.runs`). One
 progress line per finished run gives the count, where the run came from, the elapsed time and
 the ETA from the mean run time so far.
 `--ablation NAME` runs a lever's methods instead (read its validation numbers). `--quick`: a
@@ -49,8 +49,8 @@ def name_list(text: str) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  from flix.study import methods  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog="python -m flix.study", description=__doc__.split("\n")[0])
+  from experiments.study import methods  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(prog="python -m experiments.study", description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="report directory")
   parser.add_argument("--grids", type=name_list, default=["offline", "morph"])
   parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def grids(args: argparse.Namespace) -> list:
-  from flix.study import grids as grid_lib  # pylint: disable=import-outside-toplevel
+  from experiments.study import grids as grid_lib  # pylint: disable=import-outside-toplevel
   out = []
   for name in args.grids:
     if name == "offline":
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   tfds.disable_progress_bar()
-  from flix.study import methods, report, runs  # pylint: disable=import-outside-toplevel
+  from experiments.study import methods, report, runs  # pylint: disable=import-outside-toplevel
   if args.quick and args.cache_dir == parse_args(["--out", "x"]).cache_dir:
     args.cache_dir = os.path.join(args.out, "cache")
   chosen = grids(args)

@@ -1,4 +1,4 @@
-"""`python -m flix.study`: does FLix generalise better than LoRA? Seeds x methods x grids.
+"""`python -m experiments.study`: does FLix generalise better than LoRA? Seeds x methods x grids.
 
   methods.py  the compared methods and levers (adapter ranks, shared adapter, feature dropout,
               derived features), all at LoRA's per-example rank
@@ -8,5 +8,5 @@
   stats.py    paired hierarchical bootstrap over seeds and examples
   report.py   study.json (pinned schema), study.md, plots
   cli.py      the command line and the progress line across runs
-  compare.py  one lever's paired effect from archived runs (python -m flix.study.compare)
+  compare.py  one lever's paired effect from archived runs (python -m experiments.study.compare)
 """

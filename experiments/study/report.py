@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flix import files
-from flix.study import stats
+from experiments.study import stats
 
 KINDS = ("seen", "unseen_pair", "unseen_lang")
 KIND_TITLES = {"seen": "seen pairs", "unseen_pair": "unseen pairs",

@@ -1,4 +1,4 @@
-"""`python -m flix.bench <bench> [flags]`: one subcommand per bench module."""
+"""`python -m experiments.bench <bench> [flags]`: one subcommand per bench module."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 from typing import Sequence
 
 from flix import host_memory
-from flix.bench import decode, layer, memory, packing, peft, resume, study_step, train
+from experiments.bench import decode, layer, memory, packing, peft, resume, study_step, train
 
 BENCHES = (layer, train, peft, decode, memory, packing, resume, study_step)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m flix.bench",
-                                   description="flix benchmarks (see flix/bench/__init__.py)")
+  parser = argparse.ArgumentParser(prog="python -m experiments.bench",
+                                   description="flix benchmarks (see experiments/bench/__init__.py)")
   sub = parser.add_subparsers(dest="command", required=True)
   for bench in BENCHES:
     bench.add_parser(sub)

@@ -1,4 +1,4 @@
-"""`python -m flix.bench peft --arch decoder`: the PEFT bench of `flix.bench.peft` on a
+"""`python -m experiments.bench peft --arch decoder`: the PEFT bench of `experiments.bench.peft` on a
 decoder-only Llama (same timing, equivalence checks and report; this module holds what differs).
 
 Model (`--model tiny`): `flix.models.decoder.DecoderLM` in Llama form: byte vocabulary 384,
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flix.bench.synthetic import random_tokens, shift_right
+from experiments.bench.synthetic import random_tokens, shift_right
 from flix.interop.hf_decoder import architecture_of
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.models.model import DecoderOnlyModel
@@ -45,7 +45,7 @@ OVERRIDES = {"emb_dim": "emb_dim", "mlp_dim": "mlp_dim", "num_heads": "num_heads
 
 
 class DecoderArch:
-  """What `flix.bench.peft` needs of the decoder-only family (see the module docstring)."""
+  """What `experiments.bench.peft` needs of the decoder-only family (see the module docstring)."""
 
   name = "decoder"
   bar_train = 1.5  # Issue 15: flix LoRA training tokens/s >= 1.5x PEFT LoRA's.

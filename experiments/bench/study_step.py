@@ -1,8 +1,8 @@
-"""`python -m flix.bench study`: the study's fine-tuning step, per method and FLix strategy.
+"""`python -m experiments.bench study`: the study's fine-tuning step, per method and FLix strategy.
 
-Times the step `python -m flix.study` fine-tunes with (`flix.training.step.make_train_step`:
+Times the step `python -m experiments.study` fine-tunes with (`flix.training.step.make_train_step`:
 lazy dense rows, row-separable AdamW at a constant 1e-3 after global-norm clipping, base frozen)
-for each study method (`flix.study.methods`), at the offline grid's sizes: its model
+for each study method (`experiments.study.methods`), at the offline grid's sizes: its model
 (`SMALL_T5`; `--quick`: the quick study's `TINY_T5` grid), batch, input and target lengths and
 feature space (its tasks, languages, and the languages' families and scripts where a method
 derives them). Tokens are synthetic and feature ids uniform per type; methods with feature
@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flix.bench import core
-from flix.bench.synthetic import random_tokens, synthetic_params, trainer_batch, uniform_ids
+from experiments.bench import core
+from experiments.bench.synthetic import random_tokens, synthetic_params, trainer_batch, uniform_ids
 from flix.config import STRATEGIES
 from flix.models.model import make_model
 from flix.trainable import freeze_base, trainable_mask
@@ -58,7 +58,7 @@ class Case:
 
 
 def grid_of(args: argparse.Namespace):
-  from flix.study import grids  # pylint: disable=import-outside-toplevel
+  from experiments.study import grids  # pylint: disable=import-outside-toplevel
   return grids.offline_grid(quick=args.quick)
 
 
@@ -74,7 +74,7 @@ def flix_config(grid, method, strategy: str | None):
 
 def build(case: Case, grid, args: argparse.Namespace) -> None:
   """Initialises the state, lowers and compiles the donating step; `case.run` runs one step."""
-  from flix.study import methods  # pylint: disable=import-outside-toplevel
+  from experiments.study import methods  # pylint: disable=import-outside-toplevel
   method = methods.method(case.method)
   flix = flix_config(grid, method, case.strategy)
   case.resolved = flix.resolved_strategy() if flix.space.n_types else None
@@ -110,7 +110,7 @@ def build(case: Case, grid, args: argparse.Namespace) -> None:
 
 def cases_for(args: argparse.Namespace) -> list[Case]:
   """LoRA once per optimizer, every FLix method once per strategy and optimizer."""
-  from flix.study import methods  # pylint: disable=import-outside-toplevel
+  from experiments.study import methods  # pylint: disable=import-outside-toplevel
   cases = []
   for opt in args.optimizers:
     for name in args.methods:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
 def add_parser(sub) -> None:
   p = sub.add_parser("study", help="the study's fine-tuning step per method and FLix strategy")
   p.add_argument("--methods", type=core.str_list, default=["lora", "flix_derived_p0.0"],
-                 help="comma-separated study methods (flix.study.methods); must include lora")
+                 help="comma-separated study methods (experiments.study.methods); must include lora")
   p.add_argument("--strategies", type=core.str_list, default=["auto", "masked", "gather"],
                  help=f"FLix strategies, a subset of {','.join(STRATEGIES)}")
   p.add_argument("--optimizers", type=core.str_list, default=["adamw"],
@@ -182,7 +182,7 @@ def add_parser(sub) -> None:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-  from flix.study import methods  # pylint: disable=import-outside-toplevel
+  from experiments.study import methods  # pylint: disable=import-outside-toplevel
   unknown = [m for m in args.methods if m not in methods.METHODS]
   if unknown:
     parser.error(f"unknown study methods {unknown}; known: {sorted(methods.METHODS)}")

@@ -1,4 +1,4 @@
-"""`python -m flix.bench layer`: forward+backward time of one T5-small-like `FlixDense`
+"""`python -m experiments.bench layer`: forward+backward time of one T5-small-like `FlixDense`
 projection (d_in = d_out = 512, batch 32 x 128 tokens, float32, rank 8 per feature, two feature
 types `task` and `lang` with F/2 values each, every example with one task and one language) for
 every compute strategy and several feature counts F, against a plain layer (`base`) and plain
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix.bench import core
-from flix.bench.synthetic import feature_config, uniform_ids
+from experiments.bench import core
+from experiments.bench.synthetic import feature_config, uniform_ids
 from flix.config import FlixConfig
 from flix.features import FeatureSpace
 from flix.layers import FlixDense

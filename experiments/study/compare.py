@@ -1,6 +1,6 @@
-r"""`python -m flix.study.compare`: one lever's paired effect, from archived (or cached) runs.
+r"""`python -m experiments.study.compare`: one lever's paired effect, from archived (or cached) runs.
 
-    python -m flix.study.compare --archive docs/study/archive --grid offline \
+    python -m experiments.study.compare --archive docs/study/archive --grid offline \
         --methods lora,flix_derived_p0.0 --vary finetune_steps --values 2000,4000
 
 prints, for each method and split, the mean difference (second value minus first) with its
@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from flix.study import report, runs, stats  # noqa: E402
+from experiments.study import report, runs, stats  # noqa: E402
 
 SPLITS = ("validation", "test")
 
@@ -106,7 +106,7 @@ def table(result: dict[str, dict[str, dict]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m flix.study.compare", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m experiments.study.compare", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--grid", required=True, help="offline or morph")
   parser.add_argument("--methods", required=True, help="comma-separated method names")

@@ -1,4 +1,4 @@
-"""`python -m flix.bench memory`: host page faults per step, freed memory retained or not.
+"""`python -m experiments.bench memory`: host page faults per step, freed memory retained or not.
 
 A jitted gradient of an MLP (`--layers` tanh layers of `--d` x `--d`, batch `--batch`, float32;
 default 4 x 512 at batch 8192: ~80 MiB of XLA temporaries per call) runs in a fresh XLA:CPU
@@ -20,11 +20,11 @@ import sys
 
 import flix
 from flix import host_memory
-from flix.bench import core
+from experiments.bench import core
 
 MODES = ("retain", "system")
 PAGE = 4096
-CHILD = "import json, sys; from flix.bench import memory; print(json.dumps(memory.measure(" \
+CHILD = "import json, sys; from experiments.bench import memory; print(json.dumps(memory.measure(" \
         "*map(int, sys.argv[1:]))))"
 
 

@@ -1,4 +1,4 @@
-"""`python -m flix.bench train`: whole train-step time, tokens/s and memory per training method.
+"""`python -m experiments.bench train`: whole train-step time, tokens/s and memory per training method.
 
 The model is the tiny byte-level T5.1.1 of configs/models/tiny.gin (d_model 256, 4 + 4 layers,
 d_ff 1024; `--model small`: configs/models/small.gin) on a synthetic batch of 32 x (64 inputs +
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix.bench import core
-from flix.bench.synthetic import (add_size_flags, feature_config, model_config, random_tokens,
+from experiments.bench import core
+from experiments.bench.synthetic import (add_size_flags, feature_config, model_config, random_tokens,
                                   synthetic_params, trainer_batch, uniform_ids)
 from flix.config import FlixConfig
 from flix.features import FeatureSpace

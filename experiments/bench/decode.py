@@ -1,6 +1,6 @@
-"""`python -m flix.bench decode`: greedy decode throughput with the KV cache.
+"""`python -m experiments.bench decode`: greedy decode throughput with the KV cache.
 
-The tiny byte-level T5.1.1 of `flix.bench.train` (d_model 256, 4 + 4 layers, d_ff 1024;
+The tiny byte-level T5.1.1 of `experiments.bench.train` (d_model 256, 4 + 4 layers, d_ff 1024;
 `--model small` and size flags as there) with FLix on every projection: two feature types
 (task, lang) of F/2 values each (default F = 64), rank 8 each, random non-zero adapters. A batch
 of B = 32 examples x 64 random input bytes is decoded greedily by `flix.decoding.decode` (one
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix import decoding
-from flix.bench import core
-from flix.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
+from experiments.bench import core
+from experiments.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
                                   forward, model_config, random_params, random_tokens,
                                   shift_right)
 from flix.checkpoints import strip_adapters
