@@ -35,7 +35,8 @@ setuptools.setup(
     version="0.1.0",
     description="Featurized Low-Rank Mixtures: per-feature low-rank adapters for multitask multilingual fine-tuning",
     packages=setuptools.find_packages(include=["flix", "flix.*"]),
-    package_data={"flix.data": ["languages.json"]},
+    # The gin files (models/, runs/, data/, experiments/): the CLI finds them in an install.
+    package_data={"flix": ["configs/*/*.gin"], "flix.data": ["languages.json"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

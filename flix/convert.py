@@ -14,7 +14,7 @@
         A T5X checkpoint (a checkpoint_<step> directory: msgpack `checkpoint` + tensorstore
         arrays, or an older single msgpack file) -> a flix checkpoint without adapters, plus
         CKPT/model.gin. The T5Config is inferred from the array shapes, or, with --gin_file,
-        is the gin files' MODEL_CONFIG (e.g. configs/models/mt5_base.gin) and every array's
+        is the gin files' MODEL_CONFIG (e.g. models/mt5_base.gin) and every array's
         shape is checked against it. Optimizer state is not read.
 
     python -m flix.convert to-hf --checkpoint CKPT [--features task=X,lang=Y] --out DIR
@@ -89,7 +89,7 @@ def gin_model_config(gin_files: Sequence[str]) -> T5Config:
       value = gin.query_parameter("%MODEL_CONFIG")
     except ValueError:
       raise ValueError(f"--gin_file {' '.join(gin_files)} does not define MODEL_CONFIG (expected a "
-                       "model gin such as configs/models/mt5_base.gin or a converted "
+                       "model gin such as models/mt5_base.gin or a converted "
                        f"checkpoint's {MODEL_GIN})") from None
     if isinstance(value, gin.config.ConfigurableReference):
       value = value.scoped_configurable_fn()

@@ -17,7 +17,8 @@ import gin
 from flix import host_memory
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before TensorFlow is first imported.
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The packaged gin files (flix/configs/{models,runs,data,experiments}), installed with flix.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -44,7 +45,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
-  """Loads gin files (searched in `search_paths`, then configs/, then the current directory)."""
+  """Loads gin files, searched in `search_paths`, then CONFIGS_DIR, then the working directory."""
   import flix.gin_configurables  # noqa: F401  (registers the configurables)
   for path in [*search_paths, CONFIGS_DIR, os.getcwd()]:
     gin.add_config_file_search_path(path)

@@ -16,7 +16,7 @@ from flix.models.decoder import DecoderLM
 from flix.models.model import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 from flix.models.t5 import T5, T5Config
 
-# The byte-level T5.1.1 of configs/models/tiny.gin and small.gin.
+# The byte-level T5.1.1 of flix/configs/models/tiny.gin and small.gin.
 MODELS = {
     "tiny": dict(vocab_size=384, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
                  num_encoder_layers=4, num_decoder_layers=4),

@@ -1,7 +1,7 @@
 """`python -m experiments.bench train`: whole train-step time, tokens/s and memory per training method.
 
-The model is the tiny byte-level T5.1.1 of configs/models/tiny.gin (d_model 256, 4 + 4 layers,
-d_ff 1024; `--model small`: configs/models/small.gin) on a synthetic batch of 32 x (64 inputs +
+The model is the tiny byte-level T5.1.1 of models/tiny.gin (d_model 256, 4 + 4 layers,
+d_ff 1024; `--model small`: models/small.gin) on a synthetic batch of 32 x (64 inputs +
 32 targets) bytes, float32, dropout 0.1. One jitted, state-donating step of the trainer
 (`flix.training.step` / `sparse_step`) is timed per configuration:
   full          every parameter trains (no adapters);

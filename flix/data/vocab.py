@@ -5,10 +5,10 @@ decoder start token; seqio's feature converters pad with 0) and an EOS id. flix 
   ByteVocabulary (ByT5, the default): 0 PAD, 1 EOS, 2 UNK, UTF-8 byte b -> id b + 3; no files.
   SentencePieceVocabulary(path) (mT5, T5.1.1): the model file's pieces (T5's models: 0 PAD,
     1 EOS, 2 UNK), plus `extra_ids` sentinels at the top.
-gin: `VOCABULARY = @seqio.ByteVocabulary()` (configs/models/tiny.gin) or
+gin: `VOCABULARY = @seqio.ByteVocabulary()` (flix/configs/models/tiny.gin) or
 `VOCABULARY = @seqio.SentencePieceVocabulary()` with
 `seqio.SentencePieceVocabulary.sentencepiece_model_file = %SENTENCEPIECE_MODEL`
-(configs/models/mt5_small.gin); registrations, train, eval and infer all take `%VOCABULARY`.
+(flix/configs/models/mt5_small.gin); registrations, train, eval and infer take `%VOCABULARY`.
 
 `feature_ids` is a real output feature: int32 `[n_types]` per example, one id per feature type
 of the `FeatureSpace` (INACTIVE = -1 for a type that contributes nothing), never given an EOS.

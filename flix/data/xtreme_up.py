@@ -1,7 +1,7 @@
 """XTREME-UP's text tasks in seqio, read from TFDS datasets built from the JSONL release.
 
 `register_xtreme_up_experiment` (gin: `train.registration = @register_xtreme_up_experiment()`,
-configs/experiments/xtreme_up_{flix,lora,eval}.gin) finds the release files under `data_dir`
+flix/configs/data/xtreme_up.gin) finds the release files under `data_dir`
 (or $XTREME_UP_DIR; layout and official file names: `flix.data.tfds.xtreme_up`), builds one
 TFDS dataset per release file stem (once, cached in the TFDS data dir) and registers, over
 `seqio.TfdsDataSource` with `flix.data.pairs.register_pairs`:

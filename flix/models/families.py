@@ -47,7 +47,7 @@ def config_from_json(text: str, source: str = "model.json") -> ModelConfig:
 
 
 def gin_bindings(config: ModelConfig, source: str | None = None) -> str:
-  """A model gin file for `config`, in the configs/models/*.gin convention.
+  """A model gin file for `config`, in the flix/configs/models/*.gin convention.
 
   Defines the macros MODEL_CONFIG (= @T5Config() or @DecoderConfig()) and DROPOUT_RATE, and
   binds every field as `<Config>.<field> = <Python literal>` (dropout_rate through %DROPOUT_RATE).
