@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from flix.config import FlixConfig
+from flix.errors import CheckpointError, DamagedCheckpointError
 from flix.layers import is_adapter_name
 from flix.models.families import ModelConfig, config_from_json, config_to_json
 
@@ -46,25 +47,6 @@ FLIX_JSON = "flix.json"
 FEATURES_JSON = "features.json"
 BASE_JSON = "base.json"
 PARAMS = "params"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint directory that is missing, incomplete or inconsistent."""
-
-
-class DamagedCheckpointError(CheckpointError):
-  """Array files of a checkpoint that cannot be read (missing, truncated or corrupted).
-
-  Attributes: `checkpoint` (the checkpoint directory), `arrays` ({name: reason}, names like
-  `params/encoder/layers_0/mlp/wi/kernel`, relative to the checkpoint).
-  """
-
-  def __init__(self, checkpoint: str, arrays: dict[str, str], advice: str = ""):
-    names = list(arrays)
-    more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
-    super().__init__(f"checkpoint {checkpoint} is damaged: cannot read {', '.join(names[:3])}"
-                     f"{more}: {arrays[names[0]]}" + (f". {advice}" if advice else ""))
-    self.checkpoint, self.arrays = checkpoint, arrays
 
 
 def is_primary() -> bool:

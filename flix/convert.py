@@ -52,10 +52,10 @@ import sys
 from typing import Sequence
 
 from flix import files
-from flix.checkpoints import CheckpointError, load_model, save_model, strip_adapters
-from flix.features import UnknownFeatureError, parse_features
+from flix.checkpoints import load_model, save_model, strip_adapters
+from flix.errors import CheckpointError, HFConversionError, UnknownFeatureError
+from flix.features import parse_features
 from flix.interop import hf, hf_verify, peft_export
-from flix.interop.hf_files import HFConversionError
 from flix.models.families import gin_bindings
 from flix.models.t5 import T5Config
 

@@ -30,15 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flix.errors import UnknownFeatureError
+
 INACTIVE = -1
 SHARED = "shared"
 
 UnknownPolicy = Literal["error", "drop"]
 UNKNOWN_POLICIES = ("error", "drop")
-
-
-class UnknownFeatureError(ValueError):
-  """A feature value (or type) that the feature space does not know."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import gin
 
 from flix import host_memory
+from flix.errors import Interrupted
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before TensorFlow is first imported.
 # The packaged gin files (flix/configs/{models,runs,data,experiments}), installed with flix.
@@ -76,13 +77,6 @@ def _reason(error: Exception) -> str:
   return message[message.find("Failed to parse"):] if "Failed to parse" in message else message
 
 
-def check_counts(**values) -> None:
-  """Each keyword (named as the user sets it, e.g. `TRAIN_STEPS`) must be an int >= 1."""
-  for name, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:
   """Parses flags and gin, runs `main`, and turns user errors into one line + exit code."""
   argv = sys.argv[1:] if argv is None else argv
@@ -94,7 +88,6 @@ def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> No
     print("error: interrupted", file=sys.stderr)
     code = 130
   except Exception as e:  # pylint: disable=broad-except
-    from flix.training.loop import Interrupted
     if isinstance(e, Interrupted):
       print(str(e), file=sys.stderr)
       code = 128 + e.signum

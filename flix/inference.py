@@ -22,9 +22,9 @@ import numpy as np
 import seqio
 
 from flix import decoding, files
+from flix.checks import check_counts
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
 from flix.features import INACTIVE, UnknownPolicy
-from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
 
 

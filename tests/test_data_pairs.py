@@ -9,7 +9,8 @@ import seqio
 
 from flix.data import converter, pairs, vocab
 from flix.data.pairs import HoldOut, Pair
-from flix.features import INACTIVE, FeatureSpace, UnknownFeatureError
+from flix.errors import UnknownFeatureError
+from flix.features import INACTIVE, FeatureSpace
 
 
 def unique_prefix(stem: str) -> str:

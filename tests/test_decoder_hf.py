@@ -276,7 +276,7 @@ def test_verify_fails_on_a_perturbed_weight(converted, capsys):
 def test_unsupported_decoder_configs_are_named():
   from flix.interop import hf
   from flix.interop.hf_decoder import config_from_hf
-  from flix.interop.hf_files import HFConversionError
+  from flix.errors import HFConversionError
 
   base = build_hf_model("LlamaForCausalLM", "LlamaConfig").config.to_dict()
   cases = [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from flix.config import FlixConfig
-from flix.features import (INACTIVE, FeatureSpace, FeatureType, UnknownFeatureError,
-                           feature_dropout, parse_features)
+from flix.errors import UnknownFeatureError
+from flix.features import INACTIVE, FeatureSpace, FeatureType, feature_dropout, parse_features
 import tiny
 
 

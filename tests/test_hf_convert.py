@@ -21,9 +21,9 @@ import transformers
 from flix import convert, decoding
 from flix.checkpoints import load_model, save_model, strip_adapters
 from flix.config import FlixConfig
-from flix.features import UnknownFeatureError, parse_features
+from flix.errors import HFConversionError, UnknownFeatureError
+from flix.features import parse_features
 from flix.interop import hf, hf_files, hf_t5, peft_export
-from flix.interop.hf_files import HFConversionError
 from flix.models.t5 import T5, T5Config
 import tiny
 

@@ -20,8 +20,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flix.features import INACTIVE, FeatureSpace, UnknownFeatureError
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, pair_output_features
+from flix.errors import UnknownFeatureError
+from flix.features import INACTIVE, FeatureSpace
 
 TRAIN = "train"
 SplitKind = Literal["seen_pair", "unseen_pair", "unseen_language"]

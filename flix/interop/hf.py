@@ -19,10 +19,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Mapping
 
+from flix.errors import HFConversionError
 from flix.interop import hf_decoder, hf_t5
 from flix.interop.hf_files import (CONFIG_JSON, GENERATION_CONFIG_JSON, SAFETENSORS,
-                                   HFConversionError, read_hf_config, read_hf_weights,
-                                   write_hf_dir)
+                                   read_hf_config, read_hf_weights, write_hf_dir)
 from flix.models.families import ModelConfig, family_of
 
 FAMILY_MODULES: dict[str, ModuleType] = {"t5": hf_t5, "decoder": hf_decoder}

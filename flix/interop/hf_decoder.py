@@ -32,7 +32,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flix.interop.hf_files import HFConversionError
+from flix.errors import HFConversionError
 from flix.interop.hf_state import LeafMap, StateReader, read_leaves, write_leaves
 from flix.models.decoder import DecoderConfig, DecoderLM, abstract_params
 

@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from flix.checkpoints import atomic_directory
+from flix.errors import HFConversionError
 
 CONFIG_JSON = "config.json"
 GENERATION_CONFIG_JSON = "generation_config.json"
@@ -26,10 +27,6 @@ TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                        "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
                        "BOOL": "bool"}
-
-
-class HFConversionError(ValueError):
-  """A Hugging Face directory, config field or weight that cannot be converted."""
 
 
 def read_hf_config(hf_dir: str) -> dict:

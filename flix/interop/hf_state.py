@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import flax.linen as nn
 import numpy as np
 
-from flix.interop.hf_files import HFConversionError
+from flix.errors import HFConversionError
 from flix.layers import is_adapter_name
 
 Path = tuple[str, ...]

@@ -33,7 +33,7 @@ from typing import Mapping
 
 import numpy as np
 
-from flix.interop.hf_files import HFConversionError
+from flix.errors import HFConversionError
 from flix.interop.hf_state import LeafMap, StateReader, read_leaves, write_leaves
 from flix.models.t5 import T5, T5Config, abstract_params
 

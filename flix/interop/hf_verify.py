@@ -21,8 +21,9 @@ import numpy as np
 
 from flix import decoding
 from flix.checkpoints import load_model, strip_adapters
+from flix.errors import HFConversionError
 from flix.interop import hf
-from flix.interop.hf_files import HFConversionError, read_hf_config
+from flix.interop.hf_files import read_hf_config
 from flix.models.decoder import DecoderLM
 from flix.models.families import family_of
 from flix.models.t5 import T5

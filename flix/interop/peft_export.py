@@ -20,9 +20,10 @@ import numpy as np
 
 from flix import merge as flix_merge
 from flix.config import FlixConfig
+from flix.errors import HFConversionError
 from flix.features import INACTIVE
 from flix.interop import hf
-from flix.interop.hf_files import HFConversionError, write_hf_dir
+from flix.interop.hf_files import write_hf_dir
 from flix.interop.hf_state import get_path_or_none
 from flix.layers import a_name, b_name
 from flix.models.families import ModelConfig

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from flix.checkpoints import CheckpointError
+from flix.errors import CheckpointError
 from flix.models.t5 import T5, T5Config, abstract_params
 
 CHECKPOINT_FILE = "checkpoint"

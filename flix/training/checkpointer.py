@@ -40,6 +40,7 @@ from orbax.checkpoint import checkpoint_managers as ocp_policies
 
 from flix import checkpoints
 from flix.config import FlixConfig
+from flix.errors import CheckpointError
 from flix.models.families import ModelConfig
 from flix.training.batches import TrainBatches
 from flix.training.state import TrainState
@@ -81,7 +82,7 @@ def read_train_state_json(path: str) -> dict:
   pack False if absent: checkpoints written before they were recorded)."""
   file = os.path.join(path, TRAIN_STATE_JSON)
   if not os.path.isfile(file):
-    raise checkpoints.CheckpointError(f"{path} is not a train checkpoint: {TRAIN_STATE_JSON} "
+    raise CheckpointError(f"{path} is not a train checkpoint: {TRAIN_STATE_JSON} "
                                       "is missing")
   with open(file, encoding="utf-8") as f:
     return {"data_shards": 1, "pack": False, **json.load(f)}
@@ -161,22 +162,22 @@ class Checkpointer:
     """The state saved at `path`, laid out (shapes, shardings) like `target`; and data position."""
     model_config, flix = checkpoints.load_configs(path)
     if model_config != self.model_config:
-      raise checkpoints.CheckpointError(
+      raise CheckpointError(
           f"{path} holds a model {model_config}, but this run configures {self.model_config}")
     if flix is not None and self.flix is not None:
       checkpoints.check_feature_space(path, flix.space, self.flix.space)
     if flix != self.flix:
-      raise checkpoints.CheckpointError(
+      raise CheckpointError(
           f"{path} was trained with adapters {flix}, but this run configures {self.flix} "
           "(feature values, ranks or targets differ)")
     meta = read_train_state_json(path)
     if meta["data_shards"] != self.data_shards:
-      raise checkpoints.CheckpointError(
+      raise CheckpointError(
           f"{path} was trained with train.data_shards = {meta['data_shards']}, but this run "
           f"sets {self.data_shards}: its data position would not continue the same batches. "
           "Leave train.data_shards unset to resume with the checkpoint's")
     if meta["pack"] != self.pack:
-      raise checkpoints.CheckpointError(
+      raise CheckpointError(
           f"{path} was trained with PACK = {meta['pack']}, but this run sets PACK = "
           f"{self.pack}: packed and unpacked rows are different batches, so its data position "
           "would not continue the same data. Resume with the checkpoint's PACK")

@@ -23,11 +23,12 @@ import seqio
 from jax.experimental import multihost_utils
 
 from flix import checkpoints, files, host_memory
+from flix.checks import check_counts
 from flix.config import FlixConfig
 from flix.data.pairs import check_registered, import_task_modules
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
+from flix.errors import CheckpointError, DamagedCheckpointError, Interrupted, NonFiniteLossError
 from flix.features import FeatureSpace
-from flix.gin_utils import check_counts
 from flix.models.model import BaseModel, make_model
 from flix.trainable import METHODS, freeze_base, trainable_mask
 from flix.training.batches import TrainBatches, check_data_shards, has_iterator_state
@@ -40,18 +41,6 @@ from flix.training.progress import MetricsLogger
 from flix.training.state import TrainState
 from flix.training.sparse_step import make_row_sparse_train_step
 from flix.training.step import StepConfig, make_train_step
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class Interrupted(RuntimeError):
-  """SIGTERM/SIGINT arrived; a checkpoint was saved."""
-
-  def __init__(self, signum: int, path: str):
-    super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved at {path}")
-    self.signum, self.path = signum, path
 
 
 @gin.configurable
@@ -144,14 +133,14 @@ def initial_params(model: BaseModel, rng: jax.Array, initial_checkpoint_path: st
     return fresh
   base_config, _, base = checkpoints.load_model(initial_checkpoint_path)
   if base_config != model.module.config:
-    raise checkpoints.CheckpointError(
+    raise CheckpointError(
         f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} holds {base_config}, but the run's "
         f"model is {model.module.config}")
   plain = nn.unbox(fresh)
   missing = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
       checkpoints.strip_adapters(plain)) if not _has_path(base, p)]
   if missing:
-    raise checkpoints.CheckpointError(
+    raise CheckpointError(
         f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} lacks parameters {missing[:5]}")
   base_only = checkpoints.strip_adapters(base)
   grafted = checkpoints.graft(plain, base_only)
@@ -189,11 +178,11 @@ def restore_latest(checkpointer: Checkpointer, model_dir: str, target: TrainStat
     try:
       state, position = checkpointer.restore(path, target)
       return state, position, path
-    except checkpoints.DamagedCheckpointError as e:
+    except DamagedCheckpointError as e:
       if os.path.abspath(e.checkpoint) != os.path.abspath(path):
         raise  # Its base checkpoint: an earlier step would not help.
       if not skip_damaged or jax.process_count() > 1:
-        raise checkpoints.DamagedCheckpointError(
+        raise DamagedCheckpointError(
             e.checkpoint, e.arrays, advice=_resume_advice(model_dir, path)) from None
       aside = set_aside(path)
       print(f"warning: {e}; moved it to {aside} and trying the previous checkpoint",
