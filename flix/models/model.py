@@ -42,10 +42,9 @@ from flix.config import FlixConfig
 from flix.data.converter import FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter
 from flix.data.vocab import FEATURE_IDS
 from flix.features import INACTIVE, check_dropout_rate, feature_dropout
-from flix.models import segments
+from flix.models import losses, segments
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.models.t5 import T5, T5Config
-from flix.training import losses
 
 Batch = Mapping[str, jax.Array]
 
@@ -62,7 +61,7 @@ class BaseModel(abc.ABC):
   Attributes:
     module: the Flax network (its `flix` attribute holds the adapter config, or None).
     feature_dropout: per (example, type) drop probability in training, in [0, 1).
-    z_loss, loss_normalizer: see `flix.training.losses.cross_entropy`.
+    z_loss, loss_normalizer: see `flix.models.losses.cross_entropy`.
   """
 
   FEATURE_CONVERTER_CLS: type = FlixEncDecFeatureConverter
