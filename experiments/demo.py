@@ -119,9 +119,10 @@ def pretrain(cfg: DemoConfig, reg, cache_dir: str) -> str:
   schedule = optimizers.learning_rate_schedule(cfg.pretrain_learning_rate, cfg.pretrain_schedule,
                                                warmup_steps=max(cfg.pretrain_steps // 10, 1),
                                                decay_steps=cfg.pretrain_steps)
-  loop.train(model_dir=model_dir, mixture_or_task_name=reg.pretrain_task,
-             task_feature_lengths=reg.pretrain_feature_lengths, train_steps=cfg.pretrain_steps,
-             batch_size=cfg.batch_size, model_config=cfg.model, registration=reg,
+  loop.train(model_dir=model_dir, mixture_or_task_name=reg.pretrain.name,
+             task_feature_lengths=dict(reg.pretrain.feature_lengths),
+             train_steps=cfg.pretrain_steps, batch_size=cfg.batch_size, model_config=cfg.model,
+             registration=reg,
              adapters=loop.AdapterSettings(method="full"),
              optimizer=optimizers.make_optimizer(cfg.pretrain_optimizer, schedule),
              checkpoint_period=cfg.pretrain_steps, log_period=max(cfg.pretrain_steps // 20, 1),
@@ -176,7 +177,7 @@ def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str,
   if key not in evaluators:
     evaluators[key] = evaluation.PairEvaluator(
         reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
-        batch_size=cfg.eval_batch_size, holdout=reg.data.holdout, split=split,
+        batch_size=cfg.eval_batch_size, holdout=reg.holdout, split=split,
         feature_converter_cls=model.FEATURE_CONVERTER_CLS)
   report = evaluators[key].evaluate(model, params, out_dir=out_dir)
   cells = []
@@ -270,8 +271,8 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
   reg = register(cfg)
   print(f"{len(reg.tasks)} cells; absent: "
         f"{sorted(f'{p.task}-{p.lang}' for p in reg.data.absent)}; unseen pairs: "
-        f"{sorted(f'{p.task}-{p.lang}' for p in reg.data.holdout.unseen_pairs)}; unseen "
-        f"languages: {sorted(reg.data.holdout.unseen_langs)}", file=sys.stderr)
+        f"{sorted(f'{p.task}-{p.lang}' for p in reg.holdout.unseen_pairs)}; unseen "
+        f"languages: {sorted(reg.holdout.unseen_langs)}", file=sys.stderr)
   base_checkpoint = pretrain(cfg, reg, cache_dir)
   stage(f"evaluating the untrained base on the {cfg.eval_split} split (the floor)")
   evaluators = {}
@@ -297,7 +298,7 @@ def run(cfg: DemoConfig, out: str, cache_dir: str, ablation: str | None = None) 
     print(summary_table({spec.name: methods[spec.name]}), file=sys.stderr)
   results = {"wall_seconds": time.time() - start, "base": base, "methods": methods,
              "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
-             "holdout": reg.data.holdout.to_dict()}
+             "holdout": reg.holdout.to_dict()}
   files.write_json(os.path.join(out, "results.json"), results, indent=2)
   heatmap(methods, os.path.join(out, "heatmap.png"))
   table = summary_table({"untrained base": {"params_trained": 0, **base}, **methods})

@@ -62,8 +62,11 @@ def register(release_dir, tmp_path, name, **kwargs):
 
 def test_registration_counts_drops_references_and_feature_ids(release_dir, tmp_path):
   reg = register(release_dir, tmp_path, "m_unit", unseen_pairs=[("analyze", "xxb")],
-                 ranks={"task": 4, "lang": 2})
+                 ranks={"task": 4, "lang": 2}, pretrain_objective="reconstruction")
   try:
+    assert reg.pretrain == pairs.PretrainTask("m_unit.pretrain", "reconstruction",
+                                              {"inputs": 48, "targets": 48})  # 40 + EOS -> 48.
+    assert reg.pretrain.name in reg.names
     info = reg.info
     assert info["inflect.xxa"]["counts"] == {"train": 4, "validation": 2, "test": 3}
     assert info["inflect.xxa"]["dropped"]["train"] == {"duplicate line": 1, "too long": 1}
@@ -90,6 +93,7 @@ def test_registration_counts_drops_references_and_feature_ids(release_dir, tmp_p
     assert reg.task_feature_lengths == {"inputs": 56, "targets": 48}  # 40 + 13 + 1, 40 + 1.
   finally:
     reg.unregister()
+  assert "m_unit.pretrain" not in seqio.TaskRegistry.names()
 
 
 def test_g2p_split_follows_paradigms_and_is_seeded():

@@ -119,7 +119,9 @@ def test_registered_benchmark_batches_carry_each_cells_features():
     space = reg.space
     assert len(reg.tasks) == len(reg.data.examples)
     train_pairs = {t.pair for t in reg.tasks if t.trained}
-    assert train_pairs == {p for p in reg.data.pairs if reg.data.holdout.is_trained(p)}
+    assert train_pairs == {p for p in reg.data.pairs if reg.holdout.is_trained(p)}
+    assert reg.holdout == reg.data.holdout and reg.task_feature_lengths == {
+        "inputs": config.input_length, "targets": config.target_length}
     conv = converter.FlixEncDecFeatureConverter(space.n_types)
     for split, mixture in (("train", reg.train_mixture), ("validation", reg.eval_mixture)):
       ds = seqio.get_dataset(mixture, reg.task_feature_lengths, conv, dataset_split=split,
@@ -141,13 +143,17 @@ def test_registered_benchmark_batches_carry_each_cells_features():
   finally:
     reg.unregister()
   assert reg.train_mixture not in seqio.MixtureRegistry.names()
+  assert reg.pretrain.name not in seqio.TaskRegistry.names()
 
 
 def test_pretraining_task_span_corrupts_the_corpus():
   reg = offline_tasks.register_offline(SMALL, prefix=f"t_pre_{uuid.uuid4().hex[:8]}")
   try:
     conv = converter.FlixEncDecFeatureConverter(reg.space.n_types)
-    ds = seqio.get_dataset(reg.pretrain_task, reg.pretrain_feature_lengths, conv,
+    assert reg.pretrain.name in reg.names and reg.pretrain.objective == "span_corruption"
+    assert reg.pretrain.feature_lengths == {"inputs": SMALL.target_length,
+                                            "targets": SMALL.target_length // 2}
+    ds = seqio.get_dataset(reg.pretrain.name, reg.pretrain.feature_lengths, conv,
                            dataset_split="train", shuffle=False, seed=5)
     corpus = set(reg.data.corpus("train"))
     assert not corpus & set(reg.data.corpus("test"))
@@ -198,10 +204,10 @@ def test_reconstruction_pretraining_task_restores_corpus_texts():
   reg = offline_tasks.register_offline(SMALL, prefix=f"t_rec_{uuid.uuid4().hex[:8]}",
                                        pretrain_objective="reconstruction")
   try:
-    lengths = reg.pretrain_feature_lengths
+    lengths = reg.pretrain.feature_lengths
     assert lengths["targets"] == SMALL.target_length
     conv = converter.FlixEncDecFeatureConverter(reg.space.n_types)
-    ds = seqio.get_dataset(reg.pretrain_task, lengths, conv, dataset_split="train",
+    ds = seqio.get_dataset(reg.pretrain.name, lengths, conv, dataset_split="train",
                            shuffle=False, seed=5)
     corpus = set(reg.data.corpus("train"))
     examples = list(ds.take(10).as_numpy_iterator())

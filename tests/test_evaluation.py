@@ -34,7 +34,7 @@ def reg():
 @pytest.fixture(scope="module")
 def evaluator(reg):
   return evaluation.PairEvaluator(reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
-                                  batch_size=BATCH, holdout=reg.data.holdout)
+                                  batch_size=BATCH, holdout=reg.holdout)
 
 
 def _lines(path):
@@ -109,7 +109,7 @@ def test_build_report_aggregates_known_values(reg):
     names[t.kind].append(t.name)
   per_pair = {t.name: {"sequence_accuracy": 10.0 * i, "chrf": 1.0}
               for i, t in enumerate(reg.tasks)}
-  report = evaluation.build_report(per_pair, reg.data.holdout, split="test")
+  report = evaluation.build_report(per_pair, reg.holdout, split="test")
   for kind, members in names.items():
     expected = np.mean([per_pair[n]["sequence_accuracy"] for n in members])
     assert report.by_kind[kind]["sequence_accuracy"] == pytest.approx(expected)
@@ -140,7 +140,7 @@ def test_bad_setups_fail_loudly(reg, evaluator):
 def test_truncation_is_counted_per_pair_and_marked_per_example(reg, tmp_path):
   lengths = {"inputs": 3, "targets": 20}  # Shorter than some examples (EOS included).
   short = evaluation.PairEvaluator(reg.eval_mixture, feature_lengths=lengths, batch_size=BATCH,
-                                   holdout=reg.data.holdout)
+                                   holdout=reg.holdout)
   report = short.evaluate_predictor(evaluation.target_predictor, out_dir=str(tmp_path))
   totals = {"inputs": 0, "targets": 0}
   for task in reg.tasks:
@@ -155,6 +155,6 @@ def test_truncation_is_counted_per_pair_and_marked_per_example(reg, tmp_path):
   assert "| truncated_inputs | truncated_targets |" in report.to_markdown()
   # At the registration's own lengths nothing is cut.
   full = evaluation.PairEvaluator(reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
-                                  batch_size=BATCH, holdout=reg.data.holdout)
+                                  batch_size=BATCH, holdout=reg.holdout)
   report = full.evaluate_predictor(evaluation.target_predictor, out_dir=None)
   assert all(p["truncated_inputs"] == p["truncated_targets"] == 0 for p in report.pairs.values())

@@ -70,8 +70,8 @@ class Grid:
     """The registration (space, holdout, train/eval mixtures, task_feature_lengths)."""
     raise NotImplementedError
 
-  def register_pretraining(self) -> tuple[str, dict[str, int], Any]:
-    """(pretraining task, its feature lengths, the registration holding it)."""
+  def register_pretraining(self):
+    """The grid's registration with the base's pretraining task (`.pretrain`)."""
     raise NotImplementedError
 
   def held_out_langs(self, seed: int) -> tuple[str, ...]:
@@ -121,10 +121,9 @@ class OfflineGrid(Grid):
 
   def register_pretraining(self):
     from flix.data import offline_tasks  # pylint: disable=import-outside-toplevel
-    reg = offline_tasks.register_offline(
+    return offline_tasks.register_offline(
         self.offline, prefix=f"study_{self.name}_base", pretrain_objective="reconstruction",
         pretrain_fields=("inputs", "targets"))
-    return reg.pretrain_task, reg.pretrain_feature_lengths, reg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +157,8 @@ class MorphGrid(Grid):
                           unseen_langs=self.held_out_langs(seed), derived=tuple(derived))
 
   def register_pretraining(self):
-    from flix.data import morphology_tasks  # pylint: disable=import-outside-toplevel
-    reg = self._register(f"study_{self.name}_base", holdout="none",
-                         pretrain_objective="reconstruction")
-    return (reg.extra_names[0], morphology_tasks.pretrain_feature_lengths(self.morph), reg)
+    return self._register(f"study_{self.name}_base", holdout="none",
+                          pretrain_objective="reconstruction")
 
 
 def _prefix(grid: str, seed: int, derived: Sequence[str]) -> str:

@@ -114,12 +114,13 @@ def pretrain_base(grid: Grid, cache_dir: str, wait: bool = True) -> str:
 def _pretrain(grid: Grid, model_dir: str) -> None:
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   steps = grid.budget.pretrain_steps
-  task, lengths, reg = grid.register_pretraining()
+  reg = grid.register_pretraining()
   log(f"[study] pretraining the {grid.name} base ({steps} steps) -> {model_dir}")
   files.write_json(os.path.join(model_dir, "key.json"), base_key(grid))
   schedule = optimizers.learning_rate_schedule(grid.budget.pretrain_learning_rate, "constant",
                                                warmup_steps=max(steps // 10, 1))
-  loop.train(model_dir=model_dir, mixture_or_task_name=task, task_feature_lengths=lengths,
+  loop.train(model_dir=model_dir, mixture_or_task_name=reg.pretrain.name,
+             task_feature_lengths=dict(reg.pretrain.feature_lengths),
              train_steps=steps, batch_size=grid.budget.batch_size, model_config=grid.model,
              registration=reg, adapters=loop.AdapterSettings(method="full"),
              optimizer=optimizers.make_optimizer("adamw", schedule),

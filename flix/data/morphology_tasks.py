@@ -22,7 +22,6 @@ most of them Georgian; `MorphologyConfig`), so TASK_FEATURE_LENGTHS is 56 + the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from flix.data import languages, metrics, morphology, pairs, span_corruption
-from flix.data.pairs import Pair, PairRegistration, PairSource, RateKind
+from flix.data.pairs import Pair, PairRegistration, PairSource, PretrainTask, RateKind
 from flix.data.tfds import morphology as tfds_morphology
 from flix.data.tfds import release, sigmorphon2023, wikipron
 from flix.data.vocab import BYTE_VOCAB, check_vocabulary
@@ -177,9 +176,10 @@ def register_morphology_experiment(
     config: byte budgets and the g2p split (`MorphologyConfig`).
     tfds_data_dir: where TFDS datasets are built and cached (default: TFDS's).
     wikipron_files: `{lang: file name without .tsv}` where a language has several.
-    pretrain_objective: also register `{name}.pretrain`, `flix.data.span_corruption` with this
-      objective over the train-split sources and targets of every cell (unpaired texts,
-      held-out cells included, never validation or test); lengths `pretrain_feature_lengths`.
+    pretrain_objective: also register `{name}.pretrain` (the registration's `pretrain`),
+      `flix.data.span_corruption` with this objective over the train-split sources and targets
+      of every cell (unpaired texts, held-out cells included, never validation or test);
+      lengths `pretrain_feature_lengths`.
     vocabulary: the VOCABULARY the tasks tokenize with (gin: %VOCABULARY); part of what
       identifies a cached registration. `config`'s budgets count bytes whatever it is.
   """
@@ -246,15 +246,12 @@ def register_morphology_experiment(
       metric_fns=lambda pair: METRICS[pair.task], postprocess_fn=references_postprocessor,
       rate=rate, temperature=temperature, maximum=maximum, info=info, vocabulary=vocabulary)
   if pretrain_objective is not None:
-    pretrain = f"{name}.pretrain"
-    try:
-      span_corruption.register_pretraining_task(
-          pretrain, {s: corpus(builders, present, s) for s in ("train", "validation")},
-          space.n_types, objective=pretrain_objective, vocabulary=vocabulary)
-    except Exception:
-      registration.unregister()
-      raise
-    registration = dataclasses.replace(registration, extra_names=(pretrain,))
+    pretrain = PretrainTask(f"{name}.pretrain", pretrain_objective,
+                            pretrain_feature_lengths(config))
+    registration = pairs.with_pretrain(
+        registration, pretrain, lambda: span_corruption.register_pretraining_task(
+            pretrain.name, {s: corpus(builders, present, s) for s in ("train", "validation")},
+            space.n_types, objective=pretrain_objective, vocabulary=vocabulary))
   _REGISTERED[name] = (arguments, registration)
   kinds = {k: len(registration.tasks_of_kind(k)) for k in pairs.SPLIT_KINDS}
   logging.info("morphology %r: %d cells %s from %s; space %s", name, len(present), kinds,

@@ -18,7 +18,7 @@ import seqio
 
 from flix.data import metrics, pairs
 from flix.data.offline import OfflineConfig, OfflineData, generate
-from flix.data.pairs import HoldOut, PairTask, RateKind
+from flix.data.pairs import PairRegistration, PairSource, PretrainTask, RateKind
 from flix.data.span_corruption import register_pretraining_task
 from flix.data.vocab import BYTE_VOCAB, check_vocabulary
 from flix.features import FeatureSpace
@@ -27,55 +27,20 @@ OFFLINE_METRICS = (metrics.sequence_accuracy, metrics.chrf, metrics.cer)
 
 # prefix -> (arguments, registration): registering a prefix again with the same arguments
 # returns the existing registration; with other arguments it replaces it.
-_REGISTERED: dict[str, tuple[tuple, "OfflineRegistration"]] = {}
+_REGISTERED: dict[str, tuple[tuple, PairRegistration]] = {}
 
 
-@dataclasses.dataclass(frozen=True)
-class OfflineRegistration:
-  """What `register_offline` put in the seqio registries."""
+def task_feature_lengths(config: OfflineConfig) -> dict[str, int]:
+  """`{"inputs": ..., "targets": ...}` tokens incl. EOS, from the config (bytes under
+  ByteVocabulary; a SentencePiece vocabulary needs fewer)."""
+  return {"inputs": config.input_length, "targets": config.target_length}
 
-  data: OfflineData
-  space: FeatureSpace
-  prefix: str
-  tasks: tuple[PairTask, ...]
-  train_mixture: str
-  eval_mixture: str
-  pretrain_task: str
-  pretrain_objective: str = "span_corruption"
-  # seqio vocabularies define __eq__ but no __hash__: compared, not hashed.
-  vocabulary: seqio.Vocabulary = dataclasses.field(default_factory=lambda: BYTE_VOCAB,
-                                                   hash=False)
 
-  @property
-  def holdout(self) -> HoldOut:
-    return self.data.holdout
-
-  @property
-  def names(self) -> tuple[str, ...]:
-    return (self.train_mixture, self.eval_mixture, self.pretrain_task,
-            *(t.name for t in self.tasks))
-
-  @property
-  def task_feature_lengths(self) -> dict[str, int]:
-    """`{"inputs": ..., "targets": ...}` tokens incl. EOS, from the config (bytes under
-    ByteVocabulary; a SentencePiece vocabulary needs fewer)."""
-    return {"inputs": self.data.config.input_length, "targets": self.data.config.target_length}
-
-  @property
-  def pretrain_feature_lengths(self) -> dict[str, int]:
-    """Corrupted texts are as long as the targets; cut spans fit in half of that, whole texts
-    (reconstruction) need the full target length."""
-    length = self.data.config.target_length
-    return {"inputs": length,
-            "targets": length if self.pretrain_objective == "reconstruction" else length // 2}
-
-  def tasks_of_kind(self, kind: str) -> tuple[PairTask, ...]:
-    if kind not in pairs.SPLIT_KINDS:
-      raise ValueError(f"split kind {kind!r} unknown; expected one of {pairs.SPLIT_KINDS}")
-    return tuple(t for t in self.tasks if t.kind == kind)
-
-  def unregister(self) -> None:
-    pairs.unregister(self.names)
+def pretrain_feature_lengths(config: OfflineConfig, objective: str) -> dict[str, int]:
+  """Corrupted texts are as long as the targets; cut spans fit in half of that, whole texts
+  (reconstruction) need the full target length."""
+  length = config.target_length
+  return {"inputs": length, "targets": length if objective == "reconstruction" else length // 2}
 
 
 def _register_pretrain(name: str, data: OfflineData, space: FeatureSpace,
@@ -96,13 +61,14 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
                      mean_span_length: float = 3.0,
                      pretrain_objective: str = "span_corruption",
                      pretrain_fields: tuple[str, ...] = ("targets",),
-                     vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> OfflineRegistration:
-  """Generates the benchmark for `config` and registers its Tasks and Mixtures.
+                     vocabulary: seqio.Vocabulary = BYTE_VOCAB) -> PairRegistration:
+  """Generates the benchmark for `config` and registers its Tasks and Mixtures through
+  `pairs.register_pairs`, plus its pretraining task.
 
   Args:
     config: the benchmark configuration.
-    space: the training FeatureSpace; default `data.feature_space(ranks=4)`. It must not know
-      the unseen languages (their pairs are encoded with the language INACTIVE).
+    space: the training FeatureSpace; default `data.feature_space()`. It must not know the
+      unseen languages (their pairs are encoded with the language INACTIVE).
     prefix: name prefix; registering it again with the same arguments returns the existing
       registration, with other arguments replaces it.
     rate, temperature, maximum: the training mixture's rate (see `pairs.mixing_rate`).
@@ -112,6 +78,10 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
       ("targets", or "inputs" and "targets" as separate, unpaired texts).
     vocabulary: the VOCABULARY every task tokenizes with (`flix.data.vocab`); part of what
       identifies a cached registration, so another vocabulary registers the prefix anew.
+
+  Returns:
+    The PairRegistration; its `data` is the generated `OfflineData` and its `pretrain` the
+    `{prefix}.pretrain` task with its feature lengths.
   """
   pretrain_fields = tuple(pretrain_fields)
   check_vocabulary(vocabulary)
@@ -121,28 +91,23 @@ def register_offline(config: OfflineConfig = OfflineConfig(),
   if previous is not None:
     return previous
   data = generate(config)
-  space = space or data.feature_space(ranks=4)
+  space = space or data.feature_space()
   if "lang" in space.names:
     leaked = sorted(set(config.unseen_langs) & set(space.type("lang").values))
     if leaked:
       raise ValueError(f"the FeatureSpace has adapters for unseen languages {leaked}; build it "
                        "with OfflineData.feature_space() so unseen languages stay unseen")
-  tasks = []
-  try:
-    for pair, examples in data.examples.items():
-      tasks.append(pairs.register_pair_task(
-          pair.task_name(prefix), pair, examples, space, data.holdout,
-          metric_fns=OFFLINE_METRICS, vocabulary=vocabulary))
-    pairs.register_pair_mixture(f"{prefix}.train", tasks, rate, temperature, maximum)
-    pairs.register_pair_mixture(f"{prefix}.eval", tasks, "equal", include_untrained=True)
-    _register_pretrain(f"{prefix}.pretrain", data, space, noise_density, mean_span_length,
-                       pretrain_objective, pretrain_fields, vocabulary)
-  except Exception:
-    pairs.unregister([f"{prefix}.train", f"{prefix}.eval", f"{prefix}.pretrain",
-                      *(t.name for t in tasks)])
-    raise
-  registration = OfflineRegistration(data, space, prefix, tuple(tasks), f"{prefix}.train",
-                                     f"{prefix}.eval", f"{prefix}.pretrain", pretrain_objective,
-                                     vocabulary)
+  sources = {pair: PairSource.from_examples(examples) for pair, examples in data.examples.items()}
+  registration = pairs.register_pairs(
+      prefix, sources, space, data.holdout, task_feature_lengths(config),
+      metric_fns=lambda pair: OFFLINE_METRICS, rate=rate, temperature=temperature,
+      maximum=maximum, vocabulary=vocabulary)
+  pretrain = PretrainTask(f"{prefix}.pretrain", pretrain_objective,
+                          pretrain_feature_lengths(config, pretrain_objective))
+  registration = pairs.with_pretrain(
+      registration, pretrain,
+      lambda: _register_pretrain(pretrain.name, data, space, noise_density, mean_span_length,
+                                 pretrain_objective, pretrain_fields, vocabulary))
+  registration = dataclasses.replace(registration, data=data)
   _REGISTERED[prefix] = (arguments, registration)
   return registration

@@ -447,6 +447,21 @@ def expected_rates(tasks: Sequence[PairTask], rate: RateKind = "equal", temperat
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainTask:
+  """An unlabelled pretraining task registered next to a benchmark (`flix.data.span_corruption`).
+
+  Attributes:
+    name: its seqio task name (e.g. `{prefix}.pretrain`).
+    objective: the corruption's targets (`span_corruption.OBJECTIVES`).
+    feature_lengths: `{"inputs": ..., "targets": ...}` that fit its examples.
+  """
+
+  name: str
+  objective: str
+  feature_lengths: Mapping[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
 class PairRegistration:
   """What a benchmark registration put in seqio: one task per pair and the two mixtures.
 
@@ -459,7 +474,10 @@ class PairRegistration:
     eval_mixture: every pair, equal rates (validation / test).
     task_feature_lengths: `{"inputs": ..., "targets": ...}` that fit every example.
     info: per-cell facts for reports, `{"{task}.{lang}": {...}}` (counts, drops).
-    extra_names: further registered names (e.g. a pretraining task) that `unregister` removes.
+    extra_names: further registered names that `unregister` removes.
+    pretrain: the benchmark's pretraining task, or None (`with_pretrain`).
+    data: the examples behind the tasks where a benchmark generates them in memory (the
+      offline benchmark's `OfflineData`); None for data read from files.
     decode_kwargs: `{seqio task name: flix.decoding options}` for tasks a benchmark decodes
       its own way (e.g. 3 beams for top-3 accuracy); the evaluator decodes the others with its
       default (greedy).
@@ -477,6 +495,8 @@ class PairRegistration:
   task_feature_lengths: Mapping[str, int]
   info: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
   extra_names: tuple[str, ...] = ()
+  pretrain: PretrainTask | None = None
+  data: Any = dataclasses.field(default=None, compare=False)
   decode_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   official: Callable[[Mapping[str, Mapping[str, float]]], dict] | None = None
   # seqio vocabularies define __eq__ but no __hash__: compared, not hashed.
@@ -485,7 +505,8 @@ class PairRegistration:
 
   @property
   def names(self) -> tuple[str, ...]:
-    return (self.train_mixture, self.eval_mixture, *self.extra_names,
+    pretrain = (self.pretrain.name,) if self.pretrain is not None else ()
+    return (self.train_mixture, self.eval_mixture, *self.extra_names, *pretrain,
             *(t.name for t in self.tasks))
 
   def tasks_of_kind(self, kind: str) -> tuple[PairTask, ...]:
@@ -528,6 +549,18 @@ def register_pairs(prefix: str, sources: Mapping[Pair, PairSource], space: Featu
   return PairRegistration(prefix, space, holdout, tuple(tasks), train, evaluation,
                           dict(task_feature_lengths), dict(info or {}), decode_kwargs=own,
                           official=official, vocabulary=vocabulary)
+
+
+def with_pretrain(registration: PairRegistration, pretrain: PretrainTask,
+                  register: Callable[[], Any]) -> PairRegistration:
+  """`registration` with its pretraining task, once `register()` has registered
+  `pretrain.name`; on any error removes what `registration` registered and re-raises."""
+  try:
+    register()
+  except Exception:
+    registration.unregister()
+    raise
+  return dataclasses.replace(registration, pretrain=pretrain)
 
 
 def import_task_modules(modules: str | Sequence[str] | None) -> None:
