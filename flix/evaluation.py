@@ -46,10 +46,12 @@ from seqio import metrics as seqio_metrics
 
 from flix import decoding, files
 from flix.data.aggregation import aggregate, as_pair
+from flix.data.converter import FlixEncDecFeatureConverter, converter_class
 from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered, import_task_modules
+from flix.data.registration import Registration
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary, describe
 from flix.features import INACTIVE
-from flix.models.model import BaseModel, EncoderDecoderModel, make_model
+from flix.models.model import BaseModel, make_model
 
 PREDICTIONS_DIR = "predictions"
 REPORT_JSON = "report.json"
@@ -251,7 +253,7 @@ class PairEvaluator:
   def __init__(self, tasks: str | Sequence[str], *, feature_lengths: Mapping[str, int],
                batch_size: int, holdout: HoldOut | None = None, split: str = "validation",
                n_types: int | None = None, num_examples: int | None = None,
-               feature_converter_cls: type = EncoderDecoderModel.FEATURE_CONVERTER_CLS,
+               feature_converter_cls: type = FlixEncDecFeatureConverter,
                official: Callable[[Mapping[str, Mapping[str, Any]]], dict] | None = None,
                use_cached: bool = False):
     """
@@ -264,7 +266,7 @@ class PairEvaluator:
       split: the split to evaluate ("validation" or "test").
       n_types: feature types per example; default: read from the first task's dataset.
       num_examples: evaluate only the first this-many examples of each pair.
-      feature_converter_cls: the model family's converter (`BaseModel.FEATURE_CONVERTER_CLS`).
+      feature_converter_cls: the model family's converter (`flix.data.converter.converter_class`).
       official: the benchmark's own aggregate for `Report.official` (a registration's
         `official`); None: none.
       use_cached: read seqio's offline cache of the tasks (T5X's USE_CACHED_TASKS).
@@ -491,7 +493,7 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
   """
   evaluator = PairEvaluator(tasks, feature_lengths=feature_lengths, batch_size=batch_size,
                             holdout=holdout, split=split, num_examples=num_examples,
-                            feature_converter_cls=model.FEATURE_CONVERTER_CLS, official=official,
+                            feature_converter_cls=converter_class(model), official=official,
                             use_cached=use_cached)
   return evaluator.evaluate(model, params, out_dir=out_dir, step=step,
                             decode_kwargs=decode_kwargs, task_decode_kwargs=task_decode_kwargs)
@@ -501,7 +503,7 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
 def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str = gin.REQUIRED,
                         mixture_or_task_name: str = gin.REQUIRED,
                         task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-                        registration: Any = None, batch_size: int = 32,
+                        registration: Registration | None = None, batch_size: int = 32,
                         split: str = "validation",
                         decode_kwargs: Mapping[str, Any] | None = None,
                         task_decode_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -528,14 +530,14 @@ def evaluate_checkpoint(*, checkpoint_path: str = gin.REQUIRED, output_dir: str 
   model = make_model(model_config, flix)
   if model.n_types and registration is not None:
     checkpoints.check_feature_space(checkpoint_path, flix.space, registration.space)
-  holdout = getattr(registration, "holdout", None)
-  if task_decode_kwargs is None:
-    task_decode_kwargs = getattr(registration, "decode_kwargs", None)
+  if task_decode_kwargs is None and registration is not None:
+    task_decode_kwargs = registration.decode_kwargs
   report = evaluate(model, params, mixture_or_task_name, out_dir=output_dir,
                     feature_lengths=task_feature_lengths, batch_size=batch_size,
-                    holdout=holdout, split=split, decode_kwargs=decode_kwargs,
+                    holdout=registration.holdout if registration is not None else None,
+                    split=split, decode_kwargs=decode_kwargs,
                     task_decode_kwargs=task_decode_kwargs,
-                    official=getattr(registration, "official", None),
+                    official=registration.official if registration is not None else None,
                     num_examples=num_examples, use_cached=use_cached_tasks)
   print(report.to_markdown())
   return report

@@ -9,6 +9,7 @@ import seqio
 
 from flix.data import converter, offline, offline_tasks, span_corruption, vocab
 from flix.data.pairs import Pair
+from flix.data.registration import Registration
 from flix.features import INACTIVE
 
 SMALL = offline.OfflineConfig(tasks=("cardinal", "ordinal", "country", "currency"),
@@ -120,6 +121,7 @@ def test_registered_benchmark_batches_carry_each_cells_features():
     assert len(reg.tasks) == len(reg.data.examples)
     train_pairs = {t.pair for t in reg.tasks if t.trained}
     assert train_pairs == {p for p in reg.data.pairs if reg.holdout.is_trained(p)}
+    assert isinstance(reg, Registration)  # What train and eval read from it.
     assert reg.holdout == reg.data.holdout and reg.task_feature_lengths == {
         "inputs": config.input_length, "targets": config.target_length}
     conv = converter.FlixEncDecFeatureConverter(space.n_types)

@@ -19,13 +19,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Mapping
 
 import gin
 import jax
 import tensorflow as tf
 
+from flix.data.converter import converter_class
 from flix.data.pairs import SPLIT_KINDS
+from flix.data.registration import Registration
 from flix.evaluation import PairEvaluator, Report
 from flix.models.model import BaseModel
 
@@ -101,12 +103,14 @@ class PeriodicEvaluator:
   """Decodes the evaluation pairs during training and writes the metrics (one process)."""
 
   def __init__(self, settings: EvalSettings, model: BaseModel, model_dir: str, *,
-               registration: Any, task_feature_lengths: Mapping[str, int],
+               registration: Registration | None, task_feature_lengths: Mapping[str, int],
                use_cached: bool = False):
-    name = settings.mixture_or_task_name or getattr(registration, "eval_mixture", None)
+    name = settings.mixture_or_task_name or (registration.eval_mixture
+                                             if registration is not None else None)
     if name is None:
       raise ValueError("EVAL_PERIOD needs the pairs to evaluate: set "
-                       "EvalSettings.mixture_or_task_name (the registration has no eval_mixture)")
+                       "EvalSettings.mixture_or_task_name (there is no registration whose "
+                       "eval_mixture it could default to)")
     if jax.process_count() > 1:
       raise ValueError("in-training evaluation (EVAL_PERIOD) runs in one process; in a "
                        f"{jax.process_count()}-process run evaluate the checkpoints with "
@@ -114,11 +118,13 @@ class PeriodicEvaluator:
     self.settings, self.model, self.model_dir = settings, model, model_dir
     self.evaluator = PairEvaluator(
         name, feature_lengths=task_feature_lengths, batch_size=settings.batch_size,
-        holdout=getattr(registration, "holdout", None), split=settings.split,
+        holdout=registration.holdout if registration is not None else None,
+        split=settings.split,
         n_types=model.n_types or None, num_examples=settings.num_examples,
-        feature_converter_cls=model.FEATURE_CONVERTER_CLS,
-        official=getattr(registration, "official", None), use_cached=use_cached)
-    self.decode_kwargs = getattr(registration, "decode_kwargs", None)
+        feature_converter_cls=converter_class(model),
+        official=registration.official if registration is not None else None,
+        use_cached=use_cached)
+    self.decode_kwargs = registration.decode_kwargs if registration is not None else None
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
 
   def __call__(self, params, step: int) -> dict[str, float]:
