@@ -170,6 +170,7 @@ def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str,
   the demo's model size).
   """
   from flix import checkpoints, evaluation
+  from flix.data.converter import converter_class
   from flix.models.model import make_model
   model_config, flix, params = checkpoints.load_model(checkpoint)
   model = make_model(model_config, flix)
@@ -178,7 +179,7 @@ def evaluate(cfg: DemoConfig, reg, checkpoint: str, out_dir: str, split: str,
     evaluators[key] = evaluation.PairEvaluator(
         reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
         batch_size=cfg.eval_batch_size, holdout=reg.holdout, split=split,
-        feature_converter_cls=model.FEATURE_CONVERTER_CLS)
+        feature_converter_cls=converter_class(model))
   report = evaluators[key].evaluate(model, params, out_dir=out_dir)
   cells = []
   for name, metrics in sorted(report.per_pair.items()):

@@ -36,11 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix.data import vocab
 from flix.models.decoder import DecoderLM
 from flix.models.t5 import T5, expand_for_beams
 
-PAD_ID = vocab.PAD_ID  # Also the decoder start token.
+PAD_ID = 0  # T5's convention for every vocabulary: padding and the decoder start token.
 EOS_ID = 1
 # "Effective negative infinity" for masking beams (as T5X: -inf would give inf - inf = nan).
 NEG_INF = -1.0e7

@@ -34,6 +34,8 @@ from flix.errors import UnknownFeatureError
 
 INACTIVE = -1
 SHARED = "shared"
+# The model-batch key of an example's ids int32 `[n_types]` (`[batch, n_types]` in a batch).
+FEATURE_IDS = "feature_ids"
 
 UnknownPolicy = Literal["error", "drop"]
 UNKNOWN_POLICIES = ("error", "drop")

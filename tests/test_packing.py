@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from flix.config import FlixConfig
-from flix.data.converter import FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter
+from flix.data.converter import (FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter,
+                                 converter_class, feature_converter)
 from flix.models.decoder import DecoderLM
 from flix.models.model import DecoderOnlyModel, EncoderDecoderModel
 from flix.models.t5 import T5
@@ -100,9 +101,11 @@ def loss_and_grads(model, params, batch):
 
 @pytest.mark.parametrize("family", ["t5", "decoder"])
 def test_packed_batch_gives_the_unpacked_losses_and_gradients(family):
-  cls, make = {"t5": (FlixEncDecFeatureConverter, _t5_model),
-               "decoder": (FlixPrefixLMFeatureConverter, _decoder_model)}[family]
-  model, params = make()
+  model, params = {"t5": _t5_model, "decoder": _decoder_model}[family]()
+  cls = converter_class(model)  # The data layer picks the family's converter.
+  assert cls is {"t5": FlixEncDecFeatureConverter, "decoder": FlixPrefixLMFeatureConverter}[family]
+  converter = feature_converter(model, 2, pack=True)
+  assert type(converter) is cls and converter.n_types == 2 and converter.pack
   per_example, results = {}, {}
   for pack in (False, True):
     batch = converted(cls, pack)
@@ -130,6 +133,9 @@ def test_packing_settings_and_packed_batches_where_unsupported_are_clear_errors(
   with pytest.raises(ValueError, match="pack_shuffle_buffer must be an int >= 0, got -1"):
     FlixPrefixLMFeatureConverter(2, pack=True, pack_shuffle_buffer=-1)
   model, params = _t5_model()
+  with pytest.raises(TypeError, match="no feature converter for T5: expected an "
+                                      "EncoderDecoderModel or a DecoderOnlyModel"):
+    converter_class(model.module)
   packed = converted(FlixEncDecFeatureConverter, True)
   with pytest.raises(ValueError, match="score_batch takes one example per row, but the batch "
                                        "is packed"):

@@ -31,6 +31,7 @@ import numpy as np
 from experiments.bench import core
 from experiments.bench.synthetic import add_size_flags, model_config, synthetic_params
 from flix.config import FlixConfig
+from flix.data.converter import feature_converter
 from flix.models.model import make_model
 from flix.trainable import freeze_base, trainable_mask
 from flix.training.batches import TrainBatches
@@ -95,7 +96,7 @@ class Mode:
 def read_batches(grid: str, reg, lengths: dict, model, pack: bool, args) -> Mode:
   start = time.perf_counter()
   stream = TrainBatches(reg.train_mixture, lengths, args.batch,
-                        model.feature_converter(reg.space.n_types, pack=pack), args.seed,
+                        feature_converter(model, reg.space.n_types, pack=pack), args.seed,
                         input_threads=None)
   batches = list(itertools.islice(stream, args.batches))
   seconds = time.perf_counter() - start

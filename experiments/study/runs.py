@@ -232,6 +232,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   """
   import jax  # pylint: disable=import-outside-toplevel
   from flix import checkpoints, evaluation  # pylint: disable=import-outside-toplevel
+  from flix.data.converter import converter_class  # pylint: disable=import-outside-toplevel
   from flix.models.model import make_model  # pylint: disable=import-outside-toplevel
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   start = time.time()
@@ -266,7 +267,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
       evaluators[reg.eval_mixture, split] = evaluation.PairEvaluator(
           reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
           batch_size=budget.eval_batch_size, holdout=reg.holdout, split=split,
-          num_examples=budget.eval_examples, feature_converter_cls=model.FEATURE_CONVERTER_CLS)
+          num_examples=budget.eval_examples, feature_converter_cls=converter_class(model))
     report = evaluators[reg.eval_mixture, split].evaluate(model, params, out_dir=out_dir)
     results[split] = _cells(report, out_dir)
   results["wall_seconds"] = time.time() - start

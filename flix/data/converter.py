@@ -14,6 +14,9 @@ packed row: rows hold only examples of one feature-id combination (`flix.data.pa
 seqio's packing features: `encoder_segment_ids`, `encoder_positions`, `decoder_segment_ids`,
 `decoder_positions` (encoder-decoder) or `decoder_segment_ids`, `decoder_positions`
 (decoder-only; `decoder_causal_attention` then marks each segment's prompt).
+
+`feature_converter(model, data_n_types)` builds the converter of a model object's family
+(`converter_class(model)` is its class); the data layer knows the models, never the reverse.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import seqio
 import tensorflow as tf
 
 from flix.data.packing import SHUFFLE_BUFFER, pack_by_features
-from flix.data.vocab import FEATURE_IDS
+from flix.features import FEATURE_IDS
+from flix.models.model import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 
@@ -117,6 +121,24 @@ class FlixPrefixLMFeatureConverter(_FeatureIdsMixin, seqio.PrefixLMFeatureConver
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     return super().get_model_feature_lengths(_with_ids_length(task_feature_lengths,
                                                               self._n_types))
+
+
+def converter_class(model: BaseModel) -> type[seqio.FeatureConverter]:
+  """The feature converter class of `model`'s family: FlixEncDecFeatureConverter for an
+  EncoderDecoderModel, FlixPrefixLMFeatureConverter for a DecoderOnlyModel."""
+  if isinstance(model, EncoderDecoderModel):
+    return FlixEncDecFeatureConverter
+  if isinstance(model, DecoderOnlyModel):
+    return FlixPrefixLMFeatureConverter
+  raise TypeError(f"no feature converter for {type(model).__name__}: expected an "
+                  "EncoderDecoderModel or a DecoderOnlyModel (flix.models.model)")
+
+
+def feature_converter(model: BaseModel, data_n_types: int, **kwargs) -> seqio.FeatureConverter:
+  """The seqio feature converter for `model`'s family; `data_n_types` is the length of the
+  data's `feature_ids` (the data's feature space, also for a LoRA model that ignores them).
+  kwargs: the converter's (pack, pack_shuffle_buffer, apply_length_check, ...)."""
+  return converter_class(model)(data_n_types, **kwargs)
 
 
 def _with_ids_length(task_feature_lengths: Mapping[str, int], n_types: int) -> dict[str, int]:

@@ -20,9 +20,10 @@ from typing import Iterable
 
 import seqio
 
+from flix.decoding import PAD_ID
+from flix.features import FEATURE_IDS
+
 BYTE_VOCAB = seqio.ByteVocabulary()
-FEATURE_IDS = "feature_ids"
-PAD_ID = 0  # T5's convention for every vocabulary: padding and the decoder start token.
 
 
 def describe(vocabulary: seqio.Vocabulary) -> str:

@@ -5,11 +5,11 @@ A model object wraps a Flax network and owns everything that depends on the mode
   score_batch           the log-likelihood of each example's targets;
   predict_batch         decoding (greedy / beam / sampling with a KV cache);
   get_initial_variables fresh variables for given input shapes;
-  feature_converter     the seqio converter that builds its model batches;
   inputs_batch          the model batch that decodes raw tokenized inputs (inference).
 The trainer, evaluator, inference, benches and demo use only these. Families:
-`EncoderDecoderModel` (T5, `FlixEncDecFeatureConverter`) and `DecoderOnlyModel` (`DecoderLM`,
-`FlixPrefixLMFeatureConverter`); `make_model` picks one from the config's type.
+`EncoderDecoderModel` (T5) and `DecoderOnlyModel` (`DecoderLM`); `make_model` picks one from
+the config's type. The data layer builds their batches (`flix.data.converter.feature_converter`
+picks the family's seqio converter); models never import data.
 
 Packed batches (the converters' pack=True; `flix.models.segments`) carry seqio's segment ids
 (and the decoder-only model's positions): `logits`, hence `loss_fn`, attend within each
@@ -39,9 +39,7 @@ import numpy as np
 
 from flix import decoding
 from flix.config import FlixConfig
-from flix.data.converter import FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter
-from flix.data.vocab import FEATURE_IDS
-from flix.features import INACTIVE, check_dropout_rate, feature_dropout
+from flix.features import FEATURE_IDS, INACTIVE, check_dropout_rate, feature_dropout
 from flix.models import losses, segments
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.models.t5 import T5, T5Config
@@ -63,8 +61,6 @@ class BaseModel(abc.ABC):
     feature_dropout: per (example, type) drop probability in training, in [0, 1).
     z_loss, loss_normalizer: see `flix.models.losses.cross_entropy`.
   """
-
-  FEATURE_CONVERTER_CLS: type = FlixEncDecFeatureConverter
 
   def __init__(self, module: nn.Module, *, feature_dropout: float = 0.0, z_loss: float = 1e-4,
                loss_normalizer: float | str | None = losses.NUM_REAL_TARGET_TOKENS):
@@ -116,11 +112,6 @@ class BaseModel(abc.ABC):
     if ids is None or not self.feature_dropout:
       return ids
     return feature_dropout(ids, split_rng(rng)[1], self.feature_dropout)
-
-  def feature_converter(self, data_n_types: int, **kwargs):
-    """The seqio feature converter for this family; `data_n_types` is the length of the
-    data's `feature_ids` (the data's feature space, also for a LoRA model that ignores them)."""
-    return self.FEATURE_CONVERTER_CLS(data_n_types, **kwargs)
 
   # -- what a family implements --------------------------------------------------------------------
   @abc.abstractmethod
@@ -238,8 +229,6 @@ class DecoderOnlyModel(BaseModel):
   inputs_bidirectional_attention: the prompt attends to itself in both directions (T5X's
     option of the same name); default fully causal, as the Hugging Face models were trained.
   """
-
-  FEATURE_CONVERTER_CLS = FlixPrefixLMFeatureConverter
 
   def __init__(self, module: DecoderLM, *, inputs_bidirectional_attention: bool = False,
                **kwargs):

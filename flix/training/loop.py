@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from flix import checkpoints, files, host_memory
 from flix.checks import check_counts
 from flix.config import FlixConfig
+from flix.data.converter import feature_converter
 from flix.data.pairs import check_registered, import_task_modules
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
 from flix.errors import CheckpointError, DamagedCheckpointError, Interrupted, NonFiniteLossError
@@ -365,7 +366,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   restore_iterator = (resume_from is not None and restore_data_iterator
                       and has_iterator_state(resume_from))
   batches = TrainBatches(mixture_or_task_name, task_feature_lengths, batch_size,
-                         model.feature_converter(n_types, pack=pack), random_seed,
+                         feature_converter(model, n_types, pack=pack), random_seed,
                          skip=0 if restore_iterator else data_position,
                          data_shards=data_shards, input_threads=input_threads,
                          use_cached=use_cached_tasks)
