@@ -55,7 +55,7 @@ def gin_bindings(config: ModelConfig, source: str | None = None) -> str:
   name = type(config).__name__
   family_of(config)  # Raises for an unknown config class.
   lines = [f"# {name} of {source or 'a converted Hugging Face model'} (written by flix.convert).",
-           "# Required macros: none. Defines: MODEL_CONFIG, DROPOUT_RATE.",
+           "# Required: none. Defines: MODEL_CONFIG, DROPOUT_RATE.",
            f"DROPOUT_RATE = {config.dropout_rate!r}",
            f"MODEL_CONFIG = @{name}()"]
   for field, value in json.loads(config.to_json()).items():
