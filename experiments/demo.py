@@ -70,15 +70,15 @@ class DemoConfig:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Chosen on validation cells (README "Demo results"; docs/demo_history.md): a small, fast base
-# learns to copy from reconstruction over inputs and targets (AdamW 1e-3); adapters train stably
-# at 1e-3 (FLix diverged at 3e-3). decimal (6-8 digit copies) stays near 0 exact match for both
-# methods at this budget, but it is kept: with only two tasks, each unseen pair's language is
-# trained with a single task, and its language adapter learns that task's format (validation:
-# month_year-en came out as English long dates). The budget (1000 pretraining steps, 800
-# fine-tuning steps, LoRA and FLix derived only, byte lengths 25 = the longest text + EOS) is
-# what fits 15 minutes on a 2-core machine (docs/demo_history.md: 3000 + 3 x 2000 steps took
-# 46 min; 1500 + 2 x 1000 steps 18 min).
+# Chosen on validation cells (docs/demo_history.md, now in git history only): a small, fast
+# base learns to copy from reconstruction over inputs and targets (AdamW 1e-3); adapters train
+# stably at 1e-3 (FLix diverged at 3e-3). decimal (6-8 digit copies) stays near 0 exact match
+# for both methods at this budget, but it is kept: with only two tasks, each unseen pair's
+# language is trained with a single task, and its language adapter learns that task's format
+# (validation: month_year-en came out as English long dates). The budget (1000 pretraining
+# steps, 800 fine-tuning steps, LoRA and FLix derived only, byte lengths 25 = the longest text
+# + EOS) is what fits 15 minutes on a 2-core machine (3000 + 3 x 2000 steps took 46 min;
+# 1500 + 2 x 1000 steps 18 min).
 # The FLix method follows the study's validation choice (docs/study.md run 6): FLix derived
 # without feature dropout since 2026-12-06 (with dropout 0.3 before).
 FULL = DemoConfig(
