@@ -5,13 +5,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: test test-slow demo bench clean
 
-$(STAMP): setup.py
+# Re-installs when setup.py (the ranges) or constraints.txt (the exact versions) change.
+$(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,hf]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,hf]'
 	touch $(STAMP)
 
+# The layer contract (.importlinter), then the tests.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 3 --durations=25 -m "not slow" tests
 
 test-slow: $(STAMP)
