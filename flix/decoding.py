@@ -1,17 +1,15 @@
-"""Autoregressive decoding with a KV cache: greedy, beam search, sampling, for both families.
+"""Autoregressive search with a KV cache, for any model: greedy, beam search, sampling.
 
-Encoder-decoder (`decode`, a T5): encodes once, then runs one decoder position per step inside a
-`jax.lax.while_loop` whose carry holds the "cache" collection of `T5.decode(decode=True)`.
-Decoder-only (`decode_lm`, a `DecoderLM`): prefills each prompt into the cache in one call, takes
-the first token from its last position, then one cached position per step. Both families share
-the search loops (`search`: greedy / sampling / beam). The loop stops as soon as every sequence
-has emitted EOS (beam search: as soon as no live beam can beat the finished ones) or after
-`max_length` positions.
-
-Feature ids `[batch, n_types]` travel with their examples: for beams (and for several samples
-per example) encoder outputs, encoder tokens, a prefilled decoder-only cache and feature ids are
-expanded with `expand_for_beams`, each example's rows adjacent (T5X's flat_batch_beam_expand),
-so every beam runs with its own example's adapters.
+Decoding knows no model (as T5X's `decoding.py`): a model hands `search` a step function
+`step(cache, token [rows]) -> (logits [rows, vocab] float32, cache)` over a cache already
+expanded to rows = batch * n (n = beams or samples per example, each example's rows adjacent:
+`expand_for_beams`, T5X's flat_batch_beam_expand), and optionally the logits of the first
+position when its prefill computed them. The model objects build those (`flix.models.model`:
+`EncoderDecoderModel.decode` encodes once and steps the T5 decoder, `DecoderOnlyModel.decode`
+prefills each prompt, `left_align`ed, and steps the LM); everything a model reads per example
+(encoder outputs, feature ids, a prefilled cache) is expanded the same way, so every beam runs
+with its own example's adapters. The loop stops as soon as every sequence has emitted EOS (beam
+search: as soon as no live beam can beat the finished ones) or after `max_length` positions.
 
 Outputs use T5's id conventions, which every VOCABULARY follows (`flix.data.vocab`): PAD (0) is
 the decoder start token and fills every position after EOS (`DecodeOptions.eos_id`: the
@@ -21,23 +19,18 @@ vocabulary's, which evaluation and inference pass; 1 in T5's vocabularies). Scor
   beam: T5X's length-normalised score, log-probability / ((5 + length) / 6) ** alpha, with
     length = emitted tokens including EOS (max_length for a beam that never emitted EOS).
 
-Compiled functions are cached by `jax.jit` per (model, options, shapes): `decode` can be called
-repeatedly (e.g. over evaluation batches of a fixed size) without recompiling.
+The checks here (`check_tokens`, `check_lengths`, `check_rng`) are the model-independent
+ones every model's decode runs before its compiled function.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from flix.models.decoder import DecoderLM
-from flix.models.t5 import T5, expand_for_beams
 
 PAD_ID = 0  # T5's convention for every vocabulary: padding and the decoder start token.
 EOS_ID = 1
@@ -114,122 +107,32 @@ def brevity_penalty(alpha: float, length) -> jax.Array:
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def sequence_log_probs(model: T5, params, encoder_input_tokens, feature_ids, tokens,
-                       eos_id: int = EOS_ID) -> jax.Array:
-  """Teacher-forced log-probability `[batch]` of decodes `[batch, length]` (PAD after EOS).
-
-  Sums the model's log-probabilities over the tokens up to and including the first EOS (all
-  tokens if there is none), i.e. what greedy/sample report as scores. No cache: for checks.
-  """
-  return _sequence_log_probs(model, nn.unbox(params), jnp.asarray(encoder_input_tokens, jnp.int32),
-                             feature_ids, jnp.asarray(tokens, jnp.int32), eos_id=eos_id)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "eos_id"))
-def _sequence_log_probs(model: T5, params, enc, feature_ids, tokens, *, eos_id: int):
-  inputs = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)), constant_values=PAD_ID)
-  logits = model.apply({"params": params}, enc, inputs, feature_ids)
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(_before_or_at_eos(tokens, eos_id), logp, 0.0), axis=-1)
-
-
-def _before_or_at_eos(tokens: jax.Array, eos_id: int) -> jax.Array:
+def before_or_at_eos(tokens: jax.Array, eos_id: int) -> jax.Array:
   """bool `[batch, length]`: positions up to and including the first EOS."""
   is_eos = (tokens == eos_id).astype(jnp.int32)
   return (jnp.cumsum(is_eos, axis=-1) - is_eos) == 0
 
 
-def decode(model: T5, params, encoder_input_tokens, feature_ids=None, *, max_length: int,
-           method: Method = "greedy", num_beams: int = 4, alpha: float = 0.6,
-           temperature: float = 1.0, top_k: int = 0, rng: jax.Array | None = None,
-           num_samples: int = 1, eos_id: int = EOS_ID) -> DecodeResult:
-  """Decodes `encoder_input_tokens` with the KV cache.
-
-  Args:
-    model: a `T5` (with or without FLix adapters; full tables, i.e. `flix.row_limit` None).
-    params: its params (boxed or plain).
-    encoder_input_tokens: int `[batch, input_length]`, 0-padded.
-    feature_ids: int `[batch, n_types]` (INACTIVE = -1 switches a type off), one row per
-      example; required when the model has feature types, ignored by a model without FLix.
-    max_length: decoded positions (EOS included).
-    method: "greedy", "beam" or "sample".
-    num_beams, alpha: beam width and brevity-penalty exponent (beam search).
-    temperature, top_k, rng: sampling temperature (0 = argmax), top-k filter (0 = off) and
-      PRNG key (required for sampling; the same key gives the same samples).
-    num_samples: samples per example (sample) or best beams returned (beam).
-    eos_id: end-of-sequence id.
-
-  Returns:
-    DecodeResult with tokens `[batch, (num_samples,) max_length]` and scores.
-  """
-  options = DecodeOptions(max_length=max_length, method=method, num_beams=num_beams,
-                          alpha=float(alpha), temperature=float(temperature), top_k=top_k,
-                          num_samples=num_samples, eos_id=eos_id)
-  return decode_with_options(model, params, encoder_input_tokens, feature_ids, options, rng)
+# -- checks every model's decode runs --------------------------------------------------------------
+def check_tokens(tokens, name: str = "encoder_input_tokens") -> jax.Array:
+  """int32 `[batch, length]` token ids, or a ValueError naming `name`, its shape or dtype."""
+  shape = np.shape(tokens)
+  if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+    raise ValueError(f"{name} must have shape [batch, input_length] with both > 0, "
+                     f"got shape {shape}")
+  dtype = getattr(tokens, "dtype", np.asarray(tokens).dtype)
+  if not np.issubdtype(dtype, np.integer):
+    raise ValueError(f"{name} must be integer token ids, got dtype {dtype}")
+  return jnp.asarray(tokens, jnp.int32)
 
 
-def decode_with_options(model: T5, params, encoder_input_tokens, feature_ids,
-                        options: DecodeOptions, rng: jax.Array | None = None) -> DecodeResult:
-  """`decode` with its options as one `DecodeOptions`."""
-  enc = _check_tokens(encoder_input_tokens)
-  ids = _check_feature_ids(model, feature_ids, enc.shape[0])
-  if options.method == "sample" and rng is None:
-    raise ValueError("method='sample' needs a PRNG key: pass rng=jax.random.key(seed)")
-  if options.method != "sample":
-    rng = None
-  tokens, scores = _decode_jit(model, nn.unbox(params), enc, ids, rng, options=options)
-  return DecodeResult(tokens, scores)
-
-
-# -- decoder-only models ------------------------------------------------------------------------
-def decode_lm(model: DecoderLM, params, prompt_tokens, prompt_lengths=None, feature_ids=None, *,
-              max_length: int, method: Method = "greedy", num_beams: int = 4,
-              alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0,
-              rng: jax.Array | None = None, num_samples: int = 1, eos_id: int = EOS_ID,
-              bidirectional_prompt: bool = False) -> DecodeResult:
-  """Continues prompts with a decoder-only `model` (`flix.models.decoder.DecoderLM`).
-
-  Args:
-    prompt_tokens: int `[batch, P]`, each prompt right-padded (what the prefix-LM converter
-      gives: the start token, the inputs, their EOS).
-    prompt_lengths: int `[batch]` in 1..P (default: every prompt fills P). The padding is never
-      attended to, and each prompt's positions start at 0.
-    bidirectional_prompt: the prompt attends to itself in both directions (T5X's prefix LM,
-      `DecoderOnlyModel.inputs_bidirectional_attention`); default causal (the HF models).
-    Other arguments as `decode`: max_length new tokens, PAD after EOS, scores likewise.
-
-  The prompt is prefilled in one call (each row left-aligned to end at position P - 1), the
-  first token comes from its last position's logits, then one cached position per step.
-  """
-  options = DecodeOptions(max_length=max_length, method=method, num_beams=num_beams,
-                          alpha=float(alpha), temperature=float(temperature), top_k=top_k,
-                          num_samples=num_samples, eos_id=eos_id)
-  return decode_lm_with_options(model, params, prompt_tokens, prompt_lengths, feature_ids,
-                                options, rng, bidirectional_prompt=bidirectional_prompt)
-
-
-def decode_lm_with_options(model: DecoderLM, params, prompt_tokens, prompt_lengths, feature_ids,
-                           options: DecodeOptions, rng: jax.Array | None = None, *,
-                           bidirectional_prompt: bool = False) -> DecodeResult:
-  """`decode_lm` with its options as one `DecodeOptions`."""
-  prompts = _check_tokens(prompt_tokens, "prompt_tokens")
-  lengths = _check_lengths(prompt_lengths, prompts.shape)
-  ids = _check_feature_ids(model, feature_ids, prompts.shape[0])
-  if options.method == "sample" and rng is None:
-    raise ValueError("method='sample' needs a PRNG key: pass rng=jax.random.key(seed)")
-  if options.method != "sample":
-    rng = None
-  tokens, scores = _decode_lm_jit(model, nn.unbox(params), prompts, lengths, ids, rng,
-                                  options=options, bidirectional=bidirectional_prompt)
-  return DecodeResult(tokens, scores)
-
-
-def _check_lengths(lengths, shape: tuple[int, int]) -> jax.Array:
+def check_lengths(lengths, shape: tuple[int, int]) -> jax.Array:
+  """Prompt lengths int32 `[batch]` in 1..P for prompts of `shape` [batch, P] (None: all P)."""
   batch, width = shape
   if lengths is None:
     return jnp.full((batch,), width, jnp.int32)
   if isinstance(lengths, jax.core.Tracer):
-    raise ValueError("decode_lm runs its own jit: pass concrete prompt_lengths, not a tracer")
+    raise ValueError("decoding runs its own jit: pass concrete prompt_lengths, not a tracer")
   host = np.asarray(lengths)
   if host.shape != (batch,) or not np.issubdtype(host.dtype, np.integer):
     raise ValueError(f"prompt_lengths must be integers [batch={batch}], got shape {host.shape} "
@@ -241,6 +144,14 @@ def _check_lengths(lengths, shape: tuple[int, int]) -> jax.Array:
   return jnp.asarray(host, jnp.int32)
 
 
+def check_rng(options: DecodeOptions, rng: jax.Array | None) -> jax.Array | None:
+  """The PRNG key sampling needs (a ValueError without one); None for greedy and beam."""
+  if options.method == "sample" and rng is None:
+    raise ValueError("method='sample' needs a PRNG key: pass rng=jax.random.key(seed)")
+  return rng if options.method == "sample" else None
+
+
+# -- helpers for a model's step function ------------------------------------------------------------
 def left_align(prompts: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Right-padded prompts `[b, P]` -> (left-padded prompts `[b, P]`, start `[b]` = P - length)."""
   width = prompts.shape[1]
@@ -250,104 +161,18 @@ def left_align(prompts: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.A
   return jnp.where(source >= 0, shifted, PAD_ID), start
 
 
-@functools.partial(jax.jit, static_argnames=("model", "options", "bidirectional"))
-def _decode_lm_jit(model: DecoderLM, params, prompts: jax.Array, lengths: jax.Array,
-                   ids: jax.Array | None, rng, *, options: DecodeOptions,
-                   bidirectional: bool) -> tuple[jax.Array, jax.Array]:
-  """Prefills the prompts once, expands the cache per beam / sample, then searches."""
-  batch, width = prompts.shape
-  total = width + options.max_length
-  left, start = left_align(prompts, lengths)
-  shapes = jax.eval_shape(lambda p: model.apply(
-      {"params": p}, jnp.zeros((batch, total), jnp.int32), ids, decode=True,
-      mutable=["cache"])[1]["cache"], params)
-  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  prefix = (jnp.arange(width)[None, :] >= start[:, None]) if bidirectional else None
-  logits, state = model.apply({"params": params, "cache": cache}, left, ids, prefix=prefix,
-                              start=start, decode=True, mutable=["cache"])
-  n = options.num_beams if options.method == "beam" else options.num_samples
-  cache, first, ids = expand_cache(state["cache"], n), _expand(logits[:, -1], n), _expand(ids, n)
-
-  def step(cache, token):
-    logits, state = model.apply({"params": params, "cache": cache}, token[:, None], ids,
-                                decode=True, mutable=["cache"])
-    return logits[:, 0], state["cache"]
-
-  return search(step, cache, batch, options, rng, first_logits=first)
+def rows_per_example(options: DecodeOptions) -> int:
+  """n: the rows `search` runs per example (beams, or samples)."""
+  return options.num_beams if options.method == "beam" else options.num_samples
 
 
-def _check_tokens(tokens, name: str = "encoder_input_tokens") -> jax.Array:
-  shape = np.shape(tokens)
-  if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
-    raise ValueError(f"{name} must have shape [batch, input_length] with both > 0, "
-                     f"got shape {shape}")
-  dtype = getattr(tokens, "dtype", np.asarray(tokens).dtype)
-  if not np.issubdtype(dtype, np.integer):
-    raise ValueError(f"{name} must be integer token ids, got dtype {dtype}")
-  return jnp.asarray(tokens, jnp.int32)
+def expand_for_beams(x: jax.Array, beams: int) -> jax.Array:
+  """`[batch, ...] -> [batch * beams, ...]`, each example's rows adjacent (feature ids too)."""
+  return jnp.repeat(x, beams, axis=0)
 
 
-def _check_feature_ids(model: T5, feature_ids, batch: int) -> jax.Array | None:
-  flix = model.flix
-  if flix is not None and flix.row_limit is not None:
-    raise ValueError(
-        f"decoding needs a model with full adapter tables, got FlixConfig.row_limit="
-        f"{flix.row_limit} (compact tables of flix.rows); decode with "
-        f"{type(model).__name__}(config, dataclasses.replace(flix, row_limit=None)) and the full "
-        "params")
-  n_types = flix.space.n_types if flix is not None else 0
-  if n_types == 0:
-    return None if feature_ids is None else jnp.asarray(feature_ids, jnp.int32)
-  if feature_ids is None:
-    raise ValueError(f"the model has feature types {list(flix.space.names)}: pass feature_ids "
-                     f"int [batch, {n_types}] (INACTIVE=-1 for a type that is off)")
-  if isinstance(feature_ids, jax.core.Tracer):
-    raise ValueError("decode runs its own jit: pass concrete feature ids, not a tracer")
-  ids = np.asarray(feature_ids)
-  flix.space.check_ids(ids)
-  if ids.shape[0] != batch:
-    raise ValueError(f"feature_ids has {ids.shape[0]} rows but the batch has {batch} examples; "
-                     "pass one id row per example")
-  return jnp.asarray(ids, jnp.int32)
-
-
-# -- compiled core ------------------------------------------------------------------------------
-# The search loops are shared by the families. A family supplies `step(cache, token [rows]) ->
-# (logits [rows, vocab] float32, cache)` over a cache already expanded to rows = batch * n
-# (n = beams or samples, each example's rows adjacent), and optionally the logits of the first
-# position when its prefill computed them (decoder-only: the last prompt position).
-Step = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
-
-
-@functools.partial(jax.jit, static_argnames=("model", "options"))
-def _decode_jit(model: T5, params, enc: jax.Array, ids: jax.Array | None, rng,
-                *, options: DecodeOptions) -> tuple[jax.Array, jax.Array]:
-  """Encodes once, then decodes; returns (tokens, scores) shaped as DecodeResult."""
-  encoded = model.apply({"params": params}, enc, ids, method=T5.encode)
-  n = options.num_beams if options.method == "beam" else options.num_samples
-  batch, length = enc.shape[0], options.max_length
-  encoded, enc, ids = _expand(encoded, n), _expand(enc, n), _expand(ids, n)
-  cache = _init_cache(model, params, encoded, enc, ids, length)
-  step = lambda cache, token: _step(model, params, encoded, enc, ids, cache, token, length)
-  return search(step, cache, batch, options, rng)
-
-
-def search(step: Step, cache, batch: int, options: DecodeOptions, rng,
-           first_logits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Greedy / sampling / beam search over `step`; (tokens, scores) shaped as DecodeResult.
-
-  Without `first_logits`, the first step is fed the start token (PAD_ID).
-  """
-  if options.method == "beam":
-    tokens, scores = _beam_search(step, cache, batch, options, first_logits)
-  else:
-    tokens, scores = _sample(step, cache, batch, rng, options, first_logits)
-  if options.num_samples == 1:
-    tokens, scores = tokens[:, 0], scores[:, 0]
-  return tokens, scores
-
-
-def _expand(x: jax.Array | None, n: int) -> jax.Array | None:
+def expand(x: jax.Array | None, n: int) -> jax.Array | None:
+  """`expand_for_beams(x, n)`; None and n == 1 pass through."""
   return x if x is None or n == 1 else expand_for_beams(x, n)
 
 
@@ -357,23 +182,31 @@ def expand_cache(cache, n: int):
       lambda x: x if x.ndim == 0 else expand_for_beams(x, n), cache)
 
 
-def _init_cache(model: T5, params, encoded, enc, ids, max_length: int):
-  """Zeroed "cache" collection for decoding `[encoded.shape[0]]` rows up to max_length."""
-  def init(p, e, t, i):
-    dec = jnp.zeros((t.shape[0], max_length), jnp.int32)
-    _, state = model.apply({"params": p}, e, t, dec, i, decode=True,
-                           max_decode_length=max_length, method=T5.decode, mutable=["cache"])
-    return state["cache"]
-  shapes = jax.eval_shape(init, params, encoded, enc, ids)
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+# -- the search loops -------------------------------------------------------------------------------
+Step = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 
 
-def _step(model: T5, params, encoded, enc, ids, cache, token: jax.Array, max_length: int):
-  """One decoder position: token `[rows]` -> logits `[rows, vocab]` (float32), new cache."""
-  logits, state = model.apply({"params": params, "cache": cache}, encoded, enc, token[:, None],
-                              ids, decode=True, max_decode_length=max_length,
-                              method=T5.decode, mutable=["cache"])
-  return logits[:, 0], state["cache"]
+def search(step: Step, cache, batch: int, options: DecodeOptions, rng,
+           first_logits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Greedy / sampling / beam search over `step`; (tokens, scores) shaped as DecodeResult.
+
+  Args:
+    step: `step(cache, token [rows]) -> (logits [rows, vocab] float32, cache)`, rows =
+      batch * rows_per_example(options), each example's rows adjacent.
+    cache: the step's state for those rows (any pytree; per-row arrays lead with rows).
+    batch: examples.
+    options: the search (static: call inside one jit per options).
+    rng: PRNG key for sampling (`check_rng`), else None.
+    first_logits: logits `[rows, vocab]` of the first position when the model's prefill
+      computed them; without them the first step is fed the start token (PAD_ID).
+  """
+  if options.method == "beam":
+    tokens, scores = _beam_search(step, cache, batch, options, first_logits)
+  else:
+    tokens, scores = _sample(step, cache, batch, rng, options, first_logits)
+  if options.num_samples == 1:
+    tokens, scores = tokens[:, 0], scores[:, 0]
+  return tokens, scores
 
 
 def _pick(logits: jax.Array, key, options: DecodeOptions) -> jax.Array:

@@ -480,7 +480,7 @@ def evaluate(model: BaseModel, params, tasks: str | Sequence[str], *, out_dir: s
     batch_size: decode batch rows (short batches padded).
     holdout: e.g. `reg.holdout`, for seen pair / unseen pair / unseen language kinds.
     split: "validation" or "test".
-    decode_kwargs: `flix.decoding.decode` options (method, num_beams, alpha, temperature,
+    decode_kwargs: `flix.decoding.DecodeOptions` fields (method, num_beams, alpha, temperature,
       top_k, rng, num_samples); default greedy.
     step, num_examples: see PairEvaluator.
     task_decode_kwargs: `{seqio task name: options}` replacing `decode_kwargs` for those tasks,

@@ -45,8 +45,9 @@ def test_merged_decode_equals_adapter_path():
   """The bench's own check, directly: every combination merged decodes like its adapter path."""
   import jax.numpy as jnp
 
-  from flix import decoding
+  from flix.decoding import DecodeOptions
   from flix.merge import merge_params
+  from flix.models.model import EncoderDecoderModel
   from flix.models.t5 import T5
 
   cfg = synthetic.model_config(parse_args(TINY))
@@ -56,12 +57,13 @@ def test_merged_decode_equals_adapter_path():
   combos = synthetic.combinations(flix, 6, 0)
   assert len({tuple(c) for c in combos}) == 6
   enc = jnp.asarray(synthetic.random_tokens(np.random.default_rng(0), cfg.vocab_size, (6, 9)))
-  hetero = np.asarray(decoding.decode(model, params, enc, jnp.asarray(combos), max_length=7,
-                                      eos_id=decode.NO_EOS).tokens)
+  options = DecodeOptions(max_length=7, eos_id=decode.NO_EOS)
+  hetero = np.asarray(EncoderDecoderModel(model).decode(params, enc, jnp.asarray(combos),
+                                                        options=options).tokens)
   assert hetero.shape == (6, 7)
   for r in range(6):
-    merged = np.asarray(decoding.decode(T5(cfg), merge_params(params, flix, combos[r]), enc,
-                                        max_length=7, eos_id=decode.NO_EOS).tokens)
+    merged = np.asarray(EncoderDecoderModel(T5(cfg)).decode(
+        merge_params(params, flix, combos[r]), enc, options=options).tokens)
     np.testing.assert_array_equal(merged[r], hetero[r])
 
 

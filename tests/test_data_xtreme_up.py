@@ -293,9 +293,8 @@ def test_autocomplete_decodes_three_beams_and_other_tasks_one(decode_reg, tmp_pa
                                  converter.FlixEncDecFeatureConverter(reg.space.n_types),
                                  dataset_split="validation", shuffle=False)
                .batch(1).as_numpy_iterator())
-  out = decoding.decode(model.module, params, batch["encoder_input_tokens"],
-                        batch["feature_ids"], max_length=24, method="beam", num_beams=3,
-                        num_samples=3)
+  out = model.decode(params, batch["encoder_input_tokens"], batch["feature_ids"],
+                     options=decoding.DecodeOptions(24, method="beam", num_beams=3, num_samples=3))
   beams = [vocab.BYTE_VOCAB.decode(np.asarray(row).tolist()) for row in out.tokens[0]]
   assert line["prediction"] == beams and len(line["score"]) == 3
   assert report.per_pair[auto]["top3_accuracy"] == 100.0 * ("brown" in beams)

@@ -200,18 +200,19 @@ def test_cached_greedy_equals_teacher_forced_argmax():
   config = tiny.decoder_config(num_kv_heads=1, sliding_window=3, logits_via_embedding=True,
                                scale_embeddings=True, norm_scale_plus_one=True)
   model = DecoderLM(config, FlixConfig(tiny.space()))
+  greedy = decoding.DecodeOptions(NEW, eos_id=-1)
   params = tiny.decoder_random_params(model, seed=1)
   for prefix in (True, False):
-    result = decoding.decode_lm(model, params, prompts(), PROMPT_LENGTHS, tiny.MIXED_IDS,
-                                max_length=NEW, eos_id=-1, bidirectional_prompt=prefix)
+    obj = DecoderOnlyModel(model, inputs_bidirectional_attention=prefix)
+    result = obj.decode(params, prompts(), PROMPT_LENGTHS, tiny.MIXED_IDS, options=greedy)
     got = np.asarray(result.tokens)
     assert got.shape == (6, NEW)
     for i, n in enumerate(PROMPT_LENGTHS):
       expected = greedy_alone(model, params, prompts()[i, :n], tiny.MIXED_IDS[i], NEW, prefix)
       assert list(got[i]) == expected, (prefix, i)
   # One beam follows greedy's path (EOS off: see tests/test_decoding.py).
-  beam = decoding.decode_lm(model, params, prompts(), PROMPT_LENGTHS, tiny.MIXED_IDS,
-                            max_length=NEW, eos_id=-1, method="beam", num_beams=1, alpha=0.0)
+  one_beam = decoding.DecodeOptions(NEW, eos_id=-1, method="beam", num_beams=1, alpha=0.0)
+  beam = obj.decode(params, prompts(), PROMPT_LENGTHS, tiny.MIXED_IDS, options=one_beam)
   np.testing.assert_array_equal(beam.tokens, result.tokens)
   np.testing.assert_allclose(beam.scores, result.scores, **TOL)
 
@@ -272,11 +273,11 @@ def test_greedy_scores_are_the_teacher_forced_log_probs():
 def test_decode_argument_errors():
   obj, params, batch = lm_object()
   with pytest.raises(ValueError, match=r"prompt_lengths\[1\] is 0: expected 1\.\.8"):
-    decoding.decode_lm(obj.module, params, batch["decoder_input_tokens"], [3, 0, 1, 1, 1, 1],
-                       tiny.MIXED_IDS, max_length=2)
+    obj.decode(params, batch["decoder_input_tokens"], [3, 0, 1, 1, 1, 1], tiny.MIXED_IDS,
+               options=decoding.DecodeOptions(2))
   with pytest.raises(ValueError, match="feature_ids has 5 rows but the batch has 6 examples"):
-    decoding.decode_lm(obj.module, params, batch["decoder_input_tokens"], None,
-                       tiny.MIXED_IDS[:5], max_length=2)
+    obj.decode(params, batch["decoder_input_tokens"], None, tiny.MIXED_IDS[:5],
+               options=decoding.DecodeOptions(2))
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ import pytest
 
 from flix import decoding
 from flix.config import FlixConfig
+from flix.decoding import DecodeOptions
+from flix.models import decode_fns
+from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5
 import tiny
 
@@ -27,10 +30,20 @@ def _setup():
   return model, params, enc, jnp.asarray(tiny.MIXED_IDS)
 
 
+def decode(model, params, enc, ids, rng=None, **options):
+  """`EncoderDecoderModel.decode` of the T5 `model`; options: DecodeOptions' fields."""
+  return EncoderDecoderModel(model).decode(params, enc, ids, options=DecodeOptions(**options),
+                                           rng=rng)
+
+
+def log_probs(model, params, enc, ids, tokens, **kwargs):
+  return EncoderDecoderModel(model).sequence_log_probs(params, enc, ids, tokens, **kwargs)
+
+
 @functools.lru_cache(maxsize=None)
 def _greedy():
   model, params, enc, ids = _setup()
-  return decoding.decode(model, params, enc, ids, max_length=LENGTH)
+  return decode(model, params, enc, ids, max_length=LENGTH)
 
 
 def _argmax_without_cache(model, params, enc, ids):
@@ -51,7 +64,7 @@ def _argmax_without_cache(model, params, enc, ids):
 
 def _normalised(model, params, enc, ids, tokens, alpha):
   """Log-prob / brevity penalty at the decode's length (EOS included; LENGTH without EOS)."""
-  logprob = np.asarray(decoding.sequence_log_probs(model, params, enc, ids, tokens))
+  logprob = np.asarray(log_probs(model, params, enc, ids, tokens))
   tokens = np.asarray(tokens)
   lengths = np.where((tokens == decoding.EOS_ID).any(-1),
                      (tokens == decoding.EOS_ID).argmax(-1) + 1, LENGTH)
@@ -72,9 +85,9 @@ def test_greedy_equals_argmax_over_teacher_forced_logits():
   for row, end in zip(tokens[has_eos], ends):  # PAD after EOS, nothing else.
     assert np.all(row[end + 1:] == decoding.PAD_ID)
   np.testing.assert_allclose(
-      result.scores, decoding.sequence_log_probs(model, params, enc, ids, result.tokens), **TOL)
+      result.scores, log_probs(model, params, enc, ids, result.tokens), **TOL)
   # Adapters matter: without the features the decodes differ.
-  plain = decoding.decode(model, params, enc, jnp.full_like(ids, -1), max_length=LENGTH)
+  plain = decode(model, params, enc, jnp.full_like(ids, -1), max_length=LENGTH)
   assert np.any(np.asarray(plain.tokens) != tokens)
 
 
@@ -83,9 +96,9 @@ def test_one_beam_equals_greedy_without_eos():
   an earlier candidate ending in EOS whose log-prob beats the whole greedy sequence, as T5X's
   does; so EOS is switched off here.)"""
   model, params, enc, ids = _setup()
-  greedy = decoding.decode(model, params, enc, ids, max_length=LENGTH, eos_id=-1)
-  beam = decoding.decode(model, params, enc, ids, max_length=LENGTH, method="beam",
-                         num_beams=1, alpha=0.0, eos_id=-1)
+  greedy = decode(model, params, enc, ids, max_length=LENGTH, eos_id=-1)
+  beam = decode(model, params, enc, ids, max_length=LENGTH, method="beam", num_beams=1,
+                alpha=0.0, eos_id=-1)
   np.testing.assert_array_equal(beam.tokens, greedy.tokens)
   np.testing.assert_allclose(beam.scores, greedy.scores, **TOL)
   assert np.any(np.asarray(greedy.tokens) == decoding.EOS_ID), "EOS must be an ordinary token here"
@@ -94,8 +107,8 @@ def test_one_beam_equals_greedy_without_eos():
 def test_beam_search_beats_greedy_and_expands_features_per_beam():
   model, params, enc, ids = _setup()
   alpha = 0.6
-  beam = decoding.decode(model, params, enc, ids, max_length=LENGTH, method="beam",
-                         num_beams=4, alpha=alpha, num_samples=2)
+  beam = decode(model, params, enc, ids, max_length=LENGTH, method="beam",
+                num_beams=4, alpha=alpha, num_samples=2)
   assert beam.tokens.shape == (6, 2, LENGTH) and beam.scores.shape == (6, 2)
   scores = np.asarray(beam.scores)
   assert np.all(scores[:, 0] >= scores[:, 1])
@@ -106,14 +119,13 @@ def test_beam_search_beats_greedy_and_expands_features_per_beam():
   # Examples with different features in one batch == each decoded alone (per-beam feature ids).
   assert np.any(tiny.MIXED_IDS[0] != tiny.MIXED_IDS[1])
   for row in (0, 1):
-    alone = decoding.decode(model, params, enc[row:row + 1], ids[row:row + 1],
-                            max_length=LENGTH, method="beam", num_beams=4, alpha=alpha,
-                            num_samples=2)
+    alone = decode(model, params, enc[row:row + 1], ids[row:row + 1], max_length=LENGTH,
+                   method="beam", num_beams=4, alpha=alpha, num_samples=2)
     np.testing.assert_array_equal(alone.tokens[0], beam.tokens[row])
     np.testing.assert_allclose(alone.scores[0], beam.scores[row], **TOL)
   # Each example really decodes with its own adapters: other id rows change the output.
-  swapped = decoding.decode(model, params, enc, ids[::-1], max_length=LENGTH, method="beam",
-                            num_beams=4, alpha=alpha, num_samples=2)
+  swapped = decode(model, params, enc, ids[::-1], max_length=LENGTH, method="beam",
+                   num_beams=4, alpha=alpha, num_samples=2)
   assert np.any(np.asarray(swapped.tokens) != np.asarray(beam.tokens))
 
 
@@ -124,14 +136,14 @@ def test_beam_search_with_a_beam_per_token_is_exhaustive_over_two_positions():
   model, params, enc, ids = _setup()
   enc, ids = enc[:3], ids[:3]  # Three examples with different features.
   vocab = model.config.vocab_size
-  beam = decoding.decode(model, params, enc, ids, max_length=2, method="beam",
-                         num_beams=vocab, alpha=0.0, eos_id=-1)
-  greedy = decoding.decode(model, params, enc, ids, max_length=2, eos_id=-1)
+  beam = decode(model, params, enc, ids, max_length=2, method="beam",
+                num_beams=vocab, alpha=0.0, eos_id=-1)
+  greedy = decode(model, params, enc, ids, max_length=2, eos_id=-1)
   pairs = np.stack(np.meshgrid(np.arange(vocab), np.arange(vocab), indexing="ij"), -1)
   pairs = jnp.asarray(pairs.reshape(-1, 2), jnp.int32)  # [vocab^2, 2]
   for row in range(enc.shape[0]):
     n = pairs.shape[0]
-    every = np.asarray(decoding.sequence_log_probs(
+    every = np.asarray(log_probs(
         model, params, jnp.repeat(enc[row:row + 1], n, 0), jnp.repeat(ids[row:row + 1], n, 0),
         pairs, eos_id=-1))
     np.testing.assert_allclose(beam.scores[row], every.max(), **TOL)
@@ -142,7 +154,7 @@ def test_beam_search_with_a_beam_per_token_is_exhaustive_over_two_positions():
 def test_sampling_temperature_and_rng():
   model, params, enc, ids = _setup()
   greedy = _greedy()
-  sample = functools.partial(decoding.decode, model, params, enc, ids, max_length=LENGTH,
+  sample = functools.partial(decode, model, params, enc, ids, max_length=LENGTH,
                              method="sample")
   cold = sample(temperature=1e-4, rng=jax.random.key(0))
   np.testing.assert_array_equal(cold.tokens, greedy.tokens)
@@ -162,21 +174,57 @@ def test_sampling_temperature_and_rng():
   expand = lambda x: jnp.repeat(x, 3, axis=0)
   np.testing.assert_allclose(
       np.asarray(a.scores).reshape(-1),
-      decoding.sequence_log_probs(model, params, expand(enc), expand(ids), flat), **TOL)
+      log_probs(model, params, expand(enc), expand(ids), flat), **TOL)
 
 
 def test_bad_arguments_fail_loudly():
   model, params, enc, ids = _setup()
   with pytest.raises(ValueError, match="needs a PRNG key"):
-    decoding.decode(model, params, enc, ids, max_length=4, method="sample")
+    decode(model, params, enc, ids, max_length=4, method="sample")
   with pytest.raises(ValueError, match="unknown decoding method 'topp'"):
-    decoding.decode(model, params, enc, ids, max_length=4, method="topp")
+    decode(model, params, enc, ids, max_length=4, method="topp")
   with pytest.raises(ValueError, match="at most num_beams=2"):
-    decoding.decode(model, params, enc, ids, max_length=4, method="beam", num_beams=2,
-                    num_samples=3)
+    decode(model, params, enc, ids, max_length=4, method="beam", num_beams=2, num_samples=3)
   with pytest.raises(ValueError, match=r"pass feature_ids int \[batch, 2\]"):
-    decoding.decode(model, params, enc, None, max_length=4)
+    decode(model, params, enc, None, max_length=4)
   with pytest.raises(ValueError, match="feature_ids has 2 rows"):
-    decoding.decode(model, params, enc, ids[:2], max_length=4)
+    decode(model, params, enc, ids[:2], max_length=4)
   with pytest.raises(ValueError, match="out of range"):
-    decoding.decode(model, params, enc, ids + 5, max_length=4)
+    decode(model, params, enc, ids + 5, max_length=4)
+
+
+def test_search_decodes_any_step_function():
+  """Decoding knows no model: over a bigram table (logits = table[previous token]) greedy is the
+  argmax chain from the start token, its score the chain's log-probability, and one beam
+  (EOS off) follows it."""
+  vocab, batch = 7, 2
+  table = jnp.asarray(np.random.RandomState(0).normal(size=(vocab, vocab)), jnp.float32)
+  step = lambda cache, token: (table[token], cache + 1)
+  cache = jnp.zeros((), jnp.int32)
+  options = DecodeOptions(max_length=5, eos_id=-1)
+  tokens, scores = jax.jit(lambda c: decoding.search(step, c, batch, options, None))(cache)
+  chain, logp, prev = [], 0.0, decoding.PAD_ID
+  for _ in range(5):
+    row = np.asarray(jax.nn.log_softmax(table[prev]))
+    prev = int(np.argmax(row))
+    logp += row[prev]
+    chain.append(prev)
+  np.testing.assert_array_equal(tokens, [chain] * batch)
+  beam = DecodeOptions(max_length=5, method="beam", num_beams=1, alpha=0.0, eos_id=-1)
+  beam_tokens, _ = decoding.search(step, cache, batch, beam, None)
+  np.testing.assert_array_equal(beam_tokens, tokens)
+  np.testing.assert_allclose(scores, [logp] * batch, rtol=1e-5)
+
+
+def test_decode_compiles_once_per_model_options_and_shape():
+  """Model objects over equal networks share the compiled decode: same options and shapes
+  never recompile (evaluation rebuilds model objects, and decodes batch after batch)."""
+  model, params, enc, ids = _setup()
+  options = DecodeOptions(max_length=3, method="beam", num_beams=2)
+  EncoderDecoderModel(model).decode(params, enc, ids, options=options)
+  compiled = decode_fns._encoder_decoder_jit._cache_size()
+  again = EncoderDecoderModel(T5(model.config, model.flix))  # An equal network, rebuilt.
+  again.decode(params, enc + 1, ids[::-1], options=options)
+  assert decode_fns._encoder_decoder_jit._cache_size() == compiled
+  again.decode(params, enc, ids, options=DecodeOptions(max_length=4, method="beam", num_beams=2))
+  assert decode_fns._encoder_decoder_jit._cache_size() == compiled + 1

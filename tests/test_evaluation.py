@@ -84,8 +84,8 @@ def test_tiny_model_predictions_metrics_and_reports(reg, evaluator, tmp_path):
   other = reg.tasks_of_kind("seen_pair")[0].feature_ids
   for rows, ids in (([0, 1], batch["feature_ids"][:2]),
                     ([2, 0], np.stack([batch["feature_ids"][2], other]))):
-    out = decoding.decode(model.module, params, batch["encoder_input_tokens"][rows], ids,
-                          max_length=CONFIG.target_length)
+    out = model.decode(params, batch["encoder_input_tokens"][rows], ids,
+                       options=decoding.DecodeOptions(CONFIG.target_length))
     got = BYTE_VOCAB.decode(np.asarray(out.tokens[0]).tolist())
     assert got == lines[rows[0]]["prediction"]
     np.testing.assert_allclose(out.scores[0], lines[rows[0]]["score"], rtol=1e-5)

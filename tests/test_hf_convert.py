@@ -18,12 +18,14 @@ import peft
 import torch
 import transformers
 
-from flix import convert, decoding
+from flix import convert
 from flix.checkpoints import load_model, save_model, strip_adapters
 from flix.config import FlixConfig
+from flix.decoding import DecodeOptions
 from flix.errors import HFConversionError, UnknownFeatureError
 from flix.features import parse_features
 from flix.interop import hf, hf_files, hf_t5, peft_export
+from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5, T5Config
 import tiny
 
@@ -150,8 +152,8 @@ def test_from_hf_logits_and_greedy_match_transformers(converted):
   ours = flix_greedy(config, params, enc, length)
   np.testing.assert_array_equal(ours[:, :out.shape[1]], out)
   assert not ours[:, out.shape[1]:].any()
-  cached = np.asarray(decoding.decode(T5(config), params, jnp.asarray(enc),
-                                      max_length=length - 1, method="greedy").tokens)
+  cached = np.asarray(EncoderDecoderModel(T5(config)).decode(
+      params, jnp.asarray(enc), options=DecodeOptions(length - 1)).tokens)
   np.testing.assert_array_equal(cached, ours[:, 1:])  # decode() leaves out the start token.
 
 

@@ -12,8 +12,9 @@ import pytest
 from flix import merge
 from flix.checkpoints import strip_adapters
 from flix.config import FlixConfig
+from flix.decoding import expand_for_beams
 from flix.features import FeatureSpace
-from flix.models.t5 import T5, expand_for_beams
+from flix.models.t5 import T5
 from flix.trainable import freeze_base, trainable_mask
 import tiny
 

@@ -3,8 +3,8 @@
 The tiny byte-level T5.1.1 of `experiments.bench.train` (d_model 256, 4 + 4 layers, d_ff 1024;
 `--model small` and size flags as there) with FLix on every projection: two feature types
 (task, lang) of F/2 values each (default F = 64), rank 8 each, random non-zero adapters. A batch
-of B = 32 examples x 64 random input bytes is decoded greedily by `flix.decoding.decode` (one
-jitted encode + `while_loop` over cached decoder steps) for exactly `--max-length` = 64 positions:
+of B = 32 examples x 64 random input bytes is decoded greedily by `EncoderDecoderModel.decode`
+(one jitted encode + `while_loop` over cached decoder steps) for exactly `--max-length` = 64 positions:
 EOS is disabled (eos_id = -1) so that every configuration runs the same number of steps.
   base                the base model alone: T5(config) without adapters;
   merged              one combination merged into the base kernels (`flix.merge.merge_params`)
@@ -35,13 +35,14 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from flix import decoding
 from experiments.bench import core
 from experiments.bench.synthetic import (add_size_flags, batch_ids, combinations, feature_config,
-                                  forward, model_config, random_params, random_tokens,
-                                  shift_right)
+                                         forward, model_config, random_params, random_tokens,
+                                         shift_right)
 from flix.checkpoints import strip_adapters
+from flix.decoding import DecodeOptions
 from flix.merge import merge_params
+from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5
 
 BAR_MERGED_VS_BASE = 1.05
@@ -96,9 +97,11 @@ def run(args: argparse.Namespace) -> dict:
   hetero_ids = jnp.asarray(batch_ids(combos, args.batch))
   homo_ids = jnp.asarray(batch_ids(combos[:1], args.batch))
 
+  options = DecodeOptions(max_length=args.max_length, method="greedy", eos_id=NO_EOS)
+
   def decoder(m, p, ids):
-    return lambda: np.asarray(decoding.decode(m, p, enc, ids, max_length=args.max_length,
-                                              method="greedy", eos_id=NO_EOS).tokens)
+    net = EncoderDecoderModel(m)
+    return lambda: np.asarray(net.decode(p, enc, ids, options=options).tokens)
 
   cases_spec = [("base", base_model, base, None, 0),
                 ("merged", base_model, merged, None, 1),
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
   result = {"config": {
       "command": "decode", "model": args.model, "t5": dataclasses.asdict(cfg),
       "batch": args.batch, "input_length": args.in_len, "max_length": args.max_length,
-      "method": "greedy with the KV cache (flix.decoding.decode), EOS disabled",
+      "method": "greedy with the KV cache (EncoderDecoderModel.decode), EOS disabled",
       "F": args.F, "rank": args.rank, "feature_types": ["task", "lang"],
       "strategy": flix.resolved_strategy(), "merged_combination": combos[0].tolist(),
       "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed, "dtype": "float32",

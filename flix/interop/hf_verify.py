@@ -19,16 +19,22 @@ import dataclasses
 
 import numpy as np
 
-from flix import decoding
 from flix.checkpoints import load_model, strip_adapters
 from flix.errors import HFConversionError
 from flix.interop import hf
 from flix.interop.hf_files import read_hf_config
+from flix.decoding import DecodeOptions
 from flix.models.decoder import DecoderLM
 from flix.models.families import family_of
+from flix.models.model import DecoderOnlyModel, EncoderDecoderModel
 from flix.models.t5 import T5
 
 TOLERANCE = 1e-4
+
+
+def _greedy(steps: int) -> DecodeOptions:
+  """`steps` greedy tokens, EOS off (generate() runs max_new_tokens; compared up to EOS)."""
+  return DecodeOptions(max_length=steps, method="greedy", eos_id=-1)
 
 
 def passed(report: dict) -> bool:
@@ -63,7 +69,7 @@ def _decoder_outputs(torch, model, config, params, rng, batch, length, steps):
                                 repetition_penalty=1.0, max_new_tokens=steps).numpy()[:, length:]
   net = DecoderLM(config)
   ours = np.asarray(net.apply({"params": params}, tokens))
-  greedy = decoding.decode_lm(net, params, tokens, max_length=steps, method="greedy", eos_id=-1)
+  greedy = DecoderOnlyModel(net).decode(params, tokens, options=_greedy(steps))
   return ref, ours, ref_greedy, np.asarray(greedy.tokens)
 
 
@@ -82,7 +88,7 @@ def _t5_outputs(torch, model, config, params, rng, batch, length, steps):
                                 max_new_tokens=steps).numpy()[:, 1:]  # Without the start token.
   net = T5(config)
   ours = np.asarray(net.apply({"params": params}, enc, dec))
-  greedy = decoding.decode(net, params, enc, max_length=steps, method="greedy", eos_id=-1)
+  greedy = EncoderDecoderModel(net).decode(params, enc, options=_greedy(steps))
   return ref, ours, ref_greedy, np.asarray(greedy.tokens)
 
 

@@ -3,7 +3,8 @@
 A model object wraps a Flax network and owns everything that depends on the model family:
   loss_fn               the training loss of a model batch (network dropout, feature dropout);
   score_batch           the log-likelihood of each example's targets;
-  predict_batch         decoding (greedy / beam / sampling with a KV cache);
+  predict_batch         decoding a model batch (greedy / beam / sampling with a KV cache);
+  decode                the same from tokens and feature ids, one per family;
   get_initial_variables fresh variables for given input shapes;
   inputs_batch          the model batch that decodes raw tokenized inputs (inference).
 The trainer, evaluator, inference, benches and demo use only these. Families:
@@ -37,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flix import decoding
+from flix.decoding import EOS_ID, DecodeOptions, DecodeResult
 from flix.config import FlixConfig
 from flix.features import FEATURE_IDS, INACTIVE, check_dropout_rate, feature_dropout
-from flix.models import losses, segments
+from flix.models import decode_fns, losses, segments
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.models.t5 import T5, T5Config
 
@@ -120,9 +121,9 @@ class BaseModel(abc.ABC):
     """Teacher-forced logits `[batch, targets_length, vocab]` (float32); dropout iff an rng."""
 
   @abc.abstractmethod
-  def predict_batch(self, params, batch: Batch, options: decoding.DecodeOptions,
-                    rng: jax.Array | None = None) -> decoding.DecodeResult:
-    """Decodes every example of `batch` with its own features."""
+  def predict_batch(self, params, batch: Batch, options: DecodeOptions,
+                    rng: jax.Array | None = None) -> DecodeResult:
+    """Decodes every example of `batch` with its own features (the family's `decode`)."""
 
   @abc.abstractmethod
   def get_initial_variables(self, rng: jax.Array,
@@ -196,11 +197,37 @@ class EncoderDecoderModel(BaseModel):
                              **segments.packed_features(batch, self.PACKED_FEATURES),
                              enable_dropout=dropout_rng is not None, rngs=rngs)
 
+  def decode(self, params, encoder_input_tokens, feature_ids=None, *, options: DecodeOptions,
+             rng: jax.Array | None = None) -> DecodeResult:
+    """Decodes `encoder_input_tokens` with the KV cache (`flix.decoding`).
+
+    Args:
+      params: the network's params (boxed or plain; full tables, `flix.row_limit` None).
+      encoder_input_tokens: int `[batch, input_length]`, 0-padded.
+      feature_ids: int `[batch, n_types]` (INACTIVE = -1 switches a type off), one row per
+        example; required when the model has feature types, ignored by a model without FLix.
+      options: max_length, method ("greedy", "beam", "sample"), beams, alpha, temperature,
+        top_k, num_samples, eos_id (`DecodeOptions`).
+      rng: PRNG key, required for sampling (the same key gives the same samples).
+
+    Returns:
+      DecodeResult with tokens `[batch, (num_samples,) max_length]` and scores.
+    """
+    return decode_fns.encoder_decoder(self.module, params, encoder_input_tokens, feature_ids,
+                                      options, rng)
+
+  def sequence_log_probs(self, params, encoder_input_tokens, feature_ids, tokens,
+                         eos_id: int = EOS_ID) -> jax.Array:
+    """Teacher-forced log-probability `[batch]` of decodes `[batch, length]` (PAD after EOS),
+    summed up to and including the first EOS: what greedy and sampling report as scores."""
+    return decode_fns.sequence_log_probs(self.module, params, encoder_input_tokens, feature_ids,
+                                         tokens, eos_id)
+
   def predict_batch(self, params, batch, options, rng=None):
     segments.refuse_packed(batch, "predict_batch")
     ids = self.feature_ids(batch)
-    return decoding.decode_with_options(self.module, params, batch["encoder_input_tokens"],
-                                        None if ids is None else np.asarray(ids), options, rng)
+    return self.decode(params, batch["encoder_input_tokens"],
+                       None if ids is None else np.asarray(ids), options=options, rng=rng)
 
   def get_initial_variables(self, rng, input_shapes=None):
     shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8),
@@ -248,13 +275,33 @@ class DecoderOnlyModel(BaseModel):
                              prefix=prefix, **rows, enable_dropout=dropout_rng is not None,
                              rngs=rngs)
 
+  def decode(self, params, prompt_tokens, prompt_lengths=None, feature_ids=None, *,
+             options: DecodeOptions, rng: jax.Array | None = None) -> DecodeResult:
+    """Continues prompts with the KV cache (`flix.decoding`): options.max_length new tokens.
+
+    Args:
+      params: the network's params (boxed or plain; full tables, `flix.row_limit` None).
+      prompt_tokens: int `[batch, P]`, each prompt right-padded (what the prefix-LM converter
+        gives: the start token, the inputs, their EOS).
+      prompt_lengths: int `[batch]` in 1..P (default: every prompt fills P). The padding is
+        never attended to, and each prompt's positions start at 0.
+      feature_ids, options, rng: as `EncoderDecoderModel.decode`.
+
+    The prompt is prefilled in one call (each row left-aligned to end at position P - 1),
+    attending to itself in both directions iff `inputs_bidirectional_attention`; the first token
+    comes from its last position's logits, then one cached position per step. PAD after EOS,
+    scores as `EncoderDecoderModel.decode`.
+    """
+    return decode_fns.decoder_only(self.module, params, prompt_tokens, prompt_lengths,
+                                   feature_ids, options, rng,
+                                   bidirectional=self.inputs_bidirectional_attention)
+
   def predict_batch(self, params, batch, options, rng=None):
     segments.refuse_packed(batch, "predict_batch")
     ids = self.feature_ids(batch)
     prompts, lengths = self.prompts(batch)
-    return decoding.decode_lm_with_options(
-        self.module, params, prompts, lengths, None if ids is None else np.asarray(ids), options,
-        rng, bidirectional_prompt=self.inputs_bidirectional_attention)
+    return self.decode(params, prompts, lengths, None if ids is None else np.asarray(ids),
+                       options=options, rng=rng)
 
   @staticmethod
   def prompts(batch) -> tuple[np.ndarray, np.ndarray]:

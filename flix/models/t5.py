@@ -11,7 +11,7 @@ encoder segment of the same example; relative position biases depend only on pos
 differences, which within a segment are those of the unpacked example (as in T5X).
 Beam search: encoder outputs are expanded per beam as `[batch * beams, ...]` with each example's
 rows adjacent (T5X's flat_batch_beam_expand); feature ids must be expanded the same way, which is
-what `expand_for_beams` does (`jnp.repeat(ids, beams, axis=0)`).
+what `flix.decoding.expand_for_beams` does (`jnp.repeat(ids, beams, axis=0)`).
 """
 
 from __future__ import annotations
@@ -65,11 +65,6 @@ class T5Config:
   @classmethod
   def from_json(cls, text: str) -> "T5Config":
     return cls(**json.loads(text))
-
-
-def expand_for_beams(x: jax.Array, beams: int) -> jax.Array:
-  """`[batch, ...] -> [batch * beams, ...]`, each example's rows adjacent (feature ids too)."""
-  return jnp.repeat(x, beams, axis=0)
 
 
 def relative_position_buckets(q_positions: np.ndarray, k_positions: np.ndarray, bidirectional: bool,
