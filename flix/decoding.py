@@ -113,7 +113,7 @@ def before_or_at_eos(tokens: jax.Array, eos_id: int) -> jax.Array:
   return (jnp.cumsum(is_eos, axis=-1) - is_eos) == 0
 
 
-# -- checks every model's decode runs --------------------------------------------------------------
+# -- checks every model's decode runs ----------------------------------------------------------
 def check_tokens(tokens, name: str = "encoder_input_tokens") -> jax.Array:
   """int32 `[batch, length]` token ids, or a ValueError naming `name`, its shape or dtype."""
   shape = np.shape(tokens)
@@ -151,7 +151,7 @@ def check_rng(options: DecodeOptions, rng: jax.Array | None) -> jax.Array | None
   return rng if options.method == "sample" else None
 
 
-# -- helpers for a model's step function ------------------------------------------------------------
+# -- helpers for a model's step function -------------------------------------------------------
 def left_align(prompts: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Right-padded prompts `[b, P]` -> (left-padded prompts `[b, P]`, start `[b]` = P - length)."""
   width = prompts.shape[1]
@@ -182,7 +182,7 @@ def expand_cache(cache, n: int):
       lambda x: x if x.ndim == 0 else expand_for_beams(x, n), cache)
 
 
-# -- the search loops -------------------------------------------------------------------------------
+# -- the search loops --------------------------------------------------------------------------
 Step = Callable[[Any, jax.Array], tuple[jax.Array, Any]]
 
 

@@ -4,8 +4,9 @@ The tiny byte-level T5.1.1 of `experiments.bench.train` (d_model 256, 4 + 4 laye
 `--model small` and size flags as there) with FLix on every projection: two feature types
 (task, lang) of F/2 values each (default F = 64), rank 8 each, random non-zero adapters. A batch
 of B = 32 examples x 64 random input bytes is decoded greedily by `EncoderDecoderModel.decode`
-(one jitted encode + `while_loop` over cached decoder steps) for exactly `--max-length` = 64 positions:
-EOS is disabled (eos_id = -1) so that every configuration runs the same number of steps.
+(one jitted encode + `while_loop` over cached decoder steps) for exactly `--max-length` = 64
+positions: EOS is disabled (eos_id = -1) so that every configuration runs the same number of
+steps.
   base                the base model alone: T5(config) without adapters;
   merged              one combination merged into the base kernels (`flix.merge.merge_params`)
                       and run as the same plain T5(config): a homogeneous batch;
