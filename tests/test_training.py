@@ -16,6 +16,7 @@ import pytest
 
 from flix import checkpoints, gin_utils
 from flix import train as train_entry
+from flix.errors import NonFiniteLossError
 from flix.models.t5 import T5, init_params
 from flix.training.checkpointer import latest, step_dirs
 
@@ -136,12 +137,36 @@ def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
   saved_state(path)  # Complete and readable.
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+def open_files_under(directory):
+  """The files under `directory` this process holds open (Linux: /proc/self/fd)."""
+  fds = "/proc/self/fd"
+  if not os.path.isdir(fds):
+    pytest.skip("needs /proc/self/fd")
+  paths = []
+  for fd in os.listdir(fds):
+    try:
+      paths.append(os.readlink(os.path.join(fds, fd)))
+    except OSError:  # Closed since listed.
+      pass
+  return sorted(p for p in paths if p.startswith(os.path.realpath(directory) + os.sep))
+
+
+def test_nan_loss_stops_keeps_last_good_checkpoint_and_closes_files(tmp_path, capsys,
+                                                                    monkeypatch):
   assert run_train(tmp_path, "--gin.TRAIN_STEPS=4") == 0
   good = saved_state(tmp_path / "checkpoint_4")
-  code = run_train(tmp_path, "--gin.EncoderDecoderModel.z_loss=1e39")
+  assert open_files_under(tmp_path) == []
+  # FLIX_TRACEBACK re-raises the error: its traceback keeps the run's objects alive, so a file
+  # still open here is one the failed run left open (garbage collection would close it later).
+  monkeypatch.setenv("FLIX_TRACEBACK", "1")
+  gin.clear_config()
+  with pytest.raises(NonFiniteLossError):
+    gin_utils.run(train_entry.main, [
+        f"--gin_search_paths={GIN_DIR}", f"--gin_file={GIN}", f"--gin.MODEL_DIR='{tmp_path}'",
+        "--gin.EncoderDecoderModel.z_loss=1e39", "--gin.EVAL_PERIOD=100",
+        "--gin.EVAL_EXAMPLES=2"])
+  assert open_files_under(tmp_path) == []  # metrics.jsonl, train/ and eval/ events: closed.
   err = capsys.readouterr().err.strip().splitlines()
-  assert code == 1
   assert re.match(r"error: NonFiniteLossError: loss is (nan|inf) at step 6;", err[-1]), err[-1]
   assert err[-1].endswith(f"Last good checkpoint: {tmp_path / 'checkpoint_4'}")
   assert [s for s, _ in step_dirs(str(tmp_path))] == [4]

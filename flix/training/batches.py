@@ -108,6 +108,10 @@ class TrainBatches(Iterator[dict]):
       return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+  def close(self) -> None:
+    """Releases the input pipeline (tf.data's prefetched batches and threads)."""
+    self._iterators = []
+
   def save(self, directory: str) -> None:
     """Writes this host's shard iterators into checkpoint `directory` (every process calls it)."""
     os.makedirs(os.path.join(directory, DATA_ITERATOR), exist_ok=True)

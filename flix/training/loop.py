@@ -7,12 +7,13 @@ feature combination per row) -> global arrays sharded over 'data' -> train step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import signal
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import gin
@@ -244,6 +245,197 @@ class _StopFlag:
       signal.signal(s, handler)
 
 
+def build_model(model_config: Any, registration: Any, adapters: AdapterSettings,
+                mixture_or_task_name: str,
+                use_cached_tasks: bool = False) -> tuple[BaseModel, FlixConfig | None, int]:
+  """(model, its FlixConfig, n_types of the data's feature ids) for `adapters` on the data of
+  `registration` (its `.space`; without one, the length of the data's feature ids)."""
+  data_space = registration.space if registration is not None else None
+  if data_space is None and adapters.method == "flix":
+    raise ValueError("method 'flix' needs a data registration with a feature space "
+                     "(train.registration = @register_offline() or similar)")
+  n_types = (data_space.n_types if data_space is not None else
+             data_n_types(mixture_or_task_name, use_cached_tasks))
+  flix = adapters.flix_config(data_space) if data_space is not None else (
+      adapters.flix_config(FeatureSpace.lora(adapters.lora_rank)))
+  model = make_model(model_config, flix, feature_dropout=adapters.feature_dropout)
+  return model, flix, n_types
+
+
+def initial_state(model: BaseModel, optimizer: optax.GradientTransformation,
+                  partitioner: Partitioner, random_seed: int,
+                  initial_checkpoint_path: str | None) -> TrainState:
+  """Step 0: fresh params (or the base of `initial_checkpoint_path` with fresh adapters) and
+  their optimizer state, laid out over the mesh."""
+  root = jax.random.key(random_seed)
+  boxed = initial_params(model, jax.random.fold_in(root, 0), initial_checkpoint_path)
+  params = jax.device_put(nn.unbox(boxed), partitioner.shardings(boxed))
+  replicated = partitioner.replicated()
+  return TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params,
+                    opt_state=partitioner.on_mesh(jax.jit(optimizer.init)(params)),
+                    rng=jax.device_put(jax.random.key_data(jax.random.fold_in(root, 1)),
+                                       replicated))
+
+
+def jit_step(model: BaseModel, optimizer: optax.GradientTransformation, state: TrainState,
+                 method: str, step_config: StepConfig, partitioner: Partitioner) -> Callable:
+  """The jitted `(state, batch) -> (state, metrics)` step for states laid out as `state`
+  (which it donates)."""
+  mask = trainable_mask(state.params, method)
+  make_step = make_row_sparse_train_step if step_config.row_sparse else make_train_step
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(make_step(model, optimizer, mask, step_config),
+                 in_shardings=(state_shardings, partitioner.batch_sharding()),
+                 out_shardings=(state_shardings, partitioner.replicated()), donate_argnums=0)
+
+
+@dataclasses.dataclass
+class TrainRun:
+  """A built run (`build_run`), ready for `run_loop`, which advances its state, data position
+  and last checkpoint. A context manager: leaving it, on errors too, closes (`closing`) the
+  metrics logger, the periodic evaluator and the input pipeline. The checkpointer saves
+  synchronously: it holds nothing open."""
+
+  state: TrainState
+  step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]]  # Donates the state.
+  partitioner: Partitioner
+  batches: TrainBatches
+  data_position: int  # Batches consumed so far, recorded in each checkpoint.
+  checkpointer: Checkpointer
+  last_saved: str | None  # The newest checkpoint: the resumed one until the first save.
+  evaluation: EvalSettings
+  evaluator: PeriodicEvaluator | None  # None without EVAL_PERIOD.
+  logger: MetricsLogger
+  closing: contextlib.ExitStack
+
+  def __enter__(self) -> TrainRun:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.closing.close()
+
+
+def build_run(*, model_dir: str, mixture_or_task_name: str,
+              task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
+              model_config: Any, registration: Any, adapters: AdapterSettings,
+              optimizer: optax.GradientTransformation | None,
+              initial_checkpoint_path: str | None, adapter_only_checkpoints: bool,
+              keep_checkpoints: int, random_seed: int, partitioner: Partitioner | None,
+              step_config: StepConfig, gin_config: str, data_shards: int | None,
+              input_threads: int | None, use_cached_tasks: bool,
+              skip_damaged_checkpoints: bool, restore_data_iterator: bool,
+              evaluation: EvalSettings, pack: bool | str) -> TrainRun:
+  """Builds `train`'s run (its arguments, checked): the model and optimizer, the state restored
+  from the newest checkpoint of `model_dir` (else fresh), the compiled step, the input batches
+  continuing where that checkpoint stopped, the checkpointer, the periodic evaluator and the
+  metrics logger. Writes model_dir/config.gin."""
+  partitioner = partitioner or Partitioner()
+  if batch_size % partitioner.data_size:
+    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "
+                     f"({partitioner.data_size})")
+  model, flix, n_types = build_model(model_config, registration, adapters, mixture_or_task_name,
+                                     use_cached_tasks)
+  optimizer = freeze_base(optimizer or make_optimizer(), model.abstract_params(),
+                          adapters.method)
+  os.makedirs(model_dir, exist_ok=True)
+  if checkpoints.is_primary():
+    files.write_text(os.path.join(model_dir, "config.gin"),
+                     f"# host malloc: {host_memory.describe()}\n{gin_config}")
+    print(f"host malloc: {host_memory.describe()}", file=sys.stderr, flush=True)
+  resume_from = latest_everywhere(model_dir)
+  inherited = data_shards is None and resume_from is not None
+  if data_shards is None:
+    data_shards = (read_train_state_json(resume_from)["data_shards"] if resume_from
+                   else jax.process_count())
+  check_data_shards(batch_size, data_shards, resume_from if inherited else None)
+  pack, pack_reason = resolve_pack(pack, adapters, resume_from)
+  if checkpoints.is_primary():
+    print(f"PACK = {pack} ({pack_reason})", file=sys.stderr, flush=True)
+
+  state = initial_state(model, optimizer, partitioner, random_seed, initial_checkpoint_path)
+  step_fn = jit_step(model, optimizer, state, adapters.method, step_config, partitioner)
+  base_ref = (initial_checkpoint_path if initial_checkpoint_path and adapter_only_checkpoints
+              and adapters.method != "full" else None)
+  checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,
+                              base_checkpoint=base_ref, gin_config=gin_config,
+                              data_shards=data_shards, pack=pack,
+                              best_metric=evaluation.best_metric, best_mode=evaluation.best_mode)
+  state, data_position, resume_from = restore_latest(checkpointer, model_dir, state,
+                                                     skip_damaged_checkpoints)
+  restore_iterator = (resume_from is not None and restore_data_iterator
+                      and has_iterator_state(resume_from))
+  start = int(jax.device_get(state.step))
+  with contextlib.ExitStack() as opened:  # Closes what opened if a later part fails.
+    batches = TrainBatches(mixture_or_task_name, task_feature_lengths, batch_size,
+                           feature_converter(model, n_types, pack=pack), random_seed,
+                           skip=0 if restore_iterator else data_position,
+                           data_shards=data_shards, input_threads=input_threads,
+                           use_cached=use_cached_tasks)
+    opened.callback(batches.close)
+    if restore_iterator:
+      batches.restore(resume_from)
+    if resume_from is not None and checkpoints.is_primary():
+      how = ("input iterator restored from its state" if restore_iterator else
+             f"skipping {data_position} batches through the input pipeline")
+      print(f"resuming from {resume_from} at step {start} ({how})",
+            file=sys.stderr, flush=True)
+    evaluator = None
+    if evaluation.period is not None:
+      evaluator = PeriodicEvaluator(evaluation, model, model_dir, registration=registration,
+                                    task_feature_lengths=task_feature_lengths,
+                                    use_cached=use_cached_tasks)
+      opened.callback(evaluator.close)
+    logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
+                           tokens_per_step=batch_size * sum(task_feature_lengths.values()),
+                           write_files=checkpoints.is_primary())
+    opened.callback(logger.close)
+    return TrainRun(state=state, step_fn=step_fn, partitioner=partitioner, batches=batches,
+                    data_position=data_position, checkpointer=checkpointer,
+                    last_saved=resume_from, evaluation=evaluation, evaluator=evaluator,
+                    logger=logger, closing=opened.pop_all())
+
+
+def run_loop(run: TrainRun, *, train_steps: int, log_period: int, checkpoint_period: int,
+             save_data_iterator: bool = True) -> TrainState:
+  """Steps `run` from its state's step to `train_steps`; returns the final state.
+
+  Logs every `log_period` steps; saves every `checkpoint_period` steps, at the end, at each
+  evaluation (`run.evaluation`'s period) and before stopping for SIGTERM/SIGINT (`_StopFlag`,
+  then `Interrupted`). A NaN or infinite loss at a logged or saved step raises
+  NonFiniteLossError without saving that state."""
+  start = int(jax.device_get(run.state.step))
+  evaluation = run.evaluation
+  with _StopFlag() as flag:
+    for step in range(start, train_steps):
+      batch = run.partitioner.global_batch(next(run.batches))
+      new_state, metrics = run.step_fn(run.state, batch)
+      run.data_position += 1
+      done = step + 1
+      should_log = done % log_period == 0 or done == train_steps
+      stop = flag.stop(done)
+      should_eval = evaluation.due(done, train_steps)
+      should_save = (done % checkpoint_period == 0 or done == train_steps or stop
+                     or should_eval)
+      if should_log or should_save:
+        host = jax.device_get(metrics)
+        if not math.isfinite(float(host["loss"])):
+          raise NonFiniteLossError(
+              f"loss is {float(host['loss'])} at step {done}; stopping without saving this "
+              f"state. Last good checkpoint: {run.last_saved or 'none'}")
+        run.logger.log(done, host)
+      run.state = new_state
+      eval_metrics = run.evaluator(run.state.params, done) if should_eval else None
+      if should_save:
+        run.last_saved = run.checkpointer.save(
+            run.state, run.data_position, run.batches if save_data_iterator else None,
+            eval_metrics)
+      if eval_metrics is not None:
+        evaluation.check_metrics(eval_metrics, done)
+      if stop:
+        raise Interrupted(stop, run.last_saved)
+  return run.state
+
+
 @gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
@@ -308,114 +500,18 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   import_task_modules(mixture_or_task_module)
   check_registered(mixture_or_task_name)
   check_run_vocabulary(vocabulary, model_config, mixture_or_task_name)
-  partitioner = partitioner or Partitioner()
-  if batch_size % partitioner.data_size:
-    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "
-                     f"({partitioner.data_size})")
-  data_space = registration.space if registration is not None else None
-  if data_space is None and adapters.method == "flix":
-    raise ValueError("method 'flix' needs a data registration with a feature space "
-                     "(train.registration = @register_offline() or similar)")
-  n_types = (data_space.n_types if data_space is not None else
-             data_n_types(mixture_or_task_name, use_cached_tasks))
-  flix = adapters.flix_config(data_space) if data_space is not None else (
-      adapters.flix_config(FeatureSpace.lora(adapters.lora_rank)))
-  model = make_model(model_config, flix, feature_dropout=adapters.feature_dropout)
-  optimizer = freeze_base(optimizer or make_optimizer(), model.abstract_params(),
-                          adapters.method)
-  os.makedirs(model_dir, exist_ok=True)
-  if checkpoints.is_primary():
-    files.write_text(os.path.join(model_dir, "config.gin"),
-                     f"# host malloc: {host_memory.describe()}\n{gin_config}")
-    print(f"host malloc: {host_memory.describe()}", file=sys.stderr, flush=True)
-  resume_from = latest_everywhere(model_dir)
-  inherited = data_shards is None and resume_from is not None
-  if data_shards is None:
-    data_shards = (read_train_state_json(resume_from)["data_shards"] if resume_from
-                   else jax.process_count())
-  check_data_shards(batch_size, data_shards, resume_from if inherited else None)
-  pack, pack_reason = resolve_pack(pack, adapters, resume_from)
-  if checkpoints.is_primary():
-    print(f"PACK = {pack} ({pack_reason})", file=sys.stderr, flush=True)
-
-  # State: fresh (or base checkpoint + fresh adapters), laid out over the mesh.
-  root = jax.random.key(random_seed)
-  boxed = initial_params(model, jax.random.fold_in(root, 0), initial_checkpoint_path)
-  param_shardings = partitioner.shardings(boxed)
-  params = jax.device_put(nn.unbox(boxed), param_shardings)
-  replicated = partitioner.replicated()
-  state = TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params,
-                     opt_state=partitioner.on_mesh(jax.jit(optimizer.init)(params)),
-                     rng=jax.device_put(jax.random.key_data(jax.random.fold_in(root, 1)),
-                                        replicated))
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  base_ref = (initial_checkpoint_path if initial_checkpoint_path and adapter_only_checkpoints
-              and adapters.method != "full" else None)
-  checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,
-                              base_checkpoint=base_ref, gin_config=gin_config,
-                              data_shards=data_shards, pack=pack,
-                              best_metric=evaluation.best_metric, best_mode=evaluation.best_mode)
-  state, data_position, resume_from = restore_latest(checkpointer, model_dir, state,
-                                                     skip_damaged_checkpoints)
-
-  mask = trainable_mask(state.params, adapters.method)
-  make_step = make_row_sparse_train_step if step_config.row_sparse else make_train_step
-  step_fn = jax.jit(make_step(model, optimizer, mask, step_config),
-                    in_shardings=(state_shardings, partitioner.batch_sharding()),
-                    out_shardings=(state_shardings, replicated), donate_argnums=0)
-  restore_iterator = (resume_from is not None and restore_data_iterator
-                      and has_iterator_state(resume_from))
-  batches = TrainBatches(mixture_or_task_name, task_feature_lengths, batch_size,
-                         feature_converter(model, n_types, pack=pack), random_seed,
-                         skip=0 if restore_iterator else data_position,
-                         data_shards=data_shards, input_threads=input_threads,
-                         use_cached=use_cached_tasks)
-  if restore_iterator:
-    batches.restore(resume_from)
-  start = int(jax.device_get(state.step))
-  if resume_from is not None and checkpoints.is_primary():
-    how = ("input iterator restored from its state" if restore_iterator else
-           f"skipping {data_position} batches through the input pipeline")
-    print(f"resuming from {resume_from} at step {start} ({how})",
-          file=sys.stderr, flush=True)
-  evaluate = (PeriodicEvaluator(evaluation, model, model_dir, registration=registration,
-                                task_feature_lengths=task_feature_lengths,
-                                use_cached=use_cached_tasks)
-              if evaluation.period is not None else None)
-  logger = MetricsLogger(model_dir, total_steps=train_steps, start_step=start,
-                         tokens_per_step=batch_size * sum(task_feature_lengths.values()),
-                         write_files=checkpoints.is_primary())
-  last_saved = resume_from
-  with _StopFlag() as flag:
-    for step in range(start, train_steps):
-      batch = partitioner.global_batch(next(batches))
-      new_state, metrics = step_fn(state, batch)
-      data_position += 1
-      done = step + 1
-      should_log = done % log_period == 0 or done == train_steps
-      stop = flag.stop(done)
-      should_eval = evaluation.due(done, train_steps)
-      should_save = (done % checkpoint_period == 0 or done == train_steps or stop
-                     or should_eval)
-      if should_log or should_save:
-        host = jax.device_get(metrics)
-        if not math.isfinite(float(host["loss"])):
-          raise NonFiniteLossError(
-              f"loss is {float(host['loss'])} at step {done}; stopping without saving this "
-              f"state. Last good checkpoint: {last_saved or 'none'}")
-        logger.log(done, host)
-      state = new_state
-      eval_metrics = evaluate(state.params, done) if should_eval else None
-      if should_save:
-        last_saved = checkpointer.save(
-            state, data_position, batches if save_data_iterator else None, eval_metrics)
-      if eval_metrics is not None:
-        evaluation.check_metrics(eval_metrics, done)
-      if stop:
-        logger.close()
-        raise Interrupted(stop, last_saved)
-  logger.close()
-  if evaluate is not None:
-    evaluate.close()
-  return state
-
+  with build_run(model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
+                 task_feature_lengths=task_feature_lengths, train_steps=train_steps,
+                 batch_size=batch_size, model_config=model_config, registration=registration,
+                 adapters=adapters, optimizer=optimizer,
+                 initial_checkpoint_path=initial_checkpoint_path,
+                 adapter_only_checkpoints=adapter_only_checkpoints,
+                 keep_checkpoints=keep_checkpoints, random_seed=random_seed,
+                 partitioner=partitioner, step_config=step_config, gin_config=gin_config,
+                 data_shards=data_shards, input_threads=input_threads,
+                 use_cached_tasks=use_cached_tasks,
+                 skip_damaged_checkpoints=skip_damaged_checkpoints,
+                 restore_data_iterator=restore_data_iterator, evaluation=evaluation,
+                 pack=pack) as run:
+    return run_loop(run, train_steps=train_steps, log_period=log_period,
+                    checkpoint_period=checkpoint_period, save_data_iterator=save_data_iterator)
