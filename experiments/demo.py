@@ -249,7 +249,7 @@ def heatmap(methods: dict[str, dict[str, Any]], path: str) -> None:
 def register(cfg: DemoConfig, derived: tuple[str, ...] = ()):
   """The offline benchmark's registration; `derived` adds language-table feature types."""
   from flix.data import offline, offline_tasks
-  space = (offline.generate(cfg.offline).feature_space(ranks=4, derived=derived)
+  space = (offline.generate(cfg.offline).feature_space(derived=derived)
            if derived else None)
   return offline_tasks.register_offline(
       cfg.offline, space, prefix="flix_demo" + "".join(f"_{d}" for d in derived),

@@ -1,4 +1,13 @@
-"""`FlixConfig`: which projections get featurized adapters, their scaling and compute strategy."""
+"""`FlixConfig`: the method's side of FLix: each feature type's adapter rank, the always-on
+shared adapter, which projections get adapters, their scaling and compute strategy.
+
+The data's side is the `FeatureSpace` (types and values, hence the ids); FlixConfig pairs one
+with ranks:
+
+    space = FeatureSpace.build({"task": ["cardinal", "ordinal"], "lang": ["en", "fr", "de"]})
+    flix = FlixConfig(space, ranks={"task": 8, "lang": 4}, shared_rank=0)
+    lora = FlixConfig.lora(16)  # Only the shared adapter (an empty FeatureSpace): plain LoRA.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,9 @@ import dataclasses
 import fnmatch
 import json
 import math
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
+from flix.errors import UnknownFeatureError
 from flix.features import FeatureSpace
 
 Strategy = Literal["auto", "masked", "gather", "ragged"]
@@ -25,7 +35,11 @@ class FlixConfig:
   """Featurized low-rank adapters for a network.
 
   Attributes:
-    space: the feature space (types, values, ranks, shared rank).
+    space: the feature space (types and values: the data's; an empty one for plain LoRA).
+    ranks: each feature type's adapter rank, in the space's type order. Given as one int (every
+      type), a mapping that names exactly the space's types (`{"task": 8, "lang": 4}`; a type
+      missing or unknown is an error), or a sequence in the space's order; stored as the tuple.
+    shared_rank: rank of the always-on `shared` adapter; 0 means none.
     alpha: scale numerator; each adapter's update is scaled by alpha / r (alpha / sqrt(r) with
       `rslora`), r being that adapter's rank. None means alpha = r, i.e. scale 1.
     rslora: rank-stabilised scaling.
@@ -39,6 +53,8 @@ class FlixConfig:
   """
 
   space: FeatureSpace
+  ranks: Mapping[str, int] | Sequence[int] | int
+  shared_rank: int = 0
   alpha: float | None = None
   rslora: bool = False
   targets: tuple[str, ...] = ("*",)
@@ -47,6 +63,13 @@ class FlixConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "targets", tuple(self.targets))
+    object.__setattr__(self, "ranks", _type_ranks(self.space, self.ranks))
+    if isinstance(self.shared_rank, bool) or not isinstance(self.shared_rank, int) or (
+        self.shared_rank < 0):
+      raise ValueError(f"shared_rank must be an int >= 0, got {self.shared_rank!r}")
+    if not self.space.types and not self.shared_rank:
+      raise ValueError("FlixConfig needs at least one feature type in its space or a "
+                       "shared_rank > 0 (FlixConfig.lora(rank) for plain LoRA)")
     if self.strategy not in STRATEGIES:
       raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
     if self.alpha is not None and not self.alpha > 0:
@@ -55,6 +78,21 @@ class FlixConfig:
       raise ValueError(f"row_limit must be >= 1 or None, got {self.row_limit!r}")
     if not self.targets or not all(isinstance(p, str) and p for p in self.targets):
       raise ValueError(f"targets must be non-empty fnmatch patterns, got {self.targets!r}")
+
+  @classmethod
+  def lora(cls, rank: int, **kwargs) -> "FlixConfig":
+    """Plain LoRA: only the always-on shared adapter, of `rank` (an empty FeatureSpace)."""
+    return cls(FeatureSpace(), ranks=(), shared_rank=rank, **kwargs)
+
+  def rank(self, name: str) -> int:
+    """The adapter rank of feature type `name`."""
+    self.space.type(name)  # Raises UnknownFeatureError naming the known types.
+    return self.ranks[self.space.names.index(name)]
+
+  @property
+  def active_rank(self) -> int:
+    """Rank of one example's update when every feature is active (the LoRA-equivalent rank)."""
+    return self.example_rank + self.shared_rank
 
   def check_targets(self, projections: Sequence[str]) -> None:
     """Raises ValueError unless every target pattern matches one of `projections` (a network's
@@ -78,12 +116,12 @@ class FlixConfig:
   @property
   def table_rank(self) -> int:
     """Columns of all feature tables side by side: sum over types of rows_t * r_t."""
-    return sum(self.table_rows(t.size) * t.rank for t in self.space.types)
+    return sum(self.table_rows(t.size) * r for t, r in zip(self.space.types, self.ranks))
 
   @property
   def example_rank(self) -> int:
     """Columns of one example's feature adapters (one row per type): sum over types of r_t."""
-    return sum(t.rank for t in self.space.types)
+    return sum(self.ranks)
 
   def resolved_strategy(self) -> str:
     """The strategy `auto` stands for: masked multiplies every token by all `table_rank`
@@ -103,13 +141,53 @@ class FlixConfig:
 
   # -- serialisation --------------------------------------------------------------------------
   def to_json(self) -> str:
-    data = dataclasses.asdict(self)
-    data["space"] = json.loads(self.space.to_json())
+    """`{"space": {"types": [...]}, "ranks": {type: rank}, "shared_rank": ..., "alpha": ...}`."""
+    data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    data.update(space=self.space.to_dict(), ranks=dict(zip(self.space.names, self.ranks)),
+                targets=list(self.targets))
     return json.dumps(data, indent=2, ensure_ascii=False)
 
   @classmethod
   def from_json(cls, text: str) -> "FlixConfig":
+    """Inverse of `to_json`; also reads the JSON saved before ranks moved from the feature
+    space to FlixConfig (each rank in `space.types[i].rank`, the shared rank in
+    `space.shared_rank`), as checkpoints written then hold it."""
     data = json.loads(text)
-    data["space"] = FeatureSpace.from_json(json.dumps(data["space"]))
+    space = data["space"]
+    if "ranks" not in data:  # The old format.
+      data["ranks"] = {t["name"]: t["rank"] for t in space["types"]}
+      data["shared_rank"] = space.get("shared_rank", 0)
+    data["space"] = FeatureSpace.from_dict(space)
     return cls(**data)
+
+
+def _type_ranks(space: FeatureSpace, ranks) -> tuple[int, ...]:
+  """`ranks` (one int, `{type: rank}` naming exactly the space's types, or a sequence in the
+  space's order) as a tuple in the space's order; each rank an int >= 1."""
+  names = list(space.names)
+  if isinstance(ranks, int) and not isinstance(ranks, bool):
+    out = (ranks,) * len(names)
+  elif isinstance(ranks, Mapping):
+    missing = [n for n in names if n not in ranks]
+    unknown = [n for n in ranks if n not in names]
+    if missing or unknown:
+      problem = "; ".join(p for p in (f"no rank for {missing}" if missing else "",
+                                      f"unknown types {unknown}" if unknown else "") if p)
+      error = UnknownFeatureError if unknown else ValueError
+      raise error(f"ranks {dict(ranks)} must name exactly the feature space's types {names} "
+                  f"({problem}); give each type its rank, or one int for all")
+    out = tuple(ranks[n] for n in names)
+  elif isinstance(ranks, Sequence) and not isinstance(ranks, str):
+    out = tuple(ranks)
+    if len(out) != len(names):
+      raise ValueError(f"ranks {list(out)} must hold one rank per feature type {names}, in "
+                       "that order (or use {type: rank})")
+  else:
+    raise ValueError(f"ranks must be an int, {{type: rank}} or one rank per feature type "
+                     f"{names}, got {ranks!r}")
+  bad = [(n, r) for n, r in zip(names, out)
+         if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+  if bad:
+    raise ValueError(f"adapter ranks must be ints >= 1, got {dict(bad)} (types {names})")
+  return out
 

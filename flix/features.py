@@ -1,12 +1,12 @@
 """The feature space: which dataset features own adapters, and how examples map to ids.
 
 A `FeatureSpace` holds named feature types (e.g. `task`, `lang`), each a closed vocabulary
-of values with its own adapter rank, plus an optional always-on `shared` adapter (FLix with
-only `shared` is exactly LoRA). An example's features, e.g. `{"task": "ordinal", "lang": "fr"}`,
-become an int32 array `[n_types]` (one id per type, in the space's type order). The id
-`INACTIVE` (-1) means "this type contributes nothing" for the example: the feature was dropped
-by feature dropout, or its value is unknown under the `drop` policy (the zero-shot path for an
-unseen language).
+of values: it is the data's side of FLix. The method's side (each type's adapter rank, the
+always-on `shared` adapter, scaling, targets) is `flix.config.FlixConfig`. An example's
+features, e.g. `{"task": "ordinal", "lang": "fr"}`, become an int32 array `[n_types]` (one id
+per type, in the space's type order). The id `INACTIVE` (-1) means "this type contributes
+nothing" for the example: the feature was dropped by feature dropout, or its value is unknown
+under the `drop` policy (the zero-shot path for an unseen language).
 
 Derived feature types: a type may be derived from another through a table (e.g. `family` and
 `script` from `lang`, `flix.data.languages`). Its value is looked up when the example is
@@ -43,7 +43,8 @@ UNKNOWN_POLICIES = ("error", "drop")
 
 @dataclasses.dataclass(frozen=True)
 class FeatureType:
-  """One feature type: a closed vocabulary of values, each owning a rank-`rank` adapter.
+  """One feature type: a closed vocabulary of values, each owning an adapter (its rank is the
+  method's, `FlixConfig.ranks`).
 
   A derived type has a `source` type and a `table` of (source value, value) pairs: its value
   for an example is the table's entry for the example's source value.
@@ -51,7 +52,6 @@ class FeatureType:
 
   name: str
   values: tuple[str, ...]
-  rank: int
   source: str | None = None
   table: tuple[tuple[str, str], ...] = ()
 
@@ -65,14 +65,12 @@ class FeatureType:
       raise ValueError(f"feature type name must be a Python identifier, got {self.name!r}")
     if self.name == SHARED:
       raise ValueError(f"{SHARED!r} is reserved for the always-on adapter; set "
-                       "FeatureSpace.shared_rank instead of declaring a type named so")
+                       "FlixConfig.shared_rank instead of declaring a type named so")
     if not self.values:
       raise ValueError(f"feature type {self.name!r} has no values")
     if len(set(self.values)) != len(self.values):
       dupes = sorted({v for v in self.values if self.values.count(v) > 1})
       raise ValueError(f"feature type {self.name!r} lists values more than once: {dupes}")
-    if not isinstance(self.rank, int) or self.rank < 1:
-      raise ValueError(f"feature type {self.name!r} needs a rank >= 1, got {self.rank!r}")
 
   @property
   def size(self) -> int:
@@ -99,15 +97,13 @@ class FeatureType:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpace:
-  """Feature types in a fixed order, plus an optional always-on shared adapter.
+  """Feature types in a fixed order (none for plain LoRA, `FlixConfig.lora`).
 
   Attributes:
     types: the featurized types; ids arrays have one column per type, in this order.
-    shared_rank: rank of the always-on `shared` adapter; 0 means no shared adapter.
   """
 
   types: tuple[FeatureType, ...] = ()
-  shared_rank: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "types", tuple(self.types))
@@ -118,30 +114,19 @@ class FeatureSpace:
       if t.derived and (t.source not in names or self.type(t.source).derived):
         raise ValueError(f"derived feature type {t.name!r} needs a non-derived source type in "
                          f"the space, got source {t.source!r} (types {names})")
-    if not isinstance(self.shared_rank, int) or self.shared_rank < 0:
-      raise ValueError(f"shared_rank must be an int >= 0, got {self.shared_rank!r}")
-    if not self.types and not self.shared_rank:
-      raise ValueError("a feature space needs at least one feature type or a shared_rank > 0")
 
   @classmethod
-  def build(cls, types: Mapping[str, Sequence[str]], ranks: Mapping[str, int] | int,
-            shared_rank: int = 0,
+  def build(cls, types: Mapping[str, Sequence[str]], *,
             derived: Mapping[str, tuple[str, Mapping[str, str]]] | None = None
             ) -> "FeatureSpace":
-    """E.g. `FeatureSpace.build({"task": [...], "lang": [...]}, ranks={"task": 8, "lang": 4})`.
+    """E.g. `FeatureSpace.build({"task": ["cardinal", "ordinal"], "lang": ["en", "fr"]})`.
 
     derived: `{name: (source type, {source value: value})}`; the derived type's values are the
       table's values for the source type's values (sorted), e.g.
       `{"family": ("lang", {"fr": "Romance", "de": "Germanic"})}`.
     """
     derived = dict(derived or {})
-    names = [*types, *derived]
-    if isinstance(ranks, int):
-      ranks = {name: ranks for name in names}
-    missing = [name for name in names if name not in ranks]
-    if missing:
-      raise ValueError(f"no rank given for feature types {missing}")
-    built = [FeatureType(n, tuple(v), ranks[n]) for n, v in types.items()]
+    built = [FeatureType(n, tuple(v)) for n, v in types.items()]
     for name, (source, table) in derived.items():
       if source not in types:
         raise ValueError(f"derived feature type {name!r}: source {source!r} is not one of the "
@@ -150,26 +135,8 @@ class FeatureSpace:
       if not values:
         raise ValueError(f"derived feature type {name!r} has no value: none of {source!r}'s "
                          f"values {list(types[source])} is in its table")
-      built.append(FeatureType(name, tuple(values), ranks[name], source, table))
-    return cls(tuple(built), shared_rank)
-
-  @classmethod
-  def lora(cls, rank: int) -> "FeatureSpace":
-    """Plain LoRA: only the always-on shared adapter."""
-    return cls((), shared_rank=rank)
-
-  def with_ranks(self, ranks: Mapping[str, int] | int, shared_rank: int | None = None
-                 ) -> "FeatureSpace":
-    """The same types and values (so the same ids) with other ranks."""
-    if isinstance(ranks, int):
-      ranks = {t.name: ranks for t in self.types}
-    unknown = sorted(set(ranks) - set(self.names))
-    if unknown:
-      raise UnknownFeatureError(f"ranks given for unknown feature types {unknown}; known types: "
-                                f"{list(self.names)}")
-    return FeatureSpace(tuple(dataclasses.replace(t, rank=ranks.get(t.name, t.rank))
-                              for t in self.types),
-                        self.shared_rank if shared_rank is None else shared_rank)
+      built.append(FeatureType(name, tuple(values), source, table))
+    return cls(tuple(built))
 
   # -- structure ----------------------------------------------------------------------------
   @property
@@ -183,15 +150,6 @@ class FeatureSpace:
   @property
   def sizes(self) -> tuple[int, ...]:
     return tuple(t.size for t in self.types)
-
-  @property
-  def ranks(self) -> tuple[int, ...]:
-    return tuple(t.rank for t in self.types)
-
-  @property
-  def active_rank(self) -> int:
-    """Rank of one example's update when every feature is active (the LoRA-equivalent rank)."""
-    return sum(self.ranks) + self.shared_rank
 
   def type(self, name: str) -> FeatureType:
     for t in self.types:
@@ -268,21 +226,29 @@ class FeatureSpace:
 
   # -- serialisation --------------------------------------------------------------------------
   def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+  def to_dict(self) -> dict:
+    """`{"types": [{"name", "values"[, "source", "table"]}, ...]}`."""
     types = []
     for t in self.types:
-      entry = {"name": t.name, "values": list(t.values), "rank": t.rank}
+      entry = {"name": t.name, "values": list(t.values)}
       if t.derived:
         entry.update(source=t.source, table=dict(t.table))
       types.append(entry)
-    return json.dumps({"types": types, "shared_rank": self.shared_rank}, indent=2,
-                      ensure_ascii=False)
+    return {"types": types}
 
   @classmethod
   def from_json(cls, text: str) -> "FeatureSpace":
-    data = json.loads(text)
-    return cls(tuple(FeatureType(t["name"], tuple(t["values"]), t["rank"], t.get("source"),
-                                 t.get("table", {})) for t in data["types"]),
-               data.get("shared_rank", 0))
+    return cls.from_dict(json.loads(text))
+
+  @classmethod
+  def from_dict(cls, data: Mapping) -> "FeatureSpace":
+    """Inverse of `to_dict`. The ranks that spaces saved before ranks moved to `FlixConfig`
+    carry (`types[i].rank`, `shared_rank`) are ignored here; `FlixConfig.from_json` reads
+    them."""
+    return cls(tuple(FeatureType(t["name"], tuple(t["values"]), t.get("source"),
+                                 t.get("table", {})) for t in data["types"]))
 
 
 def check_dropout_rate(rate: float) -> None:

@@ -154,8 +154,8 @@ class FlixDense(nn.Module):
       return y.reshape(*lead, d_out)
 
     space = self.flix.space
-    if space.shared_rank:
-      r = space.shared_rank
+    if self.flix.shared_rank:
+      r = self.flix.shared_rank
       a = self.param(a_name(SHARED),
                      nn.with_logical_partitioning(lora_a_shared_init, (RANK_AXIS, in_axis)),
                      (r, d_in), jnp.float32)
@@ -171,13 +171,13 @@ class FlixDense(nn.Module):
       rows = [self.flix.table_rows(t.size) for t in space.types]
       bad = check_feature_ids(feature_ids, space.n_types, rows, batch)
       tables = []
-      for t, n in zip(space.types, rows):
+      for t, n, r in zip(space.types, rows, self.flix.ranks):
         a = self.param(a_name(t.name), nn.with_logical_partitioning(
-            lora_a_init, (FEATURE_AXIS, RANK_AXIS, in_axis)), (n, t.rank, d_in), jnp.float32)
+            lora_a_init, (FEATURE_AXIS, RANK_AXIS, in_axis)), (n, r, d_in), jnp.float32)
         b = self.param(b_name(t.name), nn.with_logical_partitioning(
-            nn.initializers.zeros, (FEATURE_AXIS, RANK_AXIS, out_axis)), (n, t.rank, d_out),
+            nn.initializers.zeros, (FEATURE_AXIS, RANK_AXIS, out_axis)), (n, r, d_out),
                        jnp.float32)
-        tables.append((a.astype(self.dtype), b.astype(self.dtype), self.flix.scale(t.rank)))
+        tables.append((a.astype(self.dtype), b.astype(self.dtype), self.flix.scale(r)))
       ids = feature_ids.astype(jnp.int32)
       x3 = x2.reshape(batch, -1, d_in)
       compute = STRATEGY_FNS[self.flix.resolved_strategy()]

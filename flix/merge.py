@@ -37,13 +37,13 @@ def combination_delta(layer_params, flix: FlixConfig, ids) -> jax.Array:
                        f"compact ones of a row-sparse step (FlixConfig.row_limit)")
   kernel = layer_params["kernel"]
   delta = jnp.zeros(kernel.shape, jnp.float32)
-  shared_rank = flix.space.shared_rank
+  shared_rank = flix.shared_rank
   if shared_rank and a_name(SHARED) in layer_params:
     delta += flix.scale(shared_rank) * jnp.matmul(
         layer_params[a_name(SHARED)].T, layer_params[b_name(SHARED)], precision=_HIGHEST)
-  for t, i in zip(flix.space.types, ids):
+  for t, r, i in zip(flix.space.types, flix.ranks, ids):
     if i >= 0 and a_name(t.name) in layer_params:
-      delta += flix.scale(t.rank) * jnp.matmul(
+      delta += flix.scale(r) * jnp.matmul(
           layer_params[a_name(t.name)][i].T, layer_params[b_name(t.name)][i], precision=_HIGHEST)
   return delta
 

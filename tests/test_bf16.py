@@ -10,7 +10,6 @@ import pytest
 
 import tiny
 from flix import checkpoints, decoding
-from flix.config import FlixConfig
 from flix.models.decoder import DecoderLM
 from flix.models.model import DecoderOnlyModel, EncoderDecoderModel
 from flix.models.t5 import T5
@@ -27,7 +26,7 @@ LOSS_RTOL = 0.02
 
 @functools.lru_cache(maxsize=None)
 def model_object(family: str, dtype: str):
-  flix = FlixConfig(tiny.space())
+  flix = tiny.flix()
   if family == "t5":
     config = tiny.t5_config(dtype=dtype, num_encoder_layers=1, num_decoder_layers=1)
     return EncoderDecoderModel(T5(config, flix), z_loss=0.0)

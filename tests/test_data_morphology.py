@@ -62,7 +62,7 @@ def register(release_dir, tmp_path, name, **kwargs):
 
 def test_registration_counts_drops_references_and_feature_ids(release_dir, tmp_path):
   reg = register(release_dir, tmp_path, "m_unit", unseen_pairs=[("analyze", "xxb")],
-                 ranks={"task": 4, "lang": 2}, pretrain_objective="reconstruction")
+                 pretrain_objective="reconstruction")
   try:
     assert reg.pretrain == pairs.PretrainTask("m_unit.pretrain", "reconstruction",
                                               {"inputs": 48, "targets": 48})  # 40 + EOS -> 48.

@@ -17,8 +17,7 @@ def unique_prefix(stem: str) -> str:
   return f"t_{stem}_{uuid.uuid4().hex[:8]}"
 
 LENGTHS = {"inputs": 16, "targets": 8}
-SPACE = FeatureSpace.build({"task": ["copy", "upper"], "lang": ["en", "fr", "de"]},
-                           {"task": 4, "lang": 2})
+SPACE = FeatureSpace.build({"task": ["copy", "upper"], "lang": ["en", "fr", "de"]})
 
 
 def _examples(pair: Pair, n_train: int, n_eval: int = 4):
@@ -55,8 +54,8 @@ def test_feature_ids_in_model_batch_match_each_examples_pair(registry):
   holdout = HoldOut(unseen_pairs={Pair("upper", "fr")}, unseen_langs={"pt"})
   specs = [(Pair(t, l), 20) for t in ("copy", "upper") for l in ("en", "fr", "de", "pt")]
   tasks = _register(registry, prefix, specs, holdout, FeatureSpace.build(
-      {"task": ["copy", "upper"], "lang": ["en", "fr", "de"]}, 2))
-  space = FeatureSpace.build({"task": ["copy", "upper"], "lang": ["en", "fr", "de"]}, 2)
+      {"task": ["copy", "upper"], "lang": ["en", "fr", "de"]}))
+  space = FeatureSpace.build({"task": ["copy", "upper"], "lang": ["en", "fr", "de"]})
   registry.append(f"{prefix}.eval")
   pairs.register_pair_mixture(f"{prefix}.eval", tasks, include_untrained=True)
   conv = converter.FlixEncDecFeatureConverter(space.n_types)
@@ -122,7 +121,7 @@ def test_mixture_sampling_is_deterministic_for_a_seed(registry):
 def test_held_out_pairs_never_appear_in_training(registry):
   prefix = unique_prefix("hold")
   holdout = HoldOut(unseen_pairs={Pair("upper", "fr")}, unseen_langs={"de"})
-  space = FeatureSpace.build({"task": ["copy", "upper"], "lang": ["en", "fr"]}, 2)
+  space = FeatureSpace.build({"task": ["copy", "upper"], "lang": ["en", "fr"]})
   specs = [(Pair(t, l), 25) for t in ("copy", "upper") for l in ("en", "fr", "de")]
   tasks = _register(registry, prefix, specs, holdout, space)
   kinds = {t.pair: t.kind for t in tasks}
@@ -163,14 +162,14 @@ def test_converter_rejects_a_feature_ids_length_other_than_n_types(registry):
 
 
 def test_encode_pair_drops_only_unseen_languages():
-  space = FeatureSpace.build({"task": ["copy"], "lang": ["en"]}, 2)
+  space = FeatureSpace.build({"task": ["copy"], "lang": ["en"]})
   holdout = HoldOut(unseen_langs={"sw"})
   assert pairs.encode_pair(space, Pair("copy", "sw"), holdout).tolist() == [0, INACTIVE]
   with pytest.raises(UnknownFeatureError, match="'fr'"):
     pairs.encode_pair(space, Pair("copy", "fr"), holdout)
   with pytest.raises(UnknownFeatureError, match="'other'"):
     pairs.encode_pair(space, Pair("other", "sw"), holdout)
-  task_only = FeatureSpace.build({"task": ["copy"]}, 2)
+  task_only = FeatureSpace.build({"task": ["copy"]})
   assert pairs.encode_pair(task_only, Pair("copy", "fr")).tolist() == [0]
 
 

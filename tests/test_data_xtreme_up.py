@@ -279,7 +279,8 @@ def test_autocomplete_decodes_three_beams_and_other_tasks_one(decode_reg, tmp_pa
   evaluator = evaluation.PairEvaluator(reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
                                        batch_size=2, holdout=reg.holdout, official=reg.official)
   model = EncoderDecoderModel(T5(tiny.t5_config(vocab_size=260, num_encoder_layers=1,
-                                                num_decoder_layers=1), FlixConfig(reg.space)))
+                                                num_decoder_layers=1),
+                                 FlixConfig(reg.space, ranks=4)))
   params = tiny.random_params(model.module)
   report = evaluator.evaluate(model, params, out_dir=str(tmp_path),
                               task_decode_kwargs=reg.decode_kwargs)
@@ -366,14 +367,12 @@ def members(mixture):
 def test_experiment_space_mixtures_and_holdout(experiment_dir):
   prefix = unique("xexp")
   held = [("translation", "fi"), "transliteration.hi"]
-  reg = register_experiment(experiment_dir, prefix, ranks={"task": 3, "lang": 2},
-                            unseen_pairs=held)
+  reg = register_experiment(experiment_dir, prefix, unseen_pairs=held)
   try:
     space = reg.space
     assert space.names == ("task", "lang")
     assert space.type("task").values == tuple(sorted(EXP_TASKS))
     assert space.type("lang").values == ("en", "fi", "hi", "mr", "sw")  # Not yo, am.
-    assert space.ranks == (3, 2)
     assert reg.holdout.unseen_langs == {"yo", "am"}
     assert reg.holdout.unseen_pairs == {Pair("translation", "fi"), Pair("semantic_parsing", "sw"),
                                         Pair("transliteration", "hi")}
@@ -395,8 +394,7 @@ def test_experiment_space_mixtures_and_holdout(experiment_dir):
     assert by_name[name("translation.am")].kind == "unseen_language"
 
     # Same prefix, same arguments: the same registration; other arguments replace it.
-    assert register_experiment(experiment_dir, prefix, ranks={"lang": 2, "task": 3},
-                               unseen_pairs=held) is reg
+    assert register_experiment(experiment_dir, prefix, unseen_pairs=held[::-1]) is reg
     again = register_experiment(experiment_dir, prefix, rate="examples")
     assert again is not reg
     mixture = seqio.get_mixture_or_task(again.train_mixture)
@@ -464,7 +462,7 @@ def test_train_and_eval_entry_points_with_the_xtreme_up_gin_files(experiment_dir
     assert len(losses) == 3 and all(np.isfinite(losses)), losses
     _, flix, _ = checkpoints.load_model(str(run_dir / "checkpoint_3"))
     assert flix.space.type("lang").values == ("en", "fi", "hi", "mr", "sw")  # Not yo.
-    assert flix.space.ranks == (2, 2)
+    assert flix.ranks == (2, 2)
 
     code = run_entry(eval_entry, "--gin_file=experiments/xtreme_up_eval.gin", *data,
                      f"--gin.CHECKPOINT_PATH='{run_dir / 'checkpoint_3'}'",

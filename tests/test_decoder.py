@@ -15,7 +15,6 @@ import tensorflow as tf
 from flix import checkpoints, decoding, merge
 from flix.config import FlixConfig
 from flix.data.converter import FlixPrefixLMFeatureConverter
-from flix.features import FeatureSpace
 from flix.models import families
 from flix.models.decoder import DecoderConfig, DecoderLM, init_params
 from flix.models.model import DecoderOnlyModel, make_model
@@ -33,7 +32,7 @@ def tokens(seed=0, size=6, length=9):
 
 @functools.lru_cache(maxsize=None)
 def flix_model(strategy="auto"):
-  model = DecoderLM(CONFIG, FlixConfig(tiny.space(), strategy=strategy))
+  model = DecoderLM(CONFIG, tiny.flix(strategy=strategy))
   return model, tiny.decoder_random_params(model)
 
 
@@ -80,7 +79,7 @@ def test_checkpoint_records_the_family_and_old_t5_checkpoints_load(tmp_path):
 # -- the network ---------------------------------------------------------------------------------
 def test_parameter_tree_and_logical_axes():
   model = DecoderLM(tiny.decoder_config(qkv_bias=True, logits_via_embedding=True),
-                    FlixConfig(tiny.space()))
+                    tiny.flix())
   boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
   specs = jax.tree.map(tuple, nn.get_partition_spec(boxed),
                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -142,14 +141,14 @@ def test_targets_name_the_projections_and_a_bad_pattern_is_refused():
   assert DecoderLM.projection_names(CONFIG) == (
       "attention.query", "attention.key", "attention.value", "attention.out", "mlp.wi_0",
       "mlp.wi_1", "mlp.wo")
-  model = DecoderLM(CONFIG, FlixConfig(tiny.space(), targets=("attention.query", "mlp.wo")))
+  model = DecoderLM(CONFIG, tiny.flix(targets=("attention.query", "mlp.wo")))
   shapes = nn.unbox(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
   adapted = sorted(f"{b}.{p}" for b in ("attention", "mlp") for p, leaf in
                    shapes["layers_0"][b].items() if "lora_a_task" in leaf)
   assert adapted == ["attention.query", "mlp.wo"]
   with pytest.raises(ValueError, match=r"target pattern '\*.q_proj' matches no projection.*"
                                        r"'attention.query'"):
-    make_model(CONFIG, FlixConfig(tiny.space(), targets=("*.q_proj",)))
+    make_model(CONFIG, tiny.flix(targets=("*.q_proj",)))
 
 
 def test_feature_ids_of_the_wrong_shape_are_refused():
@@ -199,7 +198,7 @@ def test_cached_greedy_equals_teacher_forced_argmax():
   bidirectional prompt. Beam search with one beam equals greedy."""
   config = tiny.decoder_config(num_kv_heads=1, sliding_window=3, logits_via_embedding=True,
                                scale_embeddings=True, norm_scale_plus_one=True)
-  model = DecoderLM(config, FlixConfig(tiny.space()))
+  model = DecoderLM(config, tiny.flix())
   greedy = decoding.DecodeOptions(NEW, eos_id=-1)
   params = tiny.decoder_random_params(model, seed=1)
   for prefix in (True, False):
@@ -345,5 +344,5 @@ def test_loss_is_on_weighted_target_positions_only():
 
 
 def test_lora_space_model_needs_no_feature_ids():
-  obj = make_model(CONFIG, FlixConfig(FeatureSpace.lora(4)))
+  obj = make_model(CONFIG, FlixConfig.lora(4))
   assert obj.n_types == 0 and obj.feature_ids({}) is None

@@ -202,12 +202,11 @@ def test_export_peft_equals_flix_adapter_path(converted):
   with peft onto the transformers model, gives flix's adapter-path logits for the combination;
   to-hf --features (merged) gives them too."""
   from flix.checkpoints import graft, load_model, save_model
-  from flix.config import FlixConfig
   from flix.features import parse_features
 
   c = converted
   config, _, base = load_model(c["ckpt"])
-  flix = FlixConfig(tiny.space(shared_rank=2), alpha=6.0)
+  flix = tiny.flix(shared_rank=2, alpha=6.0)
   lm = DecoderLM(config, flix)
   params = graft(base, adapter_leaves(tiny.decoder_random_params(lm, seed=5, adapter_scale=0.1)))
   ckpt = save_model(str(c["root"] / "flix_ckpt"), params, config, flix)

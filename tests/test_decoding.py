@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from flix import decoding
-from flix.config import FlixConfig
 from flix.decoding import DecodeOptions
 from flix.models import decode_fns
 from flix.models.model import EncoderDecoderModel
@@ -22,7 +21,7 @@ TOL = dict(rtol=1e-5, atol=1e-4)
 @functools.lru_cache(maxsize=None)
 def _setup():
   """Tiny random FLix T5 (adapters non-zero); EOS logits scaled up so some rows stop early."""
-  model = T5(tiny.t5_config(), FlixConfig(tiny.space()))
+  model = T5(tiny.t5_config(), tiny.flix())
   params = tiny.random_params(model, seed=0)
   kernel = params["decoder"]["logits_dense"]["kernel"]
   params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, decoding.EOS_ID].multiply(3.0)

@@ -44,7 +44,7 @@ def _lines(path):
 
 def test_tiny_model_predictions_metrics_and_reports(reg, evaluator, tmp_path):
   assert {t.kind for t in reg.tasks} == set(SPLIT_KINDS)
-  model = EncoderDecoderModel(T5(tiny.t5_config(vocab_size=260), FlixConfig(reg.space)))
+  model = EncoderDecoderModel(T5(tiny.t5_config(vocab_size=260), FlixConfig(reg.space, ranks=4)))
   params = tiny.random_params(model.module)
   report = evaluator.evaluate(model, params, out_dir=str(tmp_path), step=7)
 
@@ -121,8 +121,8 @@ def test_build_report_aggregates_known_values(reg):
 
 
 def test_bad_setups_fail_loudly(reg, evaluator):
-  task_only = EncoderDecoderModel(T5(tiny.t5_config(vocab_size=260),
-                                     FlixConfig(FeatureSpace.build({"task": CONFIG.tasks}, 2))))
+  task_only = EncoderDecoderModel(T5(
+      tiny.t5_config(vocab_size=260), FlixConfig(FeatureSpace.build({"task": CONFIG.tasks}), 2)))
   with pytest.raises(ValueError, match="FeatureSpace has 1 feature types"):
     evaluator.evaluate(task_only, {}, out_dir=None)
   with pytest.raises(ValueError, match="has a 'nosuch' split"):

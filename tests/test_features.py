@@ -1,3 +1,5 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,9 +44,9 @@ def test_unknown_type_and_missing_type():
 
 def test_a_partial_combination_derives_and_leaves_the_rest_inactive():
   """What `flix.convert --features task=X,lang=Y` exports: named types, their derived types."""
-  sp = FeatureSpace((FeatureType("task", ("inflect", "g2p"), 4),
-                     FeatureType("lang", ("tur", "dan"), 4),
-                     FeatureType("family", ("Turkic", "Germanic"), 2, source="lang",
+  sp = FeatureSpace((FeatureType("task", ("inflect", "g2p")),
+                     FeatureType("lang", ("tur", "dan")),
+                     FeatureType("family", ("Turkic", "Germanic"), source="lang",
                                  table={"tur": "Turkic", "dan": "Germanic"})))
   np.testing.assert_array_equal(sp.encode(parse_features("lang=dan"), partial=True),
                                 [INACTIVE, 1, 1])
@@ -62,15 +64,52 @@ def test_a_partial_combination_derives_and_leaves_the_rest_inactive():
 
 def test_invalid_spaces_are_refused():
   with pytest.raises(ValueError, match="reserved"):
-    FeatureType("shared", ("a",), 2)
+    FeatureType("shared", ("a",))
   with pytest.raises(ValueError, match=r"more than once: \['a'\]"):
-    FeatureType("task", ("a", "b", "a"), 2)
-  with pytest.raises(ValueError, match="rank >= 1"):
-    FeatureType("task", ("a",), 0)
+    FeatureType("task", ("a", "b", "a"))
   with pytest.raises(ValueError, match="unique"):
-    FeatureSpace((FeatureType("task", ("a",), 2), FeatureType("task", ("b",), 2)))
-  with pytest.raises(ValueError, match="no rank given"):
+    FeatureSpace((FeatureType("task", ("a",)), FeatureType("task", ("b",))))
+  with pytest.raises(TypeError):  # Ranks are the method's (FlixConfig), not the data's.
     FeatureSpace.build({"task": ["a"], "lang": ["en"]}, {"task": 2})
+
+
+def test_ranks_must_name_exactly_the_spaces_types():
+  """Issue 35's spec bug: `{"task": 16}` used to keep the language adapter at the data's rank
+  (4) while the run reported rank 16. A mapping now names every type, and only those."""
+  sp = tiny.space()
+  with pytest.raises(ValueError, match=r"types \['task', 'lang'\] \(no rank for \['lang'\]\)"):
+    FlixConfig(sp, ranks={"task": 16})
+  with pytest.raises(UnknownFeatureError, match=r"unknown types \['langue'\]"):
+    FlixConfig(sp, ranks={"task": 2, "lang": 2, "langue": 2})
+  with pytest.raises(ValueError, match="one rank per feature type"):
+    FlixConfig(sp, ranks=(4,))
+  with pytest.raises(ValueError, match=r"ranks must be ints >= 1, got \{'task': 0\}"):
+    FlixConfig(sp, ranks={"task": 0, "lang": 2})
+  with pytest.raises(ValueError, match="shared_rank must be an int >= 0"):
+    FlixConfig(sp, ranks=2, shared_rank=-1)
+  with pytest.raises(ValueError, match="at least one feature type in its space or a shared"):
+    FlixConfig(FeatureSpace(), ranks=())
+  cfg = FlixConfig(sp, ranks={"lang": 4, "task": 16})  # Any order; stored in the space's.
+  assert cfg.ranks == (16, 4) and cfg.rank("lang") == 4 and cfg.active_rank == 20
+  assert FlixConfig(sp, ranks=8).ranks == (8, 8) and cfg.replace(alpha=2.0).ranks == (16, 4)
+  with pytest.raises(UnknownFeatureError, match="'family'"):
+    cfg.rank("family")
+
+
+def test_the_methods_settings_give_the_ranks_over_the_datas_space():
+  from flix.training.loop import AdapterSettings
+  sp = tiny.space()
+  with pytest.raises(ValueError, match=r"no rank for \['lang'\]"):  # Was: lang kept rank 2.
+    AdapterSettings(feature_ranks={"task": 16}).flix_config(sp)
+  flix = AdapterSettings(feature_ranks={"task": 16, "lang": 4}, shared_rank=2,
+                         alpha=8.0).flix_config(sp)
+  assert flix == FlixConfig(sp, ranks=(16, 4), shared_rank=2, alpha=8.0)
+  assert AdapterSettings(feature_ranks=4).flix_config(sp).ranks == (4, 4)
+  assert AdapterSettings(method="lora", lora_rank=16).flix_config(sp) == FlixConfig.lora(16)
+  assert AdapterSettings(method="lora", lora_rank=16).flix_config(None) == FlixConfig.lora(16)
+  assert AdapterSettings(method="full").flix_config(sp) is None
+  with pytest.raises(ValueError, match="method 'flix' needs a data registration"):
+    AdapterSettings().flix_config(None)
 
 
 def test_check_ids_names_bad_id_and_range():
@@ -85,17 +124,55 @@ def test_check_ids_names_bad_id_and_range():
 
 
 def test_json_round_trip():
-  sp = FeatureSpace.build({"task": ["número", "b"], "lang": ["en"]}, {"task": 8, "lang": 2}, 4)
+  sp = FeatureSpace.build({"task": ["número", "b"], "lang": ["en"]},
+                          derived={"family": ("lang", {"en": "Germanic"})})
   assert FeatureSpace.from_json(sp.to_json()) == sp
-  cfg = FlixConfig(sp, alpha=16.0, rslora=True, targets=("*.query", "encoder.mlp.*"),
-                   strategy="gather")
+  assert "rank" not in sp.to_json()
+  cfg = FlixConfig(sp, ranks={"task": 8, "lang": 2, "family": 1}, shared_rank=4, alpha=16.0,
+                   rslora=True, targets=("*.query", "encoder.mlp.*"), strategy="gather")
   assert FlixConfig.from_json(cfg.to_json()) == cfg
+  assert json.loads(cfg.to_json())["ranks"] == {"task": 8, "lang": 2, "family": 1}
+  assert FlixConfig.from_json(FlixConfig.lora(16).to_json()) == FlixConfig.lora(16)
 
 
-def test_lora_space_has_only_shared():
-  sp = FeatureSpace.lora(16)
-  assert sp.n_types == 0 and sp.active_rank == 16
-  assert tiny.space(shared_rank=2).active_rank == 4 + 2 + 2
+# A flix.json as checkpoints saved it before ranks moved from the feature space to FlixConfig.
+OLD_FLIX_JSON = """{
+  "space": {
+    "types": [
+      {"name": "task", "values": ["cardinal", "ordinal"], "rank": 8},
+      {"name": "lang", "values": ["en", "fr"], "rank": 4},
+      {"name": "family", "values": ["Germanic", "Romance"], "rank": 2, "source": "lang",
+       "table": {"en": "Germanic", "fr": "Romance"}}
+    ],
+    "shared_rank": 2
+  },
+  "alpha": 16.0,
+  "rslora": true,
+  "targets": ["*.query"],
+  "strategy": "gather",
+  "row_limit": 3
+}"""
+
+
+def test_old_flix_json_with_ranks_in_the_space_still_loads():
+  cfg = FlixConfig.from_json(OLD_FLIX_JSON)
+  space = FeatureSpace.build({"task": ["cardinal", "ordinal"], "lang": ["en", "fr"]},
+                             derived={"family": ("lang", {"en": "Germanic", "fr": "Romance"})})
+  assert cfg == FlixConfig(space, ranks={"task": 8, "lang": 4, "family": 2}, shared_rank=2,
+                           alpha=16.0, rslora=True, targets=("*.query",), strategy="gather",
+                           row_limit=3)
+  assert FeatureSpace.from_json(json.dumps(json.loads(OLD_FLIX_JSON)["space"])) == space
+  assert FlixConfig.from_json(cfg.to_json()) == cfg  # Saved again in the new format.
+  lora = FlixConfig.from_json('{"space": {"types": [], "shared_rank": 16}, "alpha": null, '
+                              '"rslora": false, "targets": ["*"], "strategy": "auto", '
+                              '"row_limit": null}')
+  assert lora == FlixConfig.lora(16)
+
+
+def test_lora_has_only_the_shared_adapter():
+  lora = FlixConfig.lora(16)
+  assert lora.space.n_types == 0 and lora.ranks == () and lora.active_rank == 16
+  assert tiny.flix(shared_rank=2).active_rank == 4 + 2 + 2
 
 
 def test_feature_dropout_rates_independence_and_determinism():
@@ -118,14 +195,13 @@ def test_feature_dropout_rates_independence_and_determinism():
 
 
 def test_config_targets_and_strategy_validation():
-  sp = tiny.space()
   with pytest.raises(ValueError, match=r"'\*.qkv' matches no projection of this network"):
-    FlixConfig(sp, targets=("*.qkv",)).check_targets(("encoder.attention.query",))
+    tiny.flix(targets=("*.qkv",)).check_targets(("encoder.attention.query",))
   with pytest.raises(ValueError, match="unknown strategy 'fast'"):
-    FlixConfig(sp, strategy="fast")
-  cfg = FlixConfig(sp, targets=("*.query", "decoder.mlp.*"))
+    tiny.flix(strategy="fast")
+  cfg = tiny.flix(targets=("*.query", "decoder.mlp.*"))
   assert cfg.adapts("encoder.attention.query") and cfg.adapts("decoder.mlp.wo")
   assert not cfg.adapts("encoder.mlp.wo") and not cfg.adapts("decoder.self_attention.key")
-  assert FlixConfig(sp, alpha=8.0).scale(4) == 2.0
-  assert FlixConfig(sp, alpha=8.0, rslora=True).scale(4) == 4.0
-  assert FlixConfig(sp).scale(4) == 1.0
+  assert tiny.flix(alpha=8.0).scale(4) == 2.0
+  assert tiny.flix(alpha=8.0, rslora=True).scale(4) == 4.0
+  assert tiny.flix().scale(4) == 1.0

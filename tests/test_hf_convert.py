@@ -20,7 +20,6 @@ import transformers
 
 from flix import convert
 from flix.checkpoints import load_model, save_model, strip_adapters
-from flix.config import FlixConfig
 from flix.decoding import DecodeOptions
 from flix.errors import HFConversionError, UnknownFeatureError
 from flix.features import parse_features
@@ -306,7 +305,7 @@ def adapted(request, tmp_path_factory):
   hf_dir = str(root / "hf")
   save_hf_model(variant, hf_dir, seed=3)
   config, base = hf.load_hf(hf_dir)
-  flix = FlixConfig(tiny.space(shared_rank=2), alpha=alpha, rslora=rslora, targets=targets)
+  flix = tiny.flix(shared_rank=2, alpha=alpha, rslora=rslora, targets=targets)
   # Adapter updates about as large as the base weights: they change the logits by O(1) while
   # float32 rounding stays far below the tolerance (much larger updates amplify rounding).
   params = flix_params(config, flix, base, seed=5, scale=0.1)
@@ -399,7 +398,7 @@ def test_missing_tensor_is_named(tmp_path):
 
 def test_unknown_feature_value_is_named(tmp_path, capsys):
   config = tiny.t5_config()
-  flix = FlixConfig(tiny.space(shared_rank=0))
+  flix = tiny.flix(shared_rank=0)
   params = flix_params(config, flix)
   ckpt = save_model(str(tmp_path / "ckpt"), params, config, flix)
   for command in ("to-hf", "export-peft"):

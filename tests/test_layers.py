@@ -32,7 +32,7 @@ def layer_and_params(flix, d_out=8, seed=1, randomize=True):
 def test_fresh_adapters_are_exact_noop():
   x, ids = x_and_ids()
   for strategy in STRATEGIES:
-    layer, params = layer_and_params(FlixConfig(tiny.space(), strategy=strategy),
+    layer, params = layer_and_params(tiny.flix(strategy=strategy),
                                      randomize=False)
     assert not np.any(params["lora_b_task"]) and np.any(params["lora_a_task"])
     base = x.reshape(-1, 16) @ params["kernel"]
@@ -43,7 +43,7 @@ def test_strategies_agree_on_outputs_and_gradients():
   x, ids = x_and_ids()
   results = {}
   for strategy in STRATEGIES:
-    layer, params = layer_and_params(FlixConfig(tiny.space(), alpha=6.0, strategy=strategy))
+    layer, params = layer_and_params(tiny.flix(alpha=6.0, strategy=strategy))
     loss = lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x, ids)))
     results[strategy] = (layer.apply({"params": params}, x, ids),
                          jax.grad(loss, argnums=(0, 1))(params, x))
@@ -75,7 +75,7 @@ def test_example_rows_one_hot_equals_take_exactly():
 
 def test_adapter_math_matches_hand_computation():
   """y = x W + sum_t s_t x A_t[f]^T B_t[f] + s_shared x A^T B, per example, with s = alpha / r."""
-  flix = FlixConfig(tiny.space(), alpha=6.0)
+  flix = tiny.flix(alpha=6.0)
   layer, p = layer_and_params(flix)
   x, ids = x_and_ids()
   y = np.asarray(layer.apply({"params": p}, x, ids))
@@ -92,7 +92,7 @@ def test_adapter_math_matches_hand_computation():
 def test_shared_only_equals_hand_written_lora():
   rank, alpha = 4, 8.0
   for rslora in (False, True):
-    layer, p = layer_and_params(FlixConfig(FeatureSpace.lora(rank), alpha=alpha, rslora=rslora))
+    layer, p = layer_and_params(FlixConfig.lora(rank, alpha=alpha, rslora=rslora))
     x, _ = x_and_ids()
     scale = alpha / (np.sqrt(rank) if rslora else rank)
     lora = x @ p["kernel"] + scale * (x @ p["lora_a_shared"].T) @ p["lora_b_shared"]
@@ -101,7 +101,7 @@ def test_shared_only_equals_hand_written_lora():
 
 
 def test_lora_a_init_matches_peft_bound():
-  layer, p = layer_and_params(FlixConfig(tiny.space()), randomize=False)
+  layer, p = layer_and_params(tiny.flix(), randomize=False)
   bound = 1 / np.sqrt(16)  # kaiming_uniform(a=sqrt(5)) on fan_in = d_in = 16.
   a = np.asarray(p["lora_a_task"])
   assert a.shape == (3, 4, 16) and np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
@@ -109,7 +109,7 @@ def test_lora_a_init_matches_peft_bound():
 
 @pytest.mark.parametrize("strategy", ["masked", "gather", "ragged"])
 def test_out_of_range_ids_raise_eagerly_and_poison_under_jit(strategy):
-  layer, p = layer_and_params(FlixConfig(tiny.space(), strategy=strategy))
+  layer, p = layer_and_params(tiny.flix(strategy=strategy))
   x, ids = x_and_ids()
   bad = ids.at[2, 1].set(4)  # lang has 4 values: 0..3.
   with pytest.raises(ValueError, match=r"feature id 4 in column 1 \(example 2\).*0\.\.3"):
@@ -122,7 +122,7 @@ def test_out_of_range_ids_raise_eagerly_and_poison_under_jit(strategy):
 
 
 def test_wrong_shapes_and_missing_ids_raise():
-  layer, p = layer_and_params(FlixConfig(tiny.space()))
+  layer, p = layer_and_params(tiny.flix())
   x, ids = x_and_ids()
   with pytest.raises(ValueError, match=r"shape \[batch=6, n_types=2\], got \(6, 3\)"):
     layer.apply({"params": p}, x, jnp.zeros((6, 3), jnp.int32))
@@ -136,7 +136,7 @@ def test_wrong_shapes_and_missing_ids_raise():
 
 def test_compact_rows_give_dense_outputs_and_gradients():
   """Running on the batch's rows only (flix.rows) equals the full tables, gradients included."""
-  flix = FlixConfig(tiny.space(), strategy="gather")
+  flix = tiny.flix(strategy="gather")
   layer, p = layer_and_params(flix)
   x, ids = x_and_ids(batch=2)  # 2 examples: tables shrink to 2 rows per type.
   loss = lambda l, p, i: jnp.sum(jnp.sin(l.apply({"params": p}, x, i)))
@@ -155,7 +155,7 @@ def test_compact_rows_give_dense_outputs_and_gradients():
 
 
 def test_active_rows_pads_and_renumbers():
-  flix = FlixConfig(tiny.space())
+  flix = tiny.flix()
   ids = jnp.array([[2, -1], [0, 3], [2, 3]], jnp.int32)
   task_rows, lang_rows = rows.active_rows(ids, flix)
   np.testing.assert_array_equal(task_rows, [0, 2, 3])  # 3 = padding (F_task).
@@ -168,7 +168,7 @@ def test_active_rows_pads_and_renumbers():
 def test_bad_ids_stay_bad_on_compact_tables(bad_id):
   """An out-of-range id must not become a valid compact id (its example comes out NaN under
   jit on the full and on the compact table alike), and it is not an active row."""
-  flix = FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(10)]}, 2))
+  flix = FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(10)]}), 2)
   ids = jnp.array([[3], [bad_id]], jnp.int32)
   (task_rows,) = rows.active_rows(ids, flix)
   np.testing.assert_array_equal(task_rows, [3, 10])  # 10 = padding (F): the bad id is no row.
@@ -189,16 +189,16 @@ def test_bad_ids_stay_bad_on_compact_tables(bad_id):
 
 def test_auto_strategy_choice():
   # masked only while the tables' columns are at most 2x an example's own (and at most 64).
-  two = FlixConfig(FeatureSpace.build({"task": list("ab"), "lang": list("wx")}, 8))
+  two = FlixConfig(FeatureSpace.build({"task": list("ab"), "lang": list("wx")}), 8)
   assert (two.table_rank, two.example_rank) == (32, 16) and two.resolved_strategy() == "masked"
   assert two.replace(row_limit=1).resolved_strategy() == "masked"
-  small = FlixConfig(FeatureSpace.build({"task": list("abcd"), "lang": list("wxyz")}, 8))
+  small = FlixConfig(FeatureSpace.build({"task": list("abcd"), "lang": list("wxyz")}), 8)
   assert small.table_rank == 64 and small.resolved_strategy() == "gather"  # 4x: gather.
   assert small.replace(row_limit=2).resolved_strategy() == "masked"  # compact rows: 2x.
-  three = FlixConfig(FeatureSpace.build({"task": list("abc"), "lang": list("x")}, 16))
+  three = FlixConfig(FeatureSpace.build({"task": list("abc"), "lang": list("x")}), 16)
   assert (three.table_rank, three.example_rank) == (64, 32)
   assert three.resolved_strategy() == "masked"
-  wide = FlixConfig(FeatureSpace.build({"task": list("abc"), "lang": list("xy")}, 16))
+  wide = FlixConfig(FeatureSpace.build({"task": list("abc"), "lang": list("xy")}), 16)
   assert wide.table_rank == 80 and wide.resolved_strategy() == "gather"  # > 64 columns.
   assert small.replace(strategy="masked").resolved_strategy() == "masked"
   assert small.replace(strategy="ragged").resolved_strategy() == "ragged"
@@ -212,8 +212,8 @@ def test_one_definition_of_adapter_tables():
   assert table_type("lora_a_task") == "task" and table_type("lora_b_x_shared") == "x_shared"
   assert table_type("lora_a_shared") is None and table_type("kernel") is None
   assert is_adapter_name("lora_b_shared") and not is_adapter_name("kernel")
-  space = FeatureSpace.build({"x_shared": ["a", "b", "c"]}, 2, shared_rank=2)
-  layer, p = layer_and_params_1type(FlixConfig(space))
+  space = FeatureSpace.build({"x_shared": ["a", "b", "c"]})
+  layer, p = layer_and_params_1type(FlixConfig(space, ranks=2, shared_rank=2))
   state = make_optimizer("adamw", 1e-3).init(p)
   counts = {jax.tree_util.keystr(path): leaf.shape
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
@@ -230,7 +230,7 @@ def layer_and_params_1type(flix):
 
 def test_merge_refuses_compact_tables():
   from flix import merge
-  flix = FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(10)]}, 2))
+  flix = FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(10)]}), 2)
   _, p = layer_and_params_1type(flix)
   compact = rows.take_rows(p, flix, (jnp.array([3, 10]),))
   with pytest.raises(ValueError, match="merge needs the full tables"):

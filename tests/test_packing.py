@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flix.config import FlixConfig
 from flix.data.converter import (FlixEncDecFeatureConverter, FlixPrefixLMFeatureConverter,
                                  converter_class, feature_converter)
 from flix.models.decoder import DecoderLM
@@ -78,13 +77,13 @@ def test_packed_rows_hold_one_feature_combination_each(cls):
 
 @functools.lru_cache(maxsize=None)
 def _t5_model():
-  model = T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), FlixConfig(tiny.space()))
+  model = T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), tiny.flix())
   return EncoderDecoderModel(model, loss_normalizer=None), tiny.random_params(model, seed=1)
 
 
 @functools.lru_cache(maxsize=None)
 def _decoder_model():
-  model = DecoderLM(tiny.decoder_config(num_layers=1), FlixConfig(tiny.space()))
+  model = DecoderLM(tiny.decoder_config(num_layers=1), tiny.flix())
   return (DecoderOnlyModel(model, inputs_bidirectional_attention=True, loss_normalizer=None),
           tiny.decoder_random_params(model, seed=1))
 

@@ -122,10 +122,9 @@ class Env:
     return path
 
   def model(self):
-    space = FeatureSpace.build({"task": ("cardinal", "ordinal"), "lang": ("en", "fr")},
-                               {"task": 2, "lang": 2})
+    space = FeatureSpace.build({"task": ("cardinal", "ordinal"), "lang": ("en", "fr")})
     return T5(tiny.t5_config(vocab_size=260, num_encoder_layers=1, num_decoder_layers=1),
-              FlixConfig(space))
+              FlixConfig(space, ranks={"task": 2, "lang": 2}))
 
   def checkpoint(self):
     if self._ckpt is None:

@@ -11,7 +11,6 @@ import optax
 import pytest
 
 import tiny
-from flix.config import FlixConfig
 from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5
 from flix.rows import check_row_indexable
@@ -29,7 +28,7 @@ TABLES = ("lora_a_task", "lora_b_task", "lora_a_lang", "lora_b_lang")
 @functools.lru_cache(maxsize=None)
 def model(feature_dropout=0.0):
   """1 + 1 layers, adapters on a few projections: seconds to compile."""
-  flix = FlixConfig(tiny.space(), targets=("*.value", "decoder.mlp.wo"))
+  flix = tiny.flix(targets=("*.value", "decoder.mlp.wo"))
   return EncoderDecoderModel(T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), flix),
                              z_loss=0.0, feature_dropout=feature_dropout)
 

@@ -30,7 +30,7 @@ def logits(model, params, ids, enc=None, dec=None):
 def test_fresh_flix_t5_equals_base_t5_exactly():
   enc, dec = tiny.batch()
   for strategy in ("masked", "gather"):
-    model, params = tiny.model_and_params(FlixConfig(tiny.space(), strategy=strategy))
+    model, params = tiny.model_and_params(tiny.flix(strategy=strategy))
     base = T5(model.config, None)
     plain = nn.unbox(params)
     expected = logits(base, strip_adapters(plain), None, enc, dec)
@@ -38,7 +38,7 @@ def test_fresh_flix_t5_equals_base_t5_exactly():
 
 
 def test_mixed_batch_equals_each_example_alone():
-  model, params = tiny.model_and_params(FlixConfig(tiny.space()))
+  model, params = tiny.model_and_params(tiny.flix())
   params = tiny.randomize_adapters(params)
   enc, dec = tiny.batch()
   together = logits(model, params, tiny.MIXED_IDS, enc, dec)
@@ -55,14 +55,14 @@ def test_strategies_agree_on_the_whole_network():
   enc, dec = tiny.batch()
   out = {}
   for strategy in ("masked", "gather", "ragged"):
-    model, params = tiny.model_and_params(FlixConfig(tiny.space(), strategy=strategy))
+    model, params = tiny.model_and_params(tiny.flix(strategy=strategy))
     out[strategy] = logits(model, tiny.randomize_adapters(params), tiny.MIXED_IDS, enc, dec)
   np.testing.assert_allclose(out["gather"], out["masked"], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(out["ragged"], out["masked"], rtol=1e-4, atol=1e-4)
 
 
 def test_merged_combination_equals_adapter_path_and_unmerge_restores():
-  flix = FlixConfig(tiny.space(), alpha=4.0)
+  flix = tiny.flix(alpha=4.0)
   model, params = tiny.model_and_params(flix)
   params = tiny.randomize_adapters(params, scale=0.2)
   enc, dec = tiny.batch()
@@ -83,14 +83,14 @@ def test_merged_combination_equals_adapter_path_and_unmerge_restores():
 
 def test_drop_policy_equals_model_without_that_feature():
   sp = tiny.space()
-  flix = FlixConfig(sp)
+  flix = tiny.flix()
   model, params = tiny.model_and_params(flix)
   params = tiny.randomize_adapters(params)
   ids = sp.encode_batch([{"task": "currency", "lang": "sw"}, {"task": "cardinal", "lang": "xh"}],
                         unknown="drop")
   np.testing.assert_array_equal(ids, [[2, -1], [0, -1]])
   enc, dec = tiny.batch(size=2)
-  task_only = FeatureSpace((sp.type("task"),), shared_rank=sp.shared_rank)
+  task_only = FeatureSpace((sp.type("task"),))
   without_lang = jax.tree_util.tree_map_with_path(lambda p, v: v, params)
 
   def drop_lang(node):
@@ -98,7 +98,8 @@ def test_drop_policy_equals_model_without_that_feature():
       return {k: drop_lang(v) for k, v in node.items() if not k.endswith("_lang")}
     return node
 
-  reference = T5(model.config, FlixConfig(task_only))
+  reference = T5(model.config, FlixConfig(task_only, ranks=flix.rank("task"),
+                                          shared_rank=flix.shared_rank))
   np.testing.assert_allclose(logits(model, params, ids, enc, dec),
                              logits(reference, drop_lang(without_lang), ids[:, :1], enc, dec),
                              **TOL)
@@ -107,7 +108,7 @@ def test_drop_policy_equals_model_without_that_feature():
 
 
 def test_feature_dropout_keeps_shared_adapter():
-  model, params = tiny.model_and_params(FlixConfig(tiny.space()))
+  model, params = tiny.model_and_params(tiny.flix())
   params = tiny.randomize_adapters(params)
   enc, dec = tiny.batch()
   out = logits(model, params, np.full((6, 2), -1), enc, dec)  # Every feature dropped.
@@ -117,7 +118,7 @@ def test_feature_dropout_keeps_shared_adapter():
 
 
 def test_frozen_base_does_not_change_in_a_training_step():
-  model, params = tiny.model_and_params(FlixConfig(tiny.space()))
+  model, params = tiny.model_and_params(tiny.flix())
   params = nn.unbox(params)
   enc, dec = tiny.batch()
   targets = jnp.roll(dec, -1, axis=1)
@@ -146,7 +147,7 @@ def test_frozen_base_does_not_change_in_a_training_step():
 
 
 def test_every_parameter_has_logical_axis_names():
-  for flix in (FlixConfig(tiny.space()), None):
+  for flix in (tiny.flix(), None):
     model, params = tiny.model_and_params(flix)
     leaves = jax.tree_util.tree_leaves_with_path(
         params, is_leaf=lambda v: isinstance(v, nn.Partitioned))
@@ -159,7 +160,7 @@ def test_every_parameter_has_logical_axis_names():
 
 
 def test_t5x_parameter_tree_and_adapter_targets():
-  flix = FlixConfig(tiny.space(), targets=("*.query", "*.value", "decoder.mlp.wo"))
+  flix = tiny.flix(targets=("*.query", "*.value", "decoder.mlp.wo"))
   model, params = tiny.model_and_params(flix)
   p = nn.unbox(params)
   assert set(p) == {"token_embedder", "encoder", "decoder"}
@@ -182,7 +183,7 @@ def test_t5x_parameter_tree_and_adapter_targets():
 
 
 def test_original_t5_variant_relu_tied():
-  model, params = tiny.model_and_params(FlixConfig(tiny.space()), mlp_activations=("relu",),
+  model, params = tiny.model_and_params(tiny.flix(), mlp_activations=("relu",),
                                         logits_via_embedding=True)
   p = nn.unbox(params)
   assert "logits_dense" not in p["decoder"] and set(p["encoder"]["layers_0"]["mlp"]) == {"wi", "wo"}
@@ -209,7 +210,7 @@ def _incremental_logits(model, params, enc, dec, ids):
 
 
 def test_cached_decoding_equals_teacher_forcing_with_beam_expanded_ids():
-  model, params = tiny.model_and_params(FlixConfig(tiny.space()))
+  model, params = tiny.model_and_params(tiny.flix())
   params = tiny.randomize_adapters(params)
   enc, dec = tiny.batch(size=3)
   ids = jnp.asarray(tiny.MIXED_IDS[:3])

@@ -16,9 +16,16 @@ TASKS = ("cardinal", "ordinal", "currency")
 LANGS = ("en", "fr", "de", "fi")
 
 
-def space(shared_rank: int = 2) -> FeatureSpace:
-  return FeatureSpace.build({"task": TASKS, "lang": LANGS}, {"task": 4, "lang": 2},
-                            shared_rank=shared_rank)
+RANKS = {"task": 4, "lang": 2}
+
+
+def space() -> FeatureSpace:
+  return FeatureSpace.build({"task": TASKS, "lang": LANGS})
+
+
+def flix(shared_rank: int = 2, **kwargs) -> FlixConfig:
+  """The tests' FLix: `space()` with task rank 4, language rank 2 and a shared adapter."""
+  return FlixConfig(space(), ranks=RANKS, shared_rank=shared_rank, **kwargs)
 
 
 def t5_config(**overrides) -> T5Config:

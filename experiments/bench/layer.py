@@ -27,7 +27,6 @@ import numpy as np
 from experiments.bench import core
 from experiments.bench.synthetic import feature_config, uniform_ids
 from flix.config import FlixConfig
-from flix.features import FeatureSpace
 from flix.layers import FlixDense
 from flix.rows import active_rows, compact_ids, take_rows
 
@@ -138,7 +137,7 @@ def build_configs(args: argparse.Namespace) -> list[dict]:
 
   add("base", None, dense_step(None, args.d), (x, {}, kernel, None))
   for r in (8, 16):
-    lora = FlixConfig(FeatureSpace.lora(r))
+    lora = FlixConfig.lora(r)
     tables = adapters(init_params(lora, x, None, args.seed))
     add(f"lora_r{r}", None, dense_step(lora, args.d), (x, tables, kernel, None))
   for n in args.F:

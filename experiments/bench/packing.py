@@ -53,7 +53,7 @@ def register(grid: str, args):
     return reg, {"inputs": 32, "targets": 64}
   from flix.data.morphology_tasks import (  # pylint: disable=import-outside-toplevel
       register_morphology_experiment)
-  reg = register_morphology_experiment(args.morphology_dir, langs=args.morphology_langs, ranks=8,
+  reg = register_morphology_experiment(args.morphology_dir, langs=args.morphology_langs,
                                        name="bench_pack_morph",
                                        tfds_data_dir=args.tfds_data_dir)
   return reg, {"inputs": 72, "targets": 64}
@@ -127,7 +127,7 @@ def build_step(mode: Mode, model, params, optimizer, mask) -> None:
 
 def run_grid(grid: str, cfg, args) -> list[dict]:
   reg, lengths = register(grid, args)
-  model = make_model(cfg, FlixConfig(reg.space.with_ranks(args.rank, 0)))
+  model = make_model(cfg, FlixConfig(reg.space, ranks=args.rank))
   params = synthetic_params(model, args.seed)
   optimizer = freeze_base(make_optimizer("adamw", learning_rate=1e-3, per_row=True), params,
                           "flix")

@@ -18,7 +18,7 @@ block (PEFT target_modules q, k, v, o, wi_0, wi_1, wo = flix targets ("*",)).
 eps 1e-8, no weight decay, gradients clipped to global norm 1), dropout on, base frozen:
   torch+peft/lora  PeftModel, r = lora_alpha = 16, lora_dropout 0; eager torch in train mode,
                    torch.optim.AdamW (`--torch-adamw`: for-loop, foreach or fused kernel);
-  flix/lora        T5 with FlixConfig(FeatureSpace.lora(16)): the trainer's jitted,
+  flix/lora        T5 with FlixConfig.lora(16): the trainer's jitted,
                    state-donating step (`flix.training.step`), optax AdamW;
   flix/flix        FLix: two types (task, lang) of F/2 values, rank 8 each, so an example's update
                    has rank 16 like LoRA's; the trainer's default (dense) step, ids drawn uniformly.
@@ -75,7 +75,6 @@ from experiments.bench.synthetic import (add_size_flags, batch_ids, combinations
                                   shift_right, trainer_batch, uniform_ids)
 from flix.checkpoints import adapter_leaves, graft, strip_adapters
 from flix.config import FlixConfig
-from flix.features import FeatureSpace
 from flix.interop import hf, peft_export
 from flix.layers import is_adapter_name
 from flix.models.decoder import DecoderConfig
@@ -336,7 +335,7 @@ def build(args: argparse.Namespace, torch, transformers, peft) -> Setup:
   """Random flix weights; the HF base, PEFT LoRA and PEFT mixed models loaded from their exports."""
   arch = ARCHS[args.arch]
   cfg = arch.config(args)
-  lora = FlixConfig(FeatureSpace.lora(args.rank))
+  lora = FlixConfig.lora(args.rank)
   flix = feature_config(args.F, args.rank // 2)
   models = {"lora": arch.network(cfg, lora), "flix": arch.network(cfg, flix),
             "base": arch.network(cfg)}

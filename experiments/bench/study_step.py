@@ -65,7 +65,7 @@ def grid_of(args: argparse.Namespace):
 def flix_config(grid, method, strategy: str | None):
   """The method's adapters over the grid's feature space (seed 0's hold-out: same sizes)."""
   from flix.data import offline  # pylint: disable=import-outside-toplevel
-  data = offline.generate(grid.config(0)).feature_space(ranks=4, derived=method.derived)
+  data = offline.generate(grid.config(0)).feature_space(derived=method.derived)
   adapters = method.adapters()
   if strategy is not None:
     adapters = dataclasses.replace(adapters, strategy=strategy)

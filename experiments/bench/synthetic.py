@@ -51,7 +51,7 @@ def feature_config(n_features: int, rank: int) -> FlixConfig:
     raise ValueError(f"F must be an even number >= 2 (two feature types), got {n_features}")
   half = n_features // 2
   return FlixConfig(FeatureSpace.build({"task": [f"t{i}" for i in range(half)],
-                                        "lang": [f"l{i}" for i in range(half)]}, ranks=rank))
+                                        "lang": [f"l{i}" for i in range(half)]}), ranks=rank)
 
 
 # -- weights --------------------------------------------------------------------------------------

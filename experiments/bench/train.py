@@ -39,7 +39,6 @@ from experiments.bench import core
 from experiments.bench.synthetic import (add_size_flags, feature_config, model_config, random_tokens,
                                   synthetic_params, trainer_batch, uniform_ids)
 from flix.config import FlixConfig
-from flix.features import FeatureSpace
 from flix.models.model import make_model
 from flix.models.t5 import T5Config
 from flix.trainable import freeze_base, trainable_mask
@@ -71,7 +70,7 @@ def flix_config(method: str, n_features: int | None, rank: int) -> FlixConfig | 
   if method in ("full", "frozen"):
     return None
   if method.startswith("lora_r"):
-    return FlixConfig(FeatureSpace.lora(int(method[len("lora_r"):])))
+    return FlixConfig.lora(int(method[len("lora_r"):]))
   return feature_config(n_features, rank)
 
 

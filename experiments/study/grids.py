@@ -115,7 +115,7 @@ class OfflineGrid(Grid):
   def register(self, seed: int, derived: Sequence[str] = ()):
     from flix.data import offline, offline_tasks  # pylint: disable=import-outside-toplevel
     config = self.config(seed)
-    space = offline.generate(config).feature_space(ranks=4, derived=tuple(derived))
+    space = offline.generate(config).feature_space(derived=tuple(derived))
     return offline_tasks.register_offline(
         config, space, prefix=_prefix(self.name, seed, derived))
 

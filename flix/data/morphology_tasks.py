@@ -143,8 +143,6 @@ def register_morphology_experiment(
     unseen_langs: Sequence[str] = (),
     holdout_seed: int = 0,
     holdout_pairs: int | None = None,
-    ranks: Mapping[str, int] | int = 4,
-    shared_rank: int = 0,
     derived: Sequence[str] = (),
     prefix: str = "task_lang",
     name: str = "morph",
@@ -166,9 +164,9 @@ def register_morphology_experiment(
     tasks: from inflect, analyze, g2p (MORPH_TASKS).
     holdout, unseen_pairs, unseen_langs, holdout_seed, holdout_pairs: the hold-out
       (`flix.data.pairs.make_holdout`); UNSEEN_PAIRS are ('task', 'lang') or 'task.lang'.
-    ranks, shared_rank: adapter ranks per type (`{"task": 8, "lang": 4, "family": 2}`) or one.
     derived: language-table fields to add as derived feature types ("family", "script"); a
-      language missing from the table gets none (logged).
+      language missing from the table gets none (logged). The method gives them ranks
+      (`AdapterSettings.feature_ranks`, gin FEATURE_RANKS).
     prefix: input prefix, "none", "task" or "task_lang" (baselines without feature adapters
       need it to know the task and language).
     name: the seqio name prefix.
@@ -209,7 +207,7 @@ def register_morphology_experiment(
   unseen_langs = (unseen_langs,) if isinstance(unseen_langs, str) else tuple(unseen_langs)
   chosen = dict(wikipron_files or {})
   arguments = (morph_dir, langs, tasks, holdout, unseen_pairs, tuple(unseen_langs),
-               holdout_seed, holdout_pairs, pairs.frozen(ranks), shared_rank, tuple(derived),
+               holdout_seed, holdout_pairs, tuple(derived),
                prefix, rate, temperature, maximum, config, tfds_data_dir,
                pairs.frozen(chosen), pretrain_objective, check_vocabulary(vocabulary))
   previous = pairs.cached_registration(_REGISTERED, name, arguments)
@@ -227,7 +225,7 @@ def register_morphology_experiment(
   trained = [p for p in present if hold.is_trained(p)]
   space = FeatureSpace.build(
       {"task": [t for t in tasks if any(p.task == t for p in trained)],
-       "lang": sorted({p.lang for p in trained})}, ranks, shared_rank,
+       "lang": sorted({p.lang for p in trained})},
       derived=languages.derived_features(langs, derived) if derived else None)
   sources = {}
   for pair in present:

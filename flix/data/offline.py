@@ -270,13 +270,11 @@ class OfflineData:
     """Present cells, in config order (task-major)."""
     return tuple(self.examples)
 
-  def feature_space(self, ranks: Mapping[str, int] | int = 4, shared_rank: int = 0,
-                    derived: Sequence[str] = ()) -> FeatureSpace:
+  def feature_space(self, derived: Sequence[str] = ()) -> FeatureSpace:
     """The training FeatureSpace: every task, and only the seen languages; `derived` adds
     language-table fields ("family", "script") as feature types derived from `lang`."""
     return FeatureSpace.build({"task": self.config.tasks, "lang": self.config.seen_langs},
-                              ranks, shared_rank,
-                              languages.derived_features(self.config.langs, derived)
+                              derived=languages.derived_features(self.config.langs, derived)
                               if derived else None)
 
   def corpus(self, split: str = "train", fields: Sequence[str] = ("targets",)) -> list[str]:

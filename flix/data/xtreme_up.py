@@ -265,14 +265,13 @@ def experiment_holdout(present: Mapping[Pair, Collection[str]], unseen_pairs: It
   return holdout
 
 
-def experiment_space(present: Mapping[Pair, Collection[str]], holdout: HoldOut,
-                     ranks: Mapping[str, int] | int = 4, shared_rank: int = 0) -> FeatureSpace:
+def experiment_space(present: Mapping[Pair, Collection[str]], holdout: HoldOut) -> FeatureSpace:
   """`task` = the trained tasks, `lang` = the trained languages (never an unseen language:
   their pairs encode the language INACTIVE), sorted, so ids do not depend on the order tasks
   were listed in."""
   trained = [c for c, trains in _cells(present).items() if trains and holdout.is_trained(c)]
   return FeatureSpace.build({"task": sorted({c.task for c in trained}),
-                             "lang": sorted({c.lang for c in trained})}, ranks, shared_rank)
+                             "lang": sorted({c.lang for c in trained})})
 
 
 # prefix -> (arguments, registration): registering a prefix again with the same arguments
@@ -288,8 +287,6 @@ def register_xtreme_up_experiment(
     prefix: str = "xtreme_up",
     unseen_pairs: Iterable = (),
     unseen_langs: Iterable[str] = (),
-    ranks: Mapping[str, int] | int = 4,
-    shared_rank: int = 0,
     rate: RateKind = "equal",
     temperature: float = 1.0,
     maximum: int | None = None,
@@ -312,7 +309,6 @@ def register_xtreme_up_experiment(
     unseen_langs: languages with no fine-tuning at all: not in the space, so their pairs are
       encoded with the language INACTIVE. Languages without any train split join them, and
       cells without a train split join `unseen_pairs` (see `experiment_holdout`).
-    ranks, shared_rank: the space's adapter ranks, per type (`{"task": 8, "lang": 8}`) or one.
     rate, temperature, maximum: the training mixture's rate (`pairs.mixing_rate`): "equal",
       "examples" (proportional to train examples, capped at `maximum`) or "temperature".
     task_feature_lengths: `{"inputs": ..., "targets": ...}` recorded on the registration;
@@ -334,16 +330,16 @@ def register_xtreme_up_experiment(
                            else unseen_langs or ())
   pairs.mixing_rate(rate, temperature, maximum)  # Validates before anything is read.
   lengths = dict(task_feature_lengths or DEFAULT_FEATURE_LENGTHS)
-  arguments = (data_dir, tasks, pairs.frozen(langs), unseen_pairs, unseen_langs,
-               pairs.frozen(ranks), shared_rank, rate, temperature, maximum,
-               pairs.frozen(lengths), tfds_data_dir, code_switched, check_vocabulary(vocabulary))
+  arguments = (data_dir, tasks, pairs.frozen(langs), unseen_pairs, unseen_langs, rate,
+               temperature, maximum, pairs.frozen(lengths), tfds_data_dir, code_switched,
+               check_vocabulary(vocabulary))
   previous = pairs.cached_registration(_REGISTERED, prefix, arguments)
   if previous is not None:
     return previous
 
   present = find_pairs(data_dir, tasks, langs, code_switched)
   holdout = experiment_holdout(present, unseen_pairs, unseen_langs)
-  space = experiment_space(present, holdout, ranks, shared_rank)
+  space = experiment_space(present, holdout)
   sources, info = build_sources(data_dir, present, tfds_data_dir)
   registration = pairs.register_pairs(
       prefix, sources, space, holdout, lengths, metric_fns=lambda pair: METRICS[pair.task],

@@ -76,11 +76,11 @@ def combination_lora(layer_params, flix: FlixConfig,
   d_in, d_out = kernel.shape
   a_parts, b_parts = [], []
   pairs = []
-  if flix.space.shared_rank:
-    pairs.append(("shared", flix.space.shared_rank, None))
-  for t, i in zip(flix.space.types, np.asarray(ids)):
+  if flix.shared_rank:
+    pairs.append(("shared", flix.shared_rank, None))
+  for t, r, i in zip(flix.space.types, flix.ranks, np.asarray(ids)):
     if i != INACTIVE:
-      pairs.append((t.name, t.rank, int(i)))
+      pairs.append((t.name, r, int(i)))
   for name, rank, row in pairs:
     a_key, b_key = a_name(name), b_name(name)
     if a_key in layer_params:
@@ -99,8 +99,7 @@ def combination_lora(layer_params, flix: FlixConfig,
 
 def combination_rank(flix: FlixConfig, ids) -> int:
   """Rank of one combination's update: active features' ranks plus the shared rank."""
-  return flix.space.shared_rank + sum(t.rank for t, i in zip(flix.space.types, np.asarray(ids))
-                                      if i != INACTIVE)
+  return flix.shared_rank + sum(r for r, i in zip(flix.ranks, np.asarray(ids)) if i != INACTIVE)
 
 
 def peft_adapter(params, config: ModelConfig, flix: FlixConfig, ids, *,

@@ -154,7 +154,7 @@ class BaseModel(abc.ABC):
     elif feature_ids is None:
       feature_ids = self.feature_ids(batch)
     weights = batch["decoder_loss_weights"]
-    if rng is not None and self.feature_dropout and not self.flix.space.shared_rank:
+    if rng is not None and self.feature_dropout and not self.flix.shared_rank:
       adapted = jnp.any(feature_ids != INACTIVE, axis=1)
       weights = weights * adapted[:, None].astype(weights.dtype)
     logits = self.logits(params, batch, feature_ids, dropout_rng)

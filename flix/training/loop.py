@@ -28,6 +28,7 @@ from flix.checks import check_counts
 from flix.config import FlixConfig
 from flix.data.converter import feature_converter
 from flix.data.pairs import check_registered, import_task_modules
+from flix.data.registration import Registration
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
 from flix.errors import CheckpointError, DamagedCheckpointError, Interrupted, NonFiniteLossError
 from flix.features import FeatureSpace
@@ -48,10 +49,12 @@ from flix.training.step import StepConfig, make_train_step
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class AdapterSettings:
-  """The method and its adapters. method: "flix" (feature adapters from the data's feature
-  space, plus `shared_rank`), "lora" (one shared adapter of `lora_rank`), "full" (no adapters,
-  everything trains). `feature_dropout` (flix only) is the one feature dropout knob; the model
-  object applies it (`flix.models.model`)."""
+  """The method and its adapters. method: "flix" (feature adapters over the data's feature
+  space at `feature_ranks`, plus `shared_rank`), "lora" (one shared adapter of `lora_rank`),
+  "full" (no adapters, everything trains). `feature_ranks` is one int for every type or a rank
+  for exactly each type of the data's space (gin FEATURE_RANKS, e.g. {'task': 8, 'lang': 4}).
+  `feature_dropout` (flix only) is the one feature dropout knob; the model object applies it
+  (`flix.models.model`)."""
 
   method: str = "flix"
   feature_ranks: Mapping[str, int] | int = 4
@@ -63,14 +66,22 @@ class AdapterSettings:
   strategy: str = "auto"
   feature_dropout: float = 0.0
 
-  def flix_config(self, data_space: FeatureSpace) -> FlixConfig | None:
+  def flix_config(self, data_space: FeatureSpace | None) -> FlixConfig | None:
+    """The run's FlixConfig: the data's space with this method's ranks (flix), the shared
+    adapter alone (lora: the space is not used), or None (full)."""
     if self.method not in METHODS:
       raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
     if self.method == "full":
       return None
-    space = (FeatureSpace.lora(self.lora_rank) if self.method == "lora" else
-             data_space.with_ranks(self.feature_ranks, self.shared_rank))
-    return FlixConfig(space, self.alpha, self.rslora, tuple(self.targets), self.strategy)
+    options = dict(alpha=self.alpha, rslora=self.rslora, targets=tuple(self.targets),
+                   strategy=self.strategy)
+    if self.method == "lora":
+      return FlixConfig.lora(self.lora_rank, **options)
+    if data_space is None:
+      raise ValueError("method 'flix' needs a data registration with a feature space "
+                       "(train.registration = @register_offline() or similar)")
+    return FlixConfig(data_space, ranks=self.feature_ranks, shared_rank=self.shared_rank,
+                      **options)
 
 
 def check_settings(*, train_steps, batch_size, checkpoint_period, log_period, keep_checkpoints,
@@ -245,19 +256,15 @@ class _StopFlag:
       signal.signal(s, handler)
 
 
-def build_model(model_config: Any, registration: Any, adapters: AdapterSettings,
+def build_model(model_config: Any, registration: Registration | None, adapters: AdapterSettings,
                 mixture_or_task_name: str,
                 use_cached_tasks: bool = False) -> tuple[BaseModel, FlixConfig | None, int]:
   """(model, its FlixConfig, n_types of the data's feature ids) for `adapters` on the data of
   `registration` (its `.space`; without one, the length of the data's feature ids)."""
   data_space = registration.space if registration is not None else None
-  if data_space is None and adapters.method == "flix":
-    raise ValueError("method 'flix' needs a data registration with a feature space "
-                     "(train.registration = @register_offline() or similar)")
+  flix = adapters.flix_config(data_space)
   n_types = (data_space.n_types if data_space is not None else
              data_n_types(mixture_or_task_name, use_cached_tasks))
-  flix = adapters.flix_config(data_space) if data_space is not None else (
-      adapters.flix_config(FeatureSpace.lora(adapters.lora_rank)))
   model = make_model(model_config, flix, feature_dropout=adapters.feature_dropout)
   return model, flix, n_types
 
@@ -317,7 +324,7 @@ class TrainRun:
 
 def build_run(*, model_dir: str, mixture_or_task_name: str,
               task_feature_lengths: Mapping[str, int], train_steps: int, batch_size: int,
-              model_config: Any, registration: Any, adapters: AdapterSettings,
+              model_config: Any, registration: Registration | None, adapters: AdapterSettings,
               optimizer: optax.GradientTransformation | None,
               initial_checkpoint_path: str | None, adapter_only_checkpoints: bool,
               keep_checkpoints: int, random_seed: int, partitioner: Partitioner | None,
@@ -440,7 +447,8 @@ def run_loop(run: TrainRun, *, train_steps: int, log_period: int, checkpoint_per
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, model_config: Any = gin.REQUIRED,
-          registration: Any = None, adapters: AdapterSettings = AdapterSettings(),
+          registration: Registration | None = None,
+          adapters: AdapterSettings = AdapterSettings(),
           optimizer: optax.GradientTransformation | None = None,
           initial_checkpoint_path: str | None = None, adapter_only_checkpoints: bool = True,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, log_period: int = 50,
