@@ -184,6 +184,7 @@ for _id, _bindings in {
     "mesh-too-many-devices": ["--gin.MESH_SHAPE=(16, 1)"],
     "method-unknown": ["--gin.METHOD='adapters'"],
     "feature-ranks-unknown-type": ["--gin.FEATURE_RANKS={'task': 2, 'langue': 2}"],
+    "feature-ranks-missing-type": ["--gin.FEATURE_RANKS={'task': 2}"],
     "feature-dropout-one": ["--gin.FEATURE_DROPOUT=1.0"],
     "offline-unseen-lang-unknown": ["--gin.OfflineConfig.unseen_langs=('es',)"],
 }.items():

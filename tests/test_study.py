@@ -409,7 +409,11 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):
 def test_every_method_has_lora_s_per_example_rank():
   methods.check_budget(methods.METHODS.values())
   with pytest.raises(ValueError, match=r"per-example rank 16"):
-    methods.check_budget([methods.MethodSpec("odd", "flix", (("task", 8),))])
+    methods.check_budget([methods.MethodSpec("odd", "flix", (("task", 8), ("lang", 4)))])
+  # A rank for the task alone once left the language adapter at the data's rank while the
+  # method reported rank 8: every type of the method's space needs its rank.
+  with pytest.raises(ValueError, match=r"feature_ranks name \['task'\].*\['task', 'lang'\]"):
+    methods.MethodSpec("odd", "flix", (("task", 8),))
 
 
 def test_unseen_languages_keep_a_trained_sibling():

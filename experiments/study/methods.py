@@ -51,9 +51,11 @@ class MethodSpec:
     object.__setattr__(self, "derived", tuple(self.derived))
     if self.method not in ("lora", "flix"):
       raise ValueError(f"method {self.name!r}: kind {self.method!r} is not 'lora' or 'flix'")
-    missing = [d for d in self.derived if d not in dict(self.feature_ranks)]
-    if missing:
-      raise ValueError(f"method {self.name!r}: derived types {missing} have no rank")
+    types = ("task", "lang", *self.derived)  # The grids' feature space for this method.
+    named = [t for t, _ in self.feature_ranks]
+    if self.method == "flix" and sorted(named) != sorted(types):
+      raise ValueError(f"method {self.name!r}: feature_ranks name {named}, but its feature "
+                       f"space has the types {list(types)}: give each of them a rank")
 
   @property
   def per_example_rank(self) -> int:
