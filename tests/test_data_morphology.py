@@ -5,14 +5,17 @@ the official formats; the tests at the end read the real releases in ../shared w
 import collections
 import os
 
+import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow_datasets as tfds
 
+from flix import gin_utils
 from flix.data import metrics, morphology, morphology_tasks, pairs
 from flix.data.converter import FlixEncDecFeatureConverter
 from flix.data.morphology import MorphologyConfig, Triple
+from flix.data.pairs import HoldOutSpec, Pair
 from flix.data.tfds import release
 from flix.features import INACTIVE
 from shared_files import shared_path
@@ -61,7 +64,7 @@ def register(release_dir, tmp_path, name, **kwargs):
 
 
 def test_registration_counts_drops_references_and_feature_ids(release_dir, tmp_path):
-  reg = register(release_dir, tmp_path, "m_unit", unseen_pairs=[("analyze", "xxb")],
+  reg = register(release_dir, tmp_path, "m_unit", holdout=HoldOutSpec(unseen_pairs=["analyze.xxb"]),
                  pretrain_objective="reconstruction")
   try:
     assert reg.pretrain == pairs.PretrainTask("m_unit.pretrain", "reconstruction",
@@ -168,7 +171,8 @@ def test_derived_features_for_an_unseen_language(release_dir, tmp_path):
   sig = {"eng": SIGMORPHON["xxa"], "deu": SIGMORPHON["xxb"], "dan": SIGMORPHON["xxb"]}
   root = write_release(tmp_path / "derived", sig, {})
   reg = morphology_tasks.register_morphology_experiment(
-      str(root), tasks=["inflect", "analyze"], unseen_langs=["dan"], derived=("family", "script"),
+      str(root), tasks=["inflect", "analyze"], holdout=HoldOutSpec(unseen_langs=["dan"]),
+      derived=("family", "script"),
       tfds_data_dir=str(tmp_path / "tfds"), name="m_derived",
       config=MorphologyConfig(max_source_bytes=40, max_target_bytes=40))
   try:
@@ -181,6 +185,24 @@ def test_derived_features_for_an_unseen_language(release_dir, tmp_path):
     assert {t.name: t.kind for t in reg.tasks}["m_derived.inflect.dan"] == "unseen_language"
   finally:
     reg.unregister()
+
+
+def test_gin_binds_the_hold_out_as_one_spec():
+  """data/morph.gin binds `register_morphology_experiment.holdout = @HoldOutSpec()` from the
+  HOLDOUT macros; pairs are written 'task.lang' or ('task', 'lang')."""
+  gin_utils.parse_gin(["experiments/morph_flix.gin"], [
+      "MODEL_DIR = '/tmp/m'", "TRAIN_STEPS = 1", "INITIAL_CHECKPOINT_PATH = None",
+      "MORPH_DIR = '/tmp/d'", "HOLDOUT = 'random'", "HOLDOUT_SEED = 3", "HOLDOUT_PAIRS = 2",
+      "UNSEEN_LANGS = ['dan']"], [])
+  try:
+    ref = gin.query_parameter("register_morphology_experiment.holdout")
+    assert (ref.configurable.name, ref.evaluate) == ("HoldOutSpec", True)
+    spec = HoldOutSpec()  # As gin builds it for the registration.
+  finally:
+    gin.clear_config()
+  assert spec == HoldOutSpec("random", unseen_langs=["dan"], seed=3, n_pairs=2)
+  assert HoldOutSpec(unseen_pairs=["g2p.tur", ("inflect", "dan")]).unseen_pairs == {
+      Pair("g2p", "tur"), Pair("inflect", "dan")}
 
 
 def test_metrics_as_the_shared_tasks_define_them():
@@ -204,7 +226,7 @@ def real(tmp_path_factory):
   root = shared_path("data", "morphology")
   data_dir = tmp_path_factory.mktemp("tfds_real")
   reg = morphology_tasks.register_morphology_experiment(
-      root, langs=REAL_LANGS, holdout="explicit", unseen_pairs=[("g2p", "tur")],
+      root, langs=REAL_LANGS, holdout=HoldOutSpec("explicit", unseen_pairs=[("g2p", "tur")]),
       tfds_data_dir=str(data_dir), name="m_real")
   yield reg, data_dir
   reg.unregister()

@@ -425,6 +425,18 @@ def _(env):
   return raised(register_morphology_experiment, env.path("no_morph"))
 
 
+@check("morphology-holdout-not-spec")
+def _(env):
+  from flix.data.morphology_tasks import register_morphology_experiment
+  return raised(register_morphology_experiment, env.path("no_morph"), holdout="random")
+
+
+@check("holdout-scheme-unknown")
+def _(env):
+  from flix.data.pairs import HoldOutSpec
+  return raised(HoldOutSpec, "diag")
+
+
 # -- conversion ----------------------------------------------------------------------------------
 @check("hf-dir-missing")
 def _(env):

@@ -20,6 +20,7 @@ import numpy as np
 from flix.data import languages
 from flix.data.morphology import MorphologyConfig
 from flix.data.offline import OfflineConfig
+from flix.data.pairs import HoldOutSpec
 from flix.models.t5 import T5Config
 
 # The small byte-level T5.1.1 of the study and the demo (d_model 128, 3 + 3 layers): learns to
@@ -152,12 +153,13 @@ class MorphGrid(Grid):
         tfds_data_dir=self.tfds_data_dir, **kwargs)
 
   def register(self, seed: int, derived: Sequence[str] = ()):
-    return self._register(_prefix(self.name, seed, derived), holdout="random",
-                          holdout_seed=seed, holdout_pairs=self.unseen_pairs,
-                          unseen_langs=self.held_out_langs(seed), derived=tuple(derived))
+    holdout = HoldOutSpec("random", seed=seed, n_pairs=self.unseen_pairs,
+                          unseen_langs=self.held_out_langs(seed))
+    return self._register(_prefix(self.name, seed, derived), holdout=holdout,
+                          derived=tuple(derived))
 
   def register_pretraining(self):
-    return self._register(f"study_{self.name}_base", holdout="none",
+    return self._register(f"study_{self.name}_base", holdout=HoldOutSpec("none"),
                           pretrain_objective="reconstruction")
 
 

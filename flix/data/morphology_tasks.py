@@ -10,7 +10,7 @@ registers one seqio Task per (task, language) cell over `seqio.TfdsDataSource`:
   `{prefix}.train`          the trained (seen) cells, at the configured rate;
   `{prefix}.eval`           every cell (validation / test), equal rates.
 
-Hold-outs as for the offline benchmark (`flix.data.pairs.make_holdout`): none, diagonal, a
+Hold-outs as for the offline benchmark (`flix.data.pairs.HoldOutSpec`): none, diagonal, a
 seeded random draw that keeps every task and language trained in >= 2 cells, or an explicit
 list, plus unseen languages (no adapter; their cells are evaluation-only). Derived feature types
 (the language's family and script, `flix.data.languages`) are added with `derived`.
@@ -34,7 +34,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from flix.data import languages, metrics, morphology, pairs, span_corruption
-from flix.data.pairs import Pair, PairRegistration, PairSource, PretrainTask, RateKind
+from flix.data.pairs import (HoldOutSpec, Pair, PairRegistration, PairSource, PretrainTask,
+                             RateKind)
 from flix.data.tfds import morphology as tfds_morphology
 from flix.data.tfds import release, sigmorphon2023, wikipron
 from flix.data.vocab import BYTE_VOCAB, check_vocabulary
@@ -117,32 +118,12 @@ def feature_lengths(config: morphology.MorphologyConfig, tasks: Sequence[str],
           "targets": round8(config.max_target_bytes + 1)}
 
 
-def _pairs(value) -> frozenset[Pair]:
-  if isinstance(value, (str, Pair)):
-    value = (value,)
-  out = set()
-  for p in value or ():
-    if isinstance(p, Pair):
-      out.add(p)
-    elif isinstance(p, str) and p.count(".") == 1:
-      out.add(Pair(*p.split(".")))
-    elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
-      out.add(Pair(*p))
-    else:
-      raise ValueError(f"an unseen pair is written ('task', 'lang') or 'task.lang', got {p!r}")
-  return frozenset(out)
-
-
 @gin.configurable(module="flix.data")
 def register_morphology_experiment(
     morph_dir: str = gin.REQUIRED,
     langs: Sequence[str] | None = None,
     tasks: Sequence[str] = morphology.TASKS,
-    holdout: str = "explicit",
-    unseen_pairs=(),
-    unseen_langs: Sequence[str] = (),
-    holdout_seed: int = 0,
-    holdout_pairs: int | None = None,
+    holdout: HoldOutSpec = HoldOutSpec(),
     derived: Sequence[str] = (),
     prefix: str = "task_lang",
     name: str = "morph",
@@ -162,8 +143,8 @@ def register_morphology_experiment(
     langs: ISO 639-3 codes; None: every language with SIGMORPHON files in morph_dir
       (MORPH_LANGS). A language without a WikiPron file has no g2p cell.
     tasks: from inflect, analyze, g2p (MORPH_TASKS).
-    holdout, unseen_pairs, unseen_langs, holdout_seed, holdout_pairs: the hold-out
-      (`flix.data.pairs.make_holdout`); UNSEEN_PAIRS are ('task', 'lang') or 'task.lang'.
+    holdout: the cells fine-tuning never sees: the scheme, unseen pairs and languages, and the
+      random scheme's seed and size (`flix.data.pairs.HoldOutSpec`; gin `@HoldOutSpec()`).
     derived: language-table fields to add as derived feature types ("family", "script"); a
       language missing from the table gets none (logged). The method gives them ranks
       (`AdapterSettings.feature_ranks`, gin FEATURE_RANKS).
@@ -189,6 +170,9 @@ def register_morphology_experiment(
                      f"non-empty subset of {list(morphology.TASKS)}")
   input_prefix(prefix, Pair("inflect", "eng"))  # Validates the prefix kind.
   pairs.mixing_rate(rate, temperature, maximum)
+  if not isinstance(holdout, HoldOutSpec):
+    raise ValueError(f"holdout must be a HoldOutSpec (e.g. HoldOutSpec('random', seed=0); gin: "
+                     f"@HoldOutSpec()), got {holdout!r}")
   sig_dir = os.path.join(morph_dir, tfds_morphology.SIGMORPHON_DIR)
   available = sigmorphon2023.languages(sig_dir)
   if langs is None:
@@ -203,11 +187,8 @@ def register_morphology_experiment(
     raise release.ReleaseLayoutError(
         f"languages {missing} have no SIGMORPHON files in {sig_dir}; expected "
         f"{sigmorphon2023.LAYOUT.format(lang=missing[0])} (found: {list(available)})")
-  unseen_pairs = _pairs(unseen_pairs)
-  unseen_langs = (unseen_langs,) if isinstance(unseen_langs, str) else tuple(unseen_langs)
   chosen = dict(wikipron_files or {})
-  arguments = (morph_dir, langs, tasks, holdout, unseen_pairs, tuple(unseen_langs),
-               holdout_seed, holdout_pairs, tuple(derived),
+  arguments = (morph_dir, langs, tasks, holdout, tuple(derived),
                prefix, rate, temperature, maximum, config, tfds_data_dir,
                pairs.frozen(chosen), pretrain_objective, check_vocabulary(vocabulary))
   previous = pairs.cached_registration(_REGISTERED, name, arguments)
@@ -220,8 +201,7 @@ def register_morphology_experiment(
     builders[lang] = build_language(morph_dir, lang, wiki, config, tfds_data_dir)
   present = [Pair(t, l) for t in tasks for l in langs
              if f"{t}_train" in builders[l].info.splits]
-  hold = pairs.make_holdout(holdout, tasks, langs, present, unseen_langs=unseen_langs,
-                            unseen_pairs=unseen_pairs, n_pairs=holdout_pairs, seed=holdout_seed)
+  hold = holdout.make(tasks, langs, present)
   trained = [p for p in present if hold.is_trained(p)]
   space = FeatureSpace.build(
       {"task": [t for t in tasks if any(p.task == t for p in trained)],

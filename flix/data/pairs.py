@@ -16,6 +16,7 @@ import importlib
 import re
 from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -218,6 +219,57 @@ def make_holdout(scheme: str, tasks: Sequence[str], langs: Sequence[str],
   holdout = HoldOut(pairs, frozenset(unseen_langs), scheme)
   holdout.check_covers(present)
   return holdout
+
+
+def as_pair(value) -> Pair:
+  """A pair written as a `Pair`, ('task', 'lang') or 'task.lang'."""
+  if isinstance(value, Pair):
+    return value
+  if isinstance(value, str) and value.count(".") == 1:
+    return Pair(*value.split("."))
+  if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+    return Pair(*value)
+  raise ValueError(f"an unseen pair is written ('task', 'lang') or 'task.lang', got {value!r}")
+
+
+@gin.configurable(module="flix.data")
+@dataclasses.dataclass(frozen=True)
+class HoldOutSpec:
+  """A grid's hold-out as configured: `make_holdout`'s arguments as one value, which gin binds
+  (`register_morphology_experiment.holdout = @HoldOutSpec()`, `HoldOutSpec.scheme = 'random'`).
+
+  Attributes:
+    scheme: one of HOLDOUT_SCHEMES.
+    unseen_pairs: the 'explicit' scheme's cells: `Pair`s, ('task', 'lang') or 'task.lang'.
+    unseen_langs: languages with no fine-tuning at all (in every scheme).
+    seed, n_pairs: the 'random' scheme's seed and number of cells (None: one per task).
+    stride: the 'diagonal' scheme's language step per task.
+  """
+
+  scheme: str = "explicit"
+  unseen_pairs: frozenset[Pair] = frozenset()
+  unseen_langs: tuple[str, ...] = ()
+  seed: int = 0
+  n_pairs: int | None = None
+  stride: int = 1
+
+  def __post_init__(self):
+    if self.scheme not in HOLDOUT_SCHEMES:
+      raise ValueError(f"hold-out scheme {self.scheme!r} unknown; expected one of "
+                       f"{HOLDOUT_SCHEMES}")
+    cells = self.unseen_pairs
+    cells = (cells,) if isinstance(cells, (str, Pair)) else cells or ()
+    object.__setattr__(self, "unseen_pairs", frozenset(as_pair(p) for p in cells))
+    langs = self.unseen_langs
+    object.__setattr__(self, "unseen_langs",
+                       (langs,) if isinstance(langs, str) else tuple(langs or ()))
+
+  def make(self, tasks: Sequence[str], langs: Sequence[str],
+           present: Collection[Pair]) -> HoldOut:
+    """The hold-out over a grid's present cells (`make_holdout`)."""
+    return make_holdout(self.scheme, tasks, langs, present, unseen_langs=self.unseen_langs,
+                        unseen_pairs=self.unseen_pairs, n_pairs=self.n_pairs, seed=self.seed,
+                        stride=self.stride)
 
 
 def encode_pair(space: FeatureSpace, pair: Pair, holdout: HoldOut | None = None) -> np.ndarray:
