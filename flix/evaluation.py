@@ -46,7 +46,7 @@ from seqio import metrics as seqio_metrics
 
 from flix import decoding, files
 from flix.data.aggregation import aggregate, as_pair
-from flix.data.converter import FlixEncDecFeatureConverter, converter_class
+from flix.data.converter import FlixEncDecFeatureConverter, converter_class, data_n_types
 from flix.data.pairs import SPLIT_KINDS, HoldOut, check_registered, import_task_modules
 from flix.data.registration import Registration
 from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary, describe
@@ -219,18 +219,6 @@ def _pad_batch(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarr
   return out
 
 
-def _infer_n_types(task: seqio.Task, split: str, use_cached: bool = False) -> int:
-  spec = task.get_dataset(sequence_length=None, split=split, shuffle=False,
-                          num_epochs=1, use_cached=use_cached).element_spec
-  if FEATURE_IDS not in spec:
-    raise ValueError(f"task {task.name!r} has no {FEATURE_IDS!r} feature; register it with "
-                     "flix.data.register_pair_task (or register_offline)")
-  n = spec[FEATURE_IDS].shape[0]
-  if n is None:
-    raise ValueError(f"task {task.name!r}: {FEATURE_IDS} has no static length; pass n_types")
-  return int(n)
-
-
 def _truncated(task: seqio.Task, split: str, lengths: Mapping[str, int],
                num_examples: int | None, use_cached: bool = False) -> list[list[str]]:
   """Per example (dataset order): the features ("inputs", "targets") longer than `lengths`,
@@ -313,8 +301,12 @@ class PairEvaluator:
       raise ValueError(f"the tasks of {names} tokenize targets with different vocabularies "
                        f"{sorted(vocabularies)}; evaluate each VOCABULARY's tasks on their own")
     self.vocabulary = valid[0].output_features["targets"].vocabulary
-    self.n_types = (_infer_n_types(valid[0], split, use_cached) if n_types is None
-                    else n_types)
+    self.n_types = n_types
+    if n_types is None:
+      self.n_types = data_n_types(valid[0], use_cached, split=split)
+      if not self.n_types:
+        raise ValueError(f"task {valid[0].name!r} has no {FEATURE_IDS!r} feature; register it "
+                         "with flix.data.register_pair_task (or register_offline)")
     self.truncated = {t.name: _truncated(t, split, self.feature_lengths, num_examples,
                                          use_cached) for t in valid}
     total = sum(bool(flags) for per_task in self.truncated.values() for flags in per_task)

@@ -6,6 +6,7 @@ import uuid
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 from flix.data import converter, pairs, vocab
 from flix.data.pairs import HoldOut, Pair
@@ -159,6 +160,26 @@ def test_converter_rejects_a_feature_ids_length_other_than_n_types(registry):
   wrong = converter.FlixEncDecFeatureConverter(3)  # A converter for another space.
   with pytest.raises(Exception, match="wrong number of ids"):
     next(seqio.get_dataset(f"{prefix}.copy.en", LENGTHS, wrong).as_numpy_iterator())
+
+
+def test_data_n_types_reads_the_length_of_the_feature_ids(registry):
+  prefix = unique_prefix("n")
+  tasks = _register(registry, prefix, [(Pair("copy", "en"), 4), (Pair("upper", "fr"), 4)])
+  registry.append(f"{prefix}.train")
+  pairs.register_pair_mixture(f"{prefix}.train", tasks)
+  assert converter.data_n_types(tasks[0].name) == SPACE.n_types == 2
+  assert converter.data_n_types(f"{prefix}.train") == 2  # A mixture's first task's.
+  task = seqio.get_mixture_or_task(tasks[1].name)
+  assert converter.data_n_types(task, split="validation") == 2
+  plain = seqio.TaskRegistry.add(  # A user's task without feature ids (LoRA or full runs).
+      f"{prefix}.plain", source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensors(
+              {"inputs": [5], "targets": [6]}), splits=["train"]),
+      output_features={k: seqio.Feature(vocab.BYTE_VOCAB) for k in ("inputs", "targets")})
+  registry.append(plain.name)
+  assert converter.data_n_types(plain.name) == 0
+  with pytest.raises(ValueError, match=r"unknown mixture or task 'nope'"):
+    converter.data_n_types("nope")
 
 
 def test_encode_pair_drops_only_unseen_languages():

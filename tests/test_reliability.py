@@ -425,6 +425,26 @@ def _(env):
   return raised(register_morphology_experiment, env.path("no_morph"))
 
 
+@check("feature-ids-no-static-length")
+def _(env):
+  import seqio  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from flix.data.converter import data_n_types
+  from flix.data.vocab import BYTE_VOCAB
+  tokens = tf.TensorSpec([None], tf.int32)
+  signature = {"inputs": tokens, "targets": tokens, "feature_ids": tokens}  # Any number of ids.
+  rows = lambda: iter([{"inputs": [5], "targets": [6], "feature_ids": [0, 1]}])
+  source = seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_generator(
+          rows, output_signature=signature), splits=["train"])
+  features = {k: seqio.Feature(BYTE_VOCAB) for k in ("inputs", "targets")}
+  seqio.TaskRegistry.add("reliability_ragged_ids", source=source, output_features=features)
+  try:
+    return raised(data_n_types, "reliability_ragged_ids")
+  finally:
+    seqio.TaskRegistry.remove("reliability_ragged_ids")
+
+
 @check("morphology-holdout-not-spec")
 def _(env):
   from flix.data.morphology_tasks import register_morphology_experiment

@@ -17,6 +17,7 @@ seqio's packing features: `encoder_segment_ids`, `encoder_positions`, `decoder_s
 
 `feature_converter(model, data_n_types)` builds the converter of a model object's family
 (`converter_class(model)` is its class); the data layer knows the models, never the reverse.
+`data_n_types(task)` reads the length of a task's feature ids, which the converter needs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import seqio
 import tensorflow as tf
 
 from flix.data.packing import SHUFFLE_BUFFER, pack_by_features
+from flix.data.pairs import check_registered
 from flix.features import FEATURE_IDS
 from flix.models.model import BaseModel, DecoderOnlyModel, EncoderDecoderModel
 
@@ -139,6 +141,26 @@ def feature_converter(model: BaseModel, data_n_types: int, **kwargs) -> seqio.Fe
   data's `feature_ids` (the data's feature space, also for a LoRA model that ignores them).
   kwargs: the converter's (pack, pack_shuffle_buffer, apply_length_check, ...)."""
   return converter_class(model)(data_n_types, **kwargs)
+
+
+def data_n_types(task_or_name: seqio.Task | str, use_cached: bool = False, *,
+                 split: str = "train") -> int:
+  """The length of the data's `feature_ids` (`[n_types]` per example), read from the
+  element spec of `split` of a Task, or of a mixture's first task; 0 when its examples carry
+  none (a user's task for a LoRA or full run). Raises ValueError if the length is not static."""
+  task = task_or_name
+  if isinstance(task, str):
+    check_registered(task)
+    task = seqio.get_subtasks(seqio.get_mixture_or_task(task))[0]
+  spec = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                          use_cached=use_cached).element_spec
+  ids = spec.get(FEATURE_IDS)
+  if ids is None:
+    return 0
+  if ids.shape.rank != 1 or ids.shape[0] is None:
+    raise ValueError(f"task {task.name!r}: {FEATURE_IDS} has no static length (shape "
+                     f"{ids.shape}); expected [n_types], one id per feature type")
+  return int(ids.shape[0])
 
 
 def _with_ids_length(task_feature_lengths: Mapping[str, int], n_types: int) -> dict[str, int]:

@@ -26,10 +26,10 @@ from jax.experimental import multihost_utils
 from flix import checkpoints, files, host_memory
 from flix.checks import check_counts
 from flix.config import FlixConfig
-from flix.data.converter import feature_converter
+from flix.data.converter import data_n_types, feature_converter
 from flix.data.pairs import check_registered, import_task_modules
 from flix.data.registration import Registration
-from flix.data.vocab import BYTE_VOCAB, FEATURE_IDS, check_run_vocabulary
+from flix.data.vocab import BYTE_VOCAB, check_run_vocabulary
 from flix.errors import CheckpointError, DamagedCheckpointError, Interrupted, NonFiniteLossError
 from flix.features import FeatureSpace
 from flix.models.model import BaseModel, make_model
@@ -126,17 +126,6 @@ def resolve_pack(pack: bool | str, adapters: AdapterSettings,
                    "the examples of a packed row would share one draw")
   return True, (f"'auto': method {adapters.method!r} without feature dropout, every packed "
                 "example computes as it would alone")
-
-
-def data_n_types(mixture_or_task_name: str, use_cached: bool = False) -> int:
-  """The length of the data's feature ids (0 without them), from the first task's train split:
-  what a run without a registration (a LoRA or full run on a user's tasks) reads."""
-  check_registered(mixture_or_task_name)
-  task = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))[0]
-  spec = task.get_dataset(sequence_length=None, split="train", shuffle=False, num_epochs=1,
-                          use_cached=use_cached).element_spec
-  ids = spec.get(FEATURE_IDS)
-  return 0 if ids is None or ids.shape[0] is None else int(ids.shape[0])
 
 
 def initial_params(model: BaseModel, rng: jax.Array, initial_checkpoint_path: str | None) -> dict:
