@@ -169,6 +169,28 @@ def test_old_flix_json_with_ranks_in_the_space_still_loads():
   assert lora == FlixConfig.lora(16)
 
 
+def test_a_checkpoint_saved_with_ranks_in_its_feature_space_still_loads(tmp_path):
+  from flix import checkpoints
+  from flix.models.t5 import T5
+  flix = tiny.flix(shared_rank=2)
+  model = T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), flix)
+  params = tiny.random_params(model)
+  path = checkpoints.save_model(str(tmp_path / "ckpt"), params, model.config, flix)
+  space = {"types": [{"name": "task", "values": list(tiny.TASKS), "rank": 4},
+                     {"name": "lang", "values": list(tiny.LANGS), "rank": 2}],
+           "shared_rank": 2}
+  old = {"space": space, "alpha": None, "rslora": False, "targets": ["*"], "strategy": "auto",
+         "row_limit": None}  # FlixConfig.to_json's output before ranks moved.
+  (tmp_path / "ckpt" / checkpoints.FLIX_JSON).write_text(json.dumps(old, indent=2))
+  (tmp_path / "ckpt" / checkpoints.FEATURES_JSON).write_text(json.dumps(space, indent=2))
+  config, loaded, restored = checkpoints.load_model(path)
+  assert loaded == flix and config == model.config
+  enc, dec = tiny.batch(size=2)
+  ids = np.array([[0, 1], [2, INACTIVE]], np.int32)
+  np.testing.assert_array_equal(tiny.apply(T5(config, loaded), restored, enc, dec, ids),
+                                tiny.apply(model, params, enc, dec, ids))
+
+
 def test_lora_has_only_the_shared_adapter():
   lora = FlixConfig.lora(16)
   assert lora.space.n_types == 0 and lora.ranks == () and lora.active_rank == 16
