@@ -199,8 +199,8 @@ def test_cached_greedy_equals_teacher_forced_argmax():
   config = tiny.decoder_config(num_kv_heads=1, sliding_window=3, logits_via_embedding=True,
                                scale_embeddings=True, norm_scale_plus_one=True)
   model = DecoderLM(config, tiny.flix())
-  greedy = decoding.DecodeOptions(NEW, eos_id=-1)
   params = tiny.decoder_random_params(model, seed=1)
+  greedy = decoding.DecodeOptions(NEW, eos_id=-1)
   for prefix in (True, False):
     obj = DecoderOnlyModel(model, inputs_bidirectional_attention=prefix)
     result = obj.decode(params, prompts(), PROMPT_LENGTHS, tiny.MIXED_IDS, options=greedy)
