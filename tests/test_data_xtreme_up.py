@@ -21,6 +21,7 @@ from flix.data.tfds import xtreme_up as tfds_xtreme_up
 from flix.features import INACTIVE
 from flix.models.model import EncoderDecoderModel
 from flix.models.t5 import T5
+from entry import run_entry
 import tiny
 
 tfds.disable_progress_bar()
@@ -424,14 +425,6 @@ def test_experiment_holdout_errors(experiment_dir, holdout, message):
   with pytest.raises(ValueError, match=message):
     register_experiment(experiment_dir, prefix, **holdout)
   assert not registered_with(prefix)
-
-
-def run_entry(module, *argv):
-  from flix import gin_utils
-  gin.clear_config()
-  with pytest.raises(SystemExit) as exit_info:
-    gin_utils.run(module.main, list(argv))
-  return exit_info.value.code
 
 
 @pytest.mark.slow

@@ -9,26 +9,17 @@ import os
 import gin
 import jax
 import numpy as np
-import pytest
 
 from flix import checkpoints, gin_utils
 from flix import eval as eval_entry, infer as infer_entry, train as train_entry
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.training.checkpointer import step_dirs
+from entry import GIN_DIR, run_entry
 import tiny
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
 GIN = os.path.join(GIN_DIR, "tiny_decoder.gin")
 # Short decodes: an untrained tiny model never stops before max_length.
 LENGTHS = "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 12}"
-
-
-def run(module, gin_files, *bindings):
-  gin.clear_config()
-  argv = [f"--gin_search_paths={GIN_DIR}"] + [f"--gin_file={f}" for f in gin_files]
-  with pytest.raises(SystemExit) as exit_info:
-    gin_utils.run(module.main, argv + list(bindings))
-  return exit_info.value.code
 
 
 def test_decoder_only_train_eval_infer(tmp_path, capsys):
@@ -45,7 +36,7 @@ def test_decoder_only_train_eval_infer(tmp_path, capsys):
   assert json.loads(open(os.path.join(base, "model.json")).read())["family"] == "decoder"
 
   # FLix on the frozen base, row-sparse steps.
-  assert run(train_entry, [GIN, "runs/row_sparse.gin"], f"--gin.MODEL_DIR='{tuned}'",
+  assert run_entry(train_entry, f"--gin_file={GIN}", "--gin_file=runs/row_sparse.gin", f"--gin.MODEL_DIR='{tuned}'",
              f"--gin.INITIAL_CHECKPOINT_PATH='{base}'", LENGTHS, *steps) == 0
   assert [s for s, _ in step_dirs(str(tuned))] == [2]
   ckpt = tuned / "checkpoint_2"
@@ -63,7 +54,7 @@ def test_decoder_only_train_eval_infer(tmp_path, capsys):
   assert len(losses) == 2 and all(np.isfinite(losses))
 
   out = tmp_path / "eval"
-  assert run(eval_entry, [os.path.join(GIN_DIR, "tiny_eval.gin")],
+  assert run_entry(eval_entry, "--gin_file=tiny_eval.gin",
              f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.EVAL_OUTPUT_DIR='{out}'", LENGTHS) == 0
   report = json.loads((out / "report.json").read_text())
   assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
@@ -75,7 +66,7 @@ def test_decoder_only_train_eval_infer(tmp_path, capsys):
   requests.write_text(json.dumps({"inputs": "ordinal fr: 12",
                                   "features": {"task": "ordinal", "lang": "fr"}}) + "\n")
   predictions = tmp_path / "out.jsonl"
-  assert run(infer_entry, ["runs/infer.gin"], f"--gin.CHECKPOINT_PATH='{ckpt}'",
+  assert run_entry(infer_entry, "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{ckpt}'",
              f"--gin.INPUT_FILE='{requests}'", f"--gin.OUTPUT_FILE='{predictions}'",
              LENGTHS, "--gin.BATCH_SIZE=8") == 0
   result, = [json.loads(l) for l in predictions.read_text().splitlines()]

@@ -13,7 +13,7 @@ import pytest
 
 from flix import checkpoints
 from flix.training.checkpointer import step_dirs
-from test_training import ROOT, run_train, saved_state
+from entry import ROOT, run_train, saved_state
 
 SMALL = ["--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1",
          "--gin.LOG_PERIOD=1"]

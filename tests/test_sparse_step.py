@@ -171,7 +171,7 @@ ROW_SPARSE = ["--gin.train.step_config=@StepConfig()", "--gin.StepConfig.row_spa
 
 
 def test_trainer_row_sparse_resume_is_exact(tmp_path):
-  from test_training import assert_trees_equal, run_train, saved_state
+  from entry import assert_trees_equal, run_train, saved_state
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   assert run_train(straight, *ROW_SPARSE) == 0  # Saves checkpoints 3 and 6.
   shutil.copytree(straight, resumed)

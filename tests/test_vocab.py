@@ -2,22 +2,17 @@
 entry points; a model smaller than the vocabulary, or tasks of another vocabulary, are refused
 before any step."""
 import json
-import os
 
-import gin
 import pytest
 import seqio
 
-from flix import eval as eval_entry, gin_utils, infer as infer_entry, train as train_entry
+from entry import run_entry, tiny_data
+from flix import eval as eval_entry, infer as infer_entry, train as train_entry
 from flix.data import offline_tasks
-from flix.data.offline import OfflineConfig, generate
+from flix.data.offline import generate
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
 SP_SIZE = 128  # < 259 ByteVocabulary ids: the model below cannot take bytes.
-# tiny_data.gin's benchmark (the test's SentencePiece model learns its texts).
-TINY_DATA = OfflineConfig(tasks=("cardinal", "ordinal"), langs=("en", "fr", "de"),
-                          unseen_langs=("de",), n_train=24, n_validation=4, n_test=4,
-                          input_length=24, target_length=48)
+TINY_DATA = tiny_data()  # The test's SentencePiece model learns its texts.
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +32,6 @@ def sp_model(tmp_path_factory):
   return str(out / "sp.model")
 
 
-def run_entry(module, gin_file, *bindings):
-  gin.clear_config()
-  with pytest.raises(SystemExit) as exit_info:
-    gin_utils.run(module.main, [f"--gin_search_paths={GIN_DIR}", f"--gin_file={gin_file}",
-                                *bindings])
-  return exit_info.value.code
-
-
 def sentencepiece_bindings(path):
   return ["--gin.VOCABULARY=@seqio.SentencePieceVocabulary()",
           f"--gin.seqio.SentencePieceVocabulary.sentencepiece_model_file='{path}'"]
@@ -62,7 +49,7 @@ def test_sentencepiece_train_eval_infer(tmp_path, sp_model, capsys):
   sp = sentencepiece_bindings(sp_model)
   model = [f"--gin.T5Config.vocab_size={SP_SIZE}", "--gin.T5Config.num_encoder_layers=1",
            "--gin.T5Config.num_decoder_layers=1"]
-  assert run_entry(train_entry, "tiny_offline.gin", *sp, *model, f"--gin.MODEL_DIR='{model_dir}'",
+  assert run_entry(train_entry, "--gin_file=tiny_offline.gin", *sp, *model, f"--gin.MODEL_DIR='{model_dir}'",
                    "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2") == 0
   # Every registered task (pairs and the pretraining corpus) tokenizes with the SentencePiece
   # model, so the ids the model saw were its pieces, not bytes.
@@ -70,7 +57,7 @@ def test_sentencepiece_train_eval_infer(tmp_path, sp_model, capsys):
   assert subtask_vocabularies("flix_offline.pretrain") == [vocabulary]
   ckpt = str(model_dir / "checkpoint_2")
 
-  assert run_entry(eval_entry, "tiny_eval.gin", *sp, f"--gin.CHECKPOINT_PATH='{ckpt}'",
+  assert run_entry(eval_entry, "--gin_file=tiny_eval.gin", *sp, f"--gin.CHECKPOINT_PATH='{ckpt}'",
                    f"--gin.EVAL_OUTPUT_DIR='{out}'", "--gin.EVAL_EXAMPLES=1") == 0
   report = json.loads((out / "report.json").read_text())
   assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
@@ -84,7 +71,7 @@ def test_sentencepiece_train_eval_infer(tmp_path, sp_model, capsys):
            f"--gin.OUTPUT_FILE='{predictions}'",
            "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}",
            "--gin.BATCH_SIZE=8"]  # Eval's decode shapes: compiled once.
-  assert run_entry(infer_entry, "runs/infer.gin", *sp, *infer) == 0
+  assert run_entry(infer_entry, "--gin_file=runs/infer.gin", *sp, *infer) == 0
   [result] = [json.loads(l) for l in predictions.read_text().splitlines()]
   assert isinstance(result["prediction"], str) and result["score"] <= 0
   assert not result["truncated"]
@@ -93,9 +80,9 @@ def test_sentencepiece_train_eval_infer(tmp_path, sp_model, capsys):
   # infer with the default VOCABULARY refuse it before decoding anything.
   message = f"vocab_size {SP_SIZE}, smaller than the 259 ids of VOCABULARY"
   capsys.readouterr()
-  assert run_entry(eval_entry, "tiny_eval.gin", f"--gin.CHECKPOINT_PATH='{ckpt}'",
+  assert run_entry(eval_entry, "--gin_file=tiny_eval.gin", f"--gin.CHECKPOINT_PATH='{ckpt}'",
                    f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval_bytes'}'") == 1
-  assert run_entry(infer_entry, "runs/infer.gin", *infer[:2],
+  assert run_entry(infer_entry, "--gin_file=runs/infer.gin", *infer[:2],
                    f"--gin.OUTPUT_FILE='{tmp_path / 'bytes.jsonl'}'", *infer[3:]) == 1
   assert capsys.readouterr().err.count(message) == 2
   assert not (tmp_path / "eval_bytes").exists() and not (tmp_path / "bytes.jsonl").exists()
@@ -105,7 +92,7 @@ def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
   sp = sentencepiece_bindings(sp_model)
   model_dir = tmp_path / "run"
   # Byte ids (the default VOCABULARY) into a model of 128 ids.
-  assert run_entry(train_entry, "tiny_offline.gin", f"--gin.T5Config.vocab_size={SP_SIZE}",
+  assert run_entry(train_entry, "--gin_file=tiny_offline.gin", f"--gin.T5Config.vocab_size={SP_SIZE}",
                    f"--gin.MODEL_DIR='{model_dir}'") == 1
   err = capsys.readouterr().err
   assert (f"has vocab_size {SP_SIZE}, smaller than the 259 ids of VOCABULARY" in err
@@ -123,7 +110,7 @@ def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
       TINY_DATA, vocabulary=seqio.SentencePieceVocabulary(sp_model)) is by_pieces
 
   # Tasks registered with bytes in a run whose VOCABULARY is the SentencePiece model.
-  assert run_entry(train_entry, "tiny_offline.gin", *sp,
+  assert run_entry(train_entry, "--gin_file=tiny_offline.gin", *sp,
                    "--gin.register_offline.vocabulary=@seqio.ByteVocabulary()",
                    f"--gin.MODEL_DIR='{model_dir}'") == 1
   err = capsys.readouterr().err
@@ -132,7 +119,7 @@ def test_vocabulary_errors_before_any_step(tmp_path, sp_model, capsys):
   assert not model_dir.exists()
 
   # models/mt5_small.gin's VOCABULARY is mT5's SentencePiece model: never bytes by default.
-  assert run_entry(train_entry, "tiny_offline.gin", "--gin_file=models/mt5_small.gin",
+  assert run_entry(train_entry, "--gin_file=tiny_offline.gin", "--gin_file=models/mt5_small.gin",
                    f"--gin.MODEL_DIR='{model_dir}'") == 1
   assert "set SENTENCEPIECE_MODEL (models/mt5_*.gin)" in capsys.readouterr().err
   assert not model_dir.exists()
@@ -155,10 +142,10 @@ def test_t5x_checkpoint_sentencepiece_flix_run_evaluates_and_resumes(tmp_path, s
          "--gin.FEATURE_DROPOUT=0.0", "--gin.PACK='auto'", "--gin.CHECKPOINT_PERIOD=2",
          "--gin.EVAL_PERIOD=2", "--gin.EVAL_EXAMPLES=1"]
   capsys.readouterr()
-  assert run_entry(train_entry, "tiny_offline.gin", *run, "--gin.TRAIN_STEPS=2") == 0
+  assert run_entry(train_entry, "--gin_file=tiny_offline.gin", *run, "--gin.TRAIN_STEPS=2") == 0
   err = capsys.readouterr().err
   assert "PACK = True ('auto': method 'flix' without feature dropout" in err, err[-2000:]
-  assert run_entry(train_entry, "tiny_offline.gin", *run, "--gin.TRAIN_STEPS=4") == 0
+  assert run_entry(train_entry, "--gin_file=tiny_offline.gin", *run, "--gin.TRAIN_STEPS=4") == 0
   err = capsys.readouterr().err
   assert (f"resuming from {model_dir / 'checkpoint_2'} at step 2 (input iterator restored from "
           "its state)") in err, err[-2000:]
