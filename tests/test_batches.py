@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 
 from flix.data.converter import FlixEncDecFeatureConverter
-from flix.data.offline import OfflineConfig
-from flix.data.offline_tasks import register_offline
 from flix.training.batches import TrainBatches, has_iterator_state
 
 
-@pytest.fixture(scope="module")
-def registration():
-  config = OfflineConfig(tasks=("cardinal", "ordinal"), langs=("en", "fr", "de"),
-                         unseen_langs=("de",), n_train=24, n_validation=4, n_test=4,
-                         input_length=24, target_length=48)
-  return register_offline(config, prefix="flix_test_batches")
+@pytest.fixture
+def registration(tiny_registration):
+  """tests/gin/tiny_data.gin's benchmark (conftest.py): 24 training examples per pair."""
+  return tiny_registration
 
 
 def make(registration, data_shards=1, batch_size=8, pack=False, **kwargs):

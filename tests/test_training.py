@@ -14,25 +14,12 @@ import jax
 import numpy as np
 import pytest
 
+from entry import (GIN_DIR, ROOT, TINY_OFFLINE as GIN, assert_trees_equal, copy_run, run_entry,
+                   run_train, saved_state)
 from flix import checkpoints, gin_utils
 from flix import train as train_entry
 from flix.errors import NonFiniteLossError
-from flix.models.t5 import T5, init_params
 from flix.training.checkpointer import latest, step_dirs
-
-GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin")
-GIN = os.path.join(GIN_DIR, "tiny_offline.gin")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_train(model_dir, *bindings):
-  """Runs `python -m flix.train` in this process; returns the exit code."""
-  gin.clear_config()
-  argv = [f"--gin_search_paths={GIN_DIR}", f"--gin_file={GIN}", f"--gin.MODEL_DIR='{model_dir}'",
-          *bindings]
-  with pytest.raises(SystemExit) as exit_info:
-    gin_utils.run(train_entry.main, argv)
-  return exit_info.value.code
 
 
 def spawn_train(model_dir, *bindings):
@@ -51,16 +38,6 @@ def wait_for(predicate, proc, timeout=240):
       proc.kill()
       raise AssertionError("timed out")
     time.sleep(0.05)
-
-
-def saved_state(path):
-  _, _, params = checkpoints.load_model(path)
-  rest = checkpoints.restore_pytree(os.path.join(path, "train_state"))
-  return params, rest
-
-
-def assert_trees_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 @pytest.mark.slow
@@ -151,11 +128,11 @@ def open_files_under(directory):
   return sorted(p for p in paths if p.startswith(os.path.realpath(directory) + os.sep))
 
 
-def test_nan_loss_stops_keeps_last_good_checkpoint_and_closes_files(tmp_path, capsys,
-                                                                    monkeypatch):
-  assert run_train(tmp_path, "--gin.TRAIN_STEPS=4") == 0
+def test_nan_loss_stops_keeps_last_good_checkpoint_and_closes_files(trained_run, tmp_path,
+                                                                    capsys, monkeypatch):
+  assert open_files_under(trained_run) == []  # The run that trained it closed its files.
+  copy_run(trained_run, tmp_path, drop_steps=[8], dirs_exist_ok=True)  # Stopped at step 4.
   good = saved_state(tmp_path / "checkpoint_4")
-  assert open_files_under(tmp_path) == []
   # FLIX_TRACEBACK re-raises the error: its traceback keeps the run's objects alive, so a file
   # still open here is one the failed run left open (garbage collection would close it later).
   monkeypatch.setenv("FLIX_TRACEBACK", "1")
@@ -280,8 +257,9 @@ def test_missing_required_macro(capsys):
   assert "MODEL_DIR" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_resume_with_other_feature_values_data_shards_or_packing_is_refused(tmp_path, capsys):
-  assert run_train(tmp_path, "--gin.TRAIN_STEPS=4") == 0
+def test_resume_with_other_feature_values_data_shards_or_packing_is_refused(trained_run,
+                                                                            tmp_path, capsys):
+  copy_run(trained_run, tmp_path, drop_steps=[8], dirs_exist_ok=True)  # Stopped at step 4.
   code = run_train(tmp_path, "--gin.OfflineConfig.langs=('en', 'es', 'de')")
   err = capsys.readouterr().err.strip().splitlines()[-1]
   assert code == 1
@@ -351,27 +329,24 @@ def test_replicated_arrays_are_written_once_and_read_back(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, jax.tree.map(np.asarray, tree))
 
 
-def run_entry(module, gin_file, *bindings):
-  gin.clear_config()
-  with pytest.raises(SystemExit) as exit_info:
-    gin_utils.run(module.main, [f"--gin_search_paths={GIN_DIR}", f"--gin_file={gin_file}",
-                                *bindings])
-  return exit_info.value.code
-
-
-def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
-  from flix import eval as eval_entry, infer as infer_entry
-  model_dir = tmp_path / "run"
-  assert run_train(model_dir, "--gin.TRAIN_STEPS=4") == 0
+def test_train_resumes_where_the_straight_run_went(trained_run, tmp_path):
+  """The shared run trained steps 0-8 in one go; a copy stopped at step 4 resumes there and
+  ends bit for bit where it did."""
+  model_dir = copy_run(trained_run, tmp_path / "run", drop_steps=[8])
   assert run_train(model_dir, "--gin.TRAIN_STEPS=8") == 0  # Resumes at step 4.
   assert [s for s, _ in step_dirs(str(model_dir))] == [4, 8]
-  ckpt = str(model_dir / "checkpoint_8")
+  assert_trees_equal(saved_state(model_dir / "checkpoint_8"),
+                     saved_state(trained_run / "checkpoint_8"))
   # The host-malloc choice is in the run's config (the test set-up retains freed memory).
   assert (model_dir / "config.gin").read_text().startswith("# host malloc: retain: glibc")
 
+
+def test_eval_and_infer_of_the_trained_checkpoint(trained_run, tmp_path, capsys):
+  from flix import eval as eval_entry, infer as infer_entry
+  ckpt = str(trained_run / "checkpoint_8")
   out = tmp_path / "eval"
-  assert run_entry(eval_entry, os.path.join(GIN_DIR, "tiny_eval.gin"),
-                   f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.EVAL_OUTPUT_DIR='{out}'") == 0
+  assert run_entry(eval_entry, "--gin_file=tiny_eval.gin", f"--gin.CHECKPOINT_PATH='{ckpt}'",
+                   f"--gin.EVAL_OUTPUT_DIR='{out}'") == 0
   report = json.loads((out / "report.json").read_text())
   assert set(report["by_kind"]) == {"seen_pair", "unseen_pair", "unseen_language"}
   predictions = sorted(os.listdir(out / "predictions"))
@@ -387,7 +362,7 @@ def test_train_resume_eval_infer_end_to_end(tmp_path, capsys):
   infer_args = [f"--gin.CHECKPOINT_PATH='{ckpt}'", f"--gin.INPUT_FILE='{requests}'",
                 f"--gin.OUTPUT_FILE='{tmp_path / 'out.jsonl'}'",
                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}"]
-  infer_gin = "runs/infer.gin"
+  infer_gin = "--gin_file=runs/infer.gin"
   # 'de' is the unseen language: unknown to the checkpoint's feature space.
   assert run_entry(infer_entry, infer_gin, *infer_args) == 1
   assert "unknown value 'de' for feature type 'lang'" in capsys.readouterr().err
@@ -426,7 +401,8 @@ def test_mixture_or_task_module_registers_the_users_task(tmp_path, monkeypatch, 
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}", "--gin.BATCH_SIZE=8"]
   model_dir = tmp_path / "run"
   try:
-    assert run_entry(train_entry, "models/tiny.gin", "--gin_file=runs/finetune.gin", *tiny,
+    assert run_entry(train_entry, "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+                     *tiny,
                      *common, f"--gin.MODEL_DIR='{model_dir}'",
                      "--gin.MIXTURE_OR_TASK_NAME='user_tasks.train'", "--gin.TRAIN_STEPS=2",
                      "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.METHOD='lora'") == 0, (
@@ -437,7 +413,7 @@ def test_mixture_or_task_module_registers_the_users_task(tmp_path, monkeypatch, 
     meta = json.loads((model_dir / "checkpoint_2" / "train_state.json").read_text())
     assert meta["pack"] is True
     out = tmp_path / "eval"
-    assert run_entry(eval_entry, "runs/eval.gin", *common, "--gin.EVAL_EXAMPLES=1",
+    assert run_entry(eval_entry, "--gin_file=runs/eval.gin", *common, "--gin.EVAL_EXAMPLES=1",
                      f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
                      f"--gin.EVAL_OUTPUT_DIR='{out}'",
                      "--gin.MIXTURE_OR_TASK_NAME='user_tasks.eval'") == 0, (
@@ -445,7 +421,8 @@ def test_mixture_or_task_module_registers_the_users_task(tmp_path, monkeypatch, 
     assert sorted(os.listdir(out / "predictions")) == [
         "user_tasks.cardinal.en.jsonl", "user_tasks.cardinal.fr.jsonl"]
     capsys.readouterr()
-    assert run_entry(infer_entry, "runs/infer.gin", "--gin.MIXTURE_OR_TASK_MODULE='nope_mod'",
+    assert run_entry(infer_entry, "--gin_file=runs/infer.gin",
+                     "--gin.MIXTURE_OR_TASK_MODULE='nope_mod'",
                      "--gin.CHECKPOINT_PATH='unused'", "--gin.INPUT_FILE='unused'",
                      "--gin.OUTPUT_FILE='unused'",
                      "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}") == 1
