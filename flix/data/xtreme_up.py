@@ -204,16 +204,6 @@ def build_sources(data_dir: str, present: Mapping[Pair, Collection[str]],
 
 
 # -- experiments: space and hold-out from the data --------------------------------------------
-def _as_pair(value) -> Pair:
-  if isinstance(value, Pair):
-    return value
-  if isinstance(value, str) and value.count(".") == 1:
-    return Pair(*value.split("."))
-  if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-    return Pair(*value)
-  raise ValueError(f"an unseen pair is written ('task', 'lang') or 'task.lang', got {value!r}")
-
-
 def _pair_list(ps: Iterable[Pair]) -> list[str]:
   return [p.key for p in sorted(ps)]
 
@@ -243,7 +233,7 @@ def experiment_holdout(present: Mapping[Pair, Collection[str]], unseen_pairs: It
     unseen_langs = (unseen_langs,)
   cells = _cells(present)
   langs = {c.lang for c in cells}
-  explicit_pairs = {_as_pair(p) for p in unseen_pairs or ()}
+  explicit_pairs = {pairs.as_pair(p) for p in unseen_pairs or ()}
   explicit_langs = set(unseen_langs or ())
   if explicit_pairs - set(cells):
     raise ValueError(f"unseen pairs {_pair_list(explicit_pairs - set(cells))} have no XTREME-UP "
@@ -325,7 +315,7 @@ def register_xtreme_up_experiment(
     raise ValueError(f"no XTREME-UP tasks given; expected a non-empty subset of {list(TASKS)}")
   if isinstance(unseen_pairs, (str, Pair)):
     unseen_pairs = (unseen_pairs,)
-  unseen_pairs = frozenset(_as_pair(p) for p in unseen_pairs or ())
+  unseen_pairs = frozenset(pairs.as_pair(p) for p in unseen_pairs or ())
   unseen_langs = frozenset((unseen_langs,) if isinstance(unseen_langs, str)
                            else unseen_langs or ())
   pairs.mixing_rate(rate, temperature, maximum)  # Validates before anything is read.
