@@ -15,10 +15,10 @@ $(STAMP): setup.py constraints.txt
 # The layer contract (.importlinter), then the tests.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 3 --durations=25 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n 3 -m slow tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or bench" tests
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo --out out/demo-$$(date +%Y%m%d-%H%M%S)

@@ -12,6 +12,7 @@ TINY = ["layer", "--d", "32", "--batch", "4", "--length", "8", "--F", "8,64", "-
 KEYS = {"strategy", "F", "seconds", "ratio_vs_lora_r16", "ratio_vs_own_smallest_F", "all_seconds"}
 
 
+@pytest.mark.bench
 def test_layer_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "bench.json"
   main(TINY + ["--json", str(out)])

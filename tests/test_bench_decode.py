@@ -15,6 +15,7 @@ TINY = ["decode", "--emb-dim", "32", "--mlp-dim", "48", "--num-heads", "2", "--h
 METHODS = ["base", "merged", "flix_homogeneous", "flix_heterogeneous"]
 
 
+@pytest.mark.bench
 def test_decode_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "decode.json"
   main(TINY + ["--json", str(out)])
@@ -41,6 +42,7 @@ def test_decode_bench_writes_schema(tmp_path, capsys):
   assert "bar" in capsys.readouterr().out
 
 
+@pytest.mark.bench
 def test_merged_decode_equals_adapter_path():
   """The bench's own check, directly: every combination merged decodes like its adapter path."""
   import jax.numpy as jnp

@@ -21,7 +21,7 @@ KEYS = {"bench", "framework", "method", "F", "adapters", "tokens", "seconds", "m
         "all_seconds", "tokens_per_s", "speedup_vs_torch"}
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_peft_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "peft.json"
   main(TINY + ["--json", str(out)])
@@ -67,6 +67,7 @@ def test_peft_bench_writes_schema(tmp_path, capsys):
   assert "bar" in capsys.readouterr().out
 
 
+@pytest.mark.bench
 def test_equivalence_check_catches_a_different_adapter():
   """A PEFT model whose adapter differs from flix's fails the check loudly."""
   args = parse_args(TINY)
@@ -123,7 +124,7 @@ def assert_decoder_checks(checks: dict) -> None:
     assert checks[f"mixed_{n}_adapter_effect_max_abs"] > 0.01
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_decoder_bench_writes_schema_after_passing_checks(tmp_path, capsys):
   out = tmp_path / "peft_decoder.json"
   main(DECODER + ["--json", str(out)])
@@ -149,6 +150,7 @@ def test_decoder_bench_writes_schema_after_passing_checks(tmp_path, capsys):
   assert "flix LoRA training" in capsys.readouterr().out
 
 
+@pytest.mark.bench
 def test_decoder_equivalence_checks_pass_and_catch_a_different_adapter():
   """The decoder bench's models pass every check as built; a PEFT adapter that differs from
   flix's (one mixed-batch adapter, the trained LoRA) fails it loudly."""

@@ -8,6 +8,7 @@ import pytest
 from experiments.bench.__main__ import main
 
 
+@pytest.mark.bench
 def test_study_step_bench_times_each_strategy_of_the_same_computation(tmp_path, capsys):
   out = tmp_path / "bench.json"
   main(["study", "--quick", "--methods", "lora,flix_p0.0", "--strategies", "auto,masked",

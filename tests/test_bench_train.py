@@ -12,7 +12,7 @@ TINY = ["train", "--emb-dim", "16", "--mlp-dim", "32", "--num-heads", "2", "--he
         "--repeats", "2"]
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_train_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "bench.json"
   main(TINY + ["--json", str(out)])

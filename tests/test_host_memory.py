@@ -58,6 +58,7 @@ def test_unknown_mode_is_refused(monkeypatch):
     host_memory.retain_freed_memory()
 
 
+@pytest.mark.bench
 def test_memory_bench_writes_schema(tmp_path, capsys):
   out = tmp_path / "memory.json"
   main(["memory", "--batch", "64", "--d", "32", "--layers", "2", "--warmup", "1", "--calls", "3",
