@@ -105,18 +105,19 @@ def check_fits_before_compiling(params: Any, opt_state: Any, chip: topology.Chip
     raise DoesNotFitError(
         f"{what} does not fit: parameters {gib(p)} + optimizer state {gib(o)} = {gib(p + o)} "
         f"per chip before any activation, over the {chip.name} chip's {gib(chip.hbm_bytes)} "
-        f"of HBM; levers: {STATE_LEVERS}")
+        f"of {chip.memory}; levers: {STATE_LEVERS}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Compiled:
   """A compile's outcome. report: the JSON object `flix.compile` writes (module docstring);
-  what: the step and target, in words; argument_bytes: XLA's argument bytes per device (with
+  what: the step and target, in words; chip: the target's chip; argument_bytes: XLA's argument bytes per device (with
   layout padding, so at least params + optimizer state + batch); executable: jax's compiled
   object (its input_shardings, as_text(), ...)."""
 
   report: dict
   what: str
+  chip: topology.Chip
   argument_bytes: int
   executable: Any
 
@@ -126,7 +127,8 @@ class Compiled:
     return (f"{self.what} does not fit: it needs {gib(m['total_bytes'])} per chip (parameters "
             f"{gib(m['params_bytes'])}, optimizer state {gib(m['opt_state_bytes'])}, batch "
             f"{gib(m['batch_bytes'])}, temporaries {gib(m['temp_bytes'])}), over the "
-            f"{self.report['chip']} chip's {gib(m['hbm_bytes'])} of HBM; levers: {STEP_LEVERS}")
+            f"{self.chip.name} chip's {gib(m['hbm_bytes'])} of {self.chip.memory}; levers: "
+            f"{STEP_LEVERS}")
 
 
 def _compile(lower: Callable[[], Any], what: str, chip: topology.Chip) -> tuple[Any, float]:
@@ -140,7 +142,7 @@ def _compile(lower: Callable[[], Any], what: str, chip: topology.Chip) -> tuple[
       raise
     first = message.strip().splitlines()[0]
     raise DoesNotFitError(f"{what} does not fit the {chip.name} chip's "
-                          f"{gib(chip.hbm_bytes)} of HBM: XLA: {first}; levers: "
+                          f"{gib(chip.hbm_bytes)} of {chip.memory}: XLA: {first}; levers: "
                           f"{STEP_LEVERS}") from None
   return compiled, time.perf_counter() - start
 
@@ -245,4 +247,4 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float, *, 
       "flix_tables": flix_tables(params),
       "compile_seconds": round(seconds, 3),
   }
-  return Compiled(report, what, memory["argument"], compiled)
+  return Compiled(report, what, chip, memory["argument"], compiled)

@@ -32,12 +32,13 @@ LIBTPU_PIN = "libtpu==0.0.42.1"  # The libtpu of the jax pin (jax[tpu]==0.10.2).
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """One chip's figures. peak_flops: bf16 FLOP/s; hbm_bytes: memory per chip; hbm_bandwidth:
-  bytes/s. None where unknown (CPU)."""
+  bytes/s. None where unknown (CPU). memory: what hbm_bytes is, in words."""
 
   name: str
   peak_flops: float | None
   hbm_bytes: int
   hbm_bandwidth: float | None
+  memory: str = "HBM"
 
 
 # device_kind (what libtpu's device descriptions say) -> the chip.
@@ -96,7 +97,8 @@ def target_devices(name: str) -> tuple[list[Any], Chip]:
           f"XLA_FLAGS={host_device_flag(count)} before JAX starts (python -m flix.compile "
           "does)")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return list(devices[:count]), Chip("cpu", None, memory // count, None)
+    return list(devices[:count]), Chip("cpu", None, memory // count, None,
+                                       f"host memory (RAM / {count})")
   if importlib.util.find_spec("libtpu") is None:
     raise ValueError(f"--topology={name} compiles with libtpu, which is not installed: pip "
                      f"install '{LIBTPU_PIN}' (flix's test extra brings it); --topology=cpu:N "
