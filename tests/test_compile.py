@@ -291,3 +291,22 @@ def test_cpu_users_see_no_tpu_runtime_warnings():
   assert run.stdout.strip() == "cpu"
   for text in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "libtpu"):
     assert text not in run.stderr, run.stderr
+
+
+# Published parameter counts (model cards and papers) of the model gins at the sizes users run.
+PUBLISHED = {"t5_1_1_small": 77e6, "t5_1_1_base": 248e6, "t5_1_1_large": 783e6,
+             "t5_1_1_xl": 2.85e9, "t5_1_1_xxl": 11.1e9, "mt5_small": 300e6, "mt5_base": 580e6,
+             "mt5_large": 1.23e9, "mt5_xl": 3.7e9, "mt5_xxl": 13e9, "llama3_8b": 8.03e9,
+             "gemma_2b": 2.51e9, "qwen2_7b": 7.62e9}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_model_gins_have_the_published_sizes(name):
+  import copy
+  import gin
+  from flix import gin_utils
+  from flix.models.model import make_model
+  gin_utils.parse_gin([f"models/{name}.gin"], [], [], require_macros=False)
+  config = copy.deepcopy(gin.query_parameter("%MODEL_CONFIG"))
+  count = sum(math.prod(x.shape) for x in jax.tree.leaves(make_model(config).abstract_params()))
+  assert count == pytest.approx(PUBLISHED[name], rel=0.02)
