@@ -36,8 +36,9 @@ def split_flags(argv: Sequence[str]) -> tuple[dict, list[str]]:
   """(compile's own options, the gin flags) of `argv`; its own are checked here, before JAX
   starts, so that `cpu:N` can set the host device count."""
   options = {"decode": False, "feature_space": None}
-  rest = []
-  for arg in argv:
+  rest, args = [], list(argv)
+  while args:
+    arg = args.pop(0)
     name, eq, value = arg.partition("=")
     if name not in FLAGS:
       rest.append(arg)
@@ -45,9 +46,11 @@ def split_flags(argv: Sequence[str]) -> tuple[dict, list[str]]:
       if eq:
         raise ValueError(f"--decode takes no value, got {arg!r}")
       options["decode"] = True
-    elif not eq or not value:
-      raise ValueError(f"{name} needs a value: {name}=...")
     else:
+      if not eq and args and not args[0].startswith("--"):
+        value = args.pop(0)  # --topology v5e:2x2
+      if not value:
+        raise ValueError(f"{name} needs a value: {name}=...")
       options[name[2:]] = value
   for name in ("topology", "mesh", "json"):
     if name not in options:
