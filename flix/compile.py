@@ -76,7 +76,7 @@ def parse_mesh(text: str) -> tuple[int, int]:
 def compile_from_gin(options: dict) -> int:
   """Builds `train`'s program from the parsed gin config and compiles it (see the module
   docstring); writes options['json']."""
-  from flix import files, gin_configurables  # noqa: F401  (pylint: disable=unused-import)
+  from flix import files
   from flix.checks import check_counts
   from flix.data.pairs import import_task_modules
   from flix.errors import DoesNotFitError

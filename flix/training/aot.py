@@ -111,9 +111,9 @@ def check_fits_before_compiling(params: Any, opt_state: Any, chip: topology.Chip
 @dataclasses.dataclass(frozen=True)
 class Compiled:
   """A compile's outcome. report: the JSON object `flix.compile` writes (module docstring);
-  what: the step and target, in words; chip: the target's chip; argument_bytes: XLA's argument bytes per device (with
-  layout padding, so at least params + optimizer state + batch); executable: jax's compiled
-  object (its input_shardings, as_text(), ...)."""
+  what: the step and target, in words; chip: the target's chip; argument_bytes: XLA's argument
+  bytes per device (with layout padding, so at least params + optimizer state + batch);
+  executable: jax's compiled object (its input_shardings, as_text(), ...)."""
 
   report: dict
   what: str
