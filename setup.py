@@ -28,7 +28,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "import-linter>=2.17,<3"],
+    # libtpu: `flix.compile` compiles for TPU topologies without a TPU (tests/test_compile.py);
+    # its releases pair with jax's (0.0.42.x with jax 0.10.x). A host without TPUs keeps JAX
+    # on the CPU (flix.platforms).
+    "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "import-linter>=2.17,<3",
+             "libtpu>=0.0.42.1,<0.0.43"],
     # torch: an unpinned torch pulls PyPI's multi-GB CUDA build. constraints.txt pins the tested
     # version, whose CPU wheel (2.13.0+cpu) comes from https://download.pytorch.org/whl/cpu or a
     # local wheel (pip --find-links); the range alone does not choose the CPU build.

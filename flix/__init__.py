@@ -25,6 +25,10 @@ seqio until a name is used):
 import importlib
 from typing import Any
 
+from flix import platforms
+
+platforms.skip_absent_tpu()  # Before JAX starts a backend: no TPU runtime on a CPU host.
+
 _EXPORTS = {
     "FeatureSpace": "flix.features",
     "UnknownFeatureError": "flix.errors",

@@ -46,3 +46,8 @@ class Interrupted(RuntimeError):
   def __init__(self, signum: int, path: str):
     super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved at {path}")
     self.signum, self.path = signum, path
+
+
+class DoesNotFitError(ValueError):
+  """A step whose memory per chip exceeds the chip's HBM (`flix.compile`); the message gives
+  the need, the chip's HBM and the levers that would help."""

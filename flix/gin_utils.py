@@ -6,11 +6,13 @@ feature value, ...) ends as one clear line on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import os
 import sys
 import tokenize
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 
@@ -45,8 +47,11 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
   return files, bindings, paths
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
-  """Loads gin files, searched in `search_paths`, then CONFIGS_DIR, then the working directory."""
+def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str],
+              require_macros: bool = True) -> None:
+  """Loads gin files, searched in `search_paths`, then CONFIGS_DIR, then the working directory.
+  require_macros: every `%gin.REQUIRED` macro must be set (gin.finalize); False leaves that to
+  the values a caller reads (`bound_arguments`), as flix.compile reads no MODEL_DIR."""
   import flix.gin_configurables  # noqa: F401  (registers the configurables)
   for path in [*search_paths, CONFIGS_DIR, os.getcwd()]:
     gin.add_config_file_search_path(path)
@@ -67,7 +72,31 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
       raise ValueError(f"--gin.{name}={value} is not a valid gin binding ({_reason(e)}); the "
                        "value is a Python literal or a @reference, strings in quotes: "
                        f"--gin.{name}=\"'text'\"") from None
-  gin.finalize()
+  if require_macros:
+    gin.finalize()
+
+
+def bound_arguments(fn: Callable, names: Sequence[str]) -> dict[str, Any]:
+  """The values gin would pass the configurable `fn` for `names`: each bound value with its
+  macros and references resolved (an `@f()` is called), else `fn`'s default. Only `names` are
+  resolved, so another required parameter left unbound is no error. A name that is neither bound
+  nor defaulted is a ValueError naming the binding."""
+  bindings = gin.get_bindings(fn, resolve_references=False)
+  params = inspect.signature(fn).parameters
+  out = {}
+  for name in names:
+    if name in bindings:
+      out[name] = copy.deepcopy(bindings[name])  # gin's way of resolving references.
+      if out[name] is gin.REQUIRED:
+        raise ValueError(f"{fn.__name__}.{name} = {bindings[name]!r}, which is "
+                         f"%gin.REQUIRED: set it, e.g. --gin.{str(bindings[name])[1:]}=...")
+    else:
+      default = params[name].default
+      if default is inspect.Parameter.empty or default is gin.REQUIRED:
+        raise ValueError(f"{fn.__name__}.{name} is not bound: a gin file (e.g. runs/"
+                         f"finetune.gin) or --gin.{fn.__name__}.{name}=... must set it")
+      out[name] = default
+  return out
 
 
 def _reason(error: Exception) -> str:
@@ -77,12 +106,14 @@ def _reason(error: Exception) -> str:
   return message[message.find("Failed to parse"):] if "Failed to parse" in message else message
 
 
-def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:
-  """Parses flags and gin, runs `main`, and turns user errors into one line + exit code."""
+def run(main: Callable[[], int | None], argv: Sequence[str] | None = None, *,
+        require_macros: bool = True) -> None:
+  """Parses flags and gin, runs `main`, and turns user errors into one line + exit code.
+  require_macros: as `parse_gin`'s."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     host_memory.retain_freed_memory()  # Before JAX starts its backend.
-    parse_gin(*parse_flags(argv))
+    parse_gin(*parse_flags(argv), require_macros=require_macros)
     code = main()
   except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import pytest
 
 from flix import checkpoints, convert, gin_utils
+from flix import compile as compile_entry
 from flix import eval as eval_entry
 from flix import infer as infer_entry
 from flix import train as train_entry
@@ -37,7 +38,8 @@ import tiny
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "reliability.md")
 GIN_DIR = os.path.join(ROOT, "tests", "gin")
-AREAS = {"data files", "feature values", "gin", "checkpoints", "conversion", "requests", "study"}
+AREAS = {"data files", "feature values", "gin", "checkpoints", "conversion", "requests", "study",
+         "compile"}
 LONG = "x" * 400
 
 
@@ -550,6 +552,42 @@ for _id, _argv in {
     "study-finetune-steps-zero": ["--out", "x", "--finetune_steps", "0"],
 }.items():
   check(_id)(lambda env, a=_argv: study(*a))
+
+
+# -- flix.compile --------------------------------------------------------------------------------
+def compile_cli(env, *args, gin_file="tiny_offline.gin", mesh="4,2") -> tuple[str, str]:
+  """(`python -m flix.compile ...`'s message, its --json path) on cpu:8 (see `cli`)."""
+  out = env.fresh("compile.json")
+  return cli(compile_entry.main, [f"--gin_search_paths={GIN_DIR}",
+                                  f"--gin_file={GIN_DIR}/{gin_file}", "--topology=cpu:8",
+                                  f"--mesh={mesh}", f"--json={out}", *args]), out
+
+
+for _id, _args in {
+    "compile-topology-unknown": ["--topology=tpu:4"],
+    "compile-mesh-not-the-topology": ["--mesh=2,2"],
+    "compile-feature-space-bad": ["--feature_space=task"],
+}.items():
+  check(_id)(lambda env, a=_args: compile_cli(env, *a)[0])
+
+
+@check("compile-state-does-not-fit")
+def _(env):
+  message, out = compile_cli(env, "--gin.T5Config.emb_dim=1048576",
+                             "--gin.T5Config.vocab_size=250112")
+  assert not os.path.exists(out), message
+  return message
+
+
+@check("compile-step-does-not-fit")
+def _(env):
+  message, out = compile_cli(env, "--feature_space=task:2,lang:2",
+                             "--gin.TARGETS=('*attention.query',)", "--gin.BATCH_SIZE=65536",
+                             "--gin.TASK_FEATURE_LENGTHS={'inputs': 2048, 'targets': 2048}",
+                             gin_file="tiny_decoder.gin", mesh="8,1")
+  with open(out) as f:
+    assert json.load(f)["fits"] is False, message
+  return message
 
 
 # -- the matrix ----------------------------------------------------------------------------------

@@ -88,6 +88,14 @@ def _encoder_decoder_jit(module: T5, params, enc: jax.Array, ids: jax.Array | No
   return decoding.search(step, cache, batch, options, rng)
 
 
+def lower_encoder_decoder(module: T5, params, encoder_input_tokens, feature_ids,
+                          options: DecodeOptions, rng=None):
+  """`encoder_decoder`'s compiled decode, lowered for (abstract, sharded) arguments without
+  running it: `jax.ShapeDtypeStruct`s are enough (`flix.compile --decode`)."""
+  return _encoder_decoder_jit.lower(module, nn.unbox(params), encoder_input_tokens, feature_ids,
+                                    rng, options=options)
+
+
 def _init_cache(module: T5, params, encoded, enc, ids, max_length: int):
   """Zeroed "cache" collection for decoding `[encoded.shape[0]]` rows up to max_length."""
   def init(p, e, t, i):
@@ -128,6 +136,14 @@ def decoder_only(module: DecoderLM, params, prompt_tokens, prompt_lengths, featu
   tokens, scores = _decoder_only_jit(module, nn.unbox(params), prompts, lengths, ids, rng,
                                      options=options, bidirectional=bidirectional)
   return DecodeResult(tokens, scores)
+
+
+def lower_decoder_only(module: DecoderLM, params, prompt_tokens, prompt_lengths, feature_ids,
+                       options: DecodeOptions, rng=None, *, bidirectional: bool = False):
+  """`decoder_only`'s compiled decode, lowered for (abstract, sharded) arguments without
+  running it (`flix.compile --decode`)."""
+  return _decoder_only_jit.lower(module, nn.unbox(params), prompt_tokens, prompt_lengths,
+                                 feature_ids, rng, options=options, bidirectional=bidirectional)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "options", "bidirectional"))

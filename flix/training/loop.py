@@ -32,8 +32,8 @@ from flix.data.registration import Registration
 from flix.data.vocab import BYTE_VOCAB, check_run_vocabulary
 from flix.errors import CheckpointError, DamagedCheckpointError, Interrupted, NonFiniteLossError
 from flix.features import FeatureSpace
-from flix.models.model import BaseModel, make_model
-from flix.trainable import METHODS, freeze_base, trainable_mask
+from flix.models.model import BaseModel
+from flix.trainable import METHODS
 from flix.training.batches import TrainBatches, check_data_shards, has_iterator_state
 from flix.training.checkpointer import (Checkpointer, latest_everywhere, read_train_state_json,
                                         step_dirs)
@@ -41,9 +41,9 @@ from flix.training.optimizers import make_optimizer
 from flix.training.partitioning import Partitioner
 from flix.training.periodic_eval import EvalSettings, PeriodicEvaluator
 from flix.training.progress import MetricsLogger
+from flix.training.program import TrainProgram, build_program, initial_state
 from flix.training.state import TrainState
-from flix.training.sparse_step import make_row_sparse_train_step
-from flix.training.step import StepConfig, make_train_step
+from flix.training.step import StepConfig
 
 
 @gin.configurable
@@ -245,44 +245,34 @@ class _StopFlag:
       signal.signal(s, handler)
 
 
-def build_model(model_config: Any, registration: Registration | None, adapters: AdapterSettings,
-                mixture_or_task_name: str,
-                use_cached_tasks: bool = False) -> tuple[BaseModel, FlixConfig | None, int]:
-  """(model, its FlixConfig, n_types of the data's feature ids) for `adapters` on the data of
-  `registration` (its `.space`; without one, the length of the data's feature ids)."""
-  data_space = registration.space if registration is not None else None
-  flix = adapters.flix_config(data_space)
-  n_types = (data_space.n_types if data_space is not None else
-             data_n_types(mixture_or_task_name, use_cached_tasks))
-  model = make_model(model_config, flix, feature_dropout=adapters.feature_dropout)
-  return model, flix, n_types
+def data_features(registration: Registration | None, mixture_or_task_name: str,
+                  use_cached_tasks: bool = False) -> tuple[FeatureSpace | None, int]:
+  """(the data's FeatureSpace, the length of its feature ids): `registration.space` and its
+  n_types; without a registration, None and the length of the data's feature ids."""
+  if registration is not None:
+    return registration.space, registration.space.n_types
+  return None, data_n_types(mixture_or_task_name, use_cached_tasks)
 
 
-def initial_state(model: BaseModel, optimizer: optax.GradientTransformation,
-                  partitioner: Partitioner, random_seed: int,
-                  initial_checkpoint_path: str | None) -> TrainState:
+def build_step_program(model_config: Any, data_space: FeatureSpace | None, n_types: int,
+                       adapters: AdapterSettings, optimizer: optax.GradientTransformation | None,
+                       step_config: StepConfig, partitioner: Partitioner) -> TrainProgram:
+  """The run's program (`flix.training.program`): the model of `model_config` with the
+  adapters of `adapters` over `data_space`, `optimizer` (default `make_optimizer()`) on its
+  trained leaves, the state's layout and step. `flix.train` and `flix.compile` both build it."""
+  return build_program(model_config, adapters.flix_config(data_space), n_types,
+                       method=adapters.method, feature_dropout=adapters.feature_dropout,
+                       optimizer=optimizer or make_optimizer(), step_config=step_config,
+                       partitioner=partitioner)
+
+
+def fresh_state(program: TrainProgram, random_seed: int,
+                initial_checkpoint_path: str | None) -> TrainState:
   """Step 0: fresh params (or the base of `initial_checkpoint_path` with fresh adapters) and
-  their optimizer state, laid out over the mesh."""
+  their optimizer state, laid out as `program.state`."""
   root = jax.random.key(random_seed)
-  boxed = initial_params(model, jax.random.fold_in(root, 0), initial_checkpoint_path)
-  params = jax.device_put(nn.unbox(boxed), partitioner.shardings(boxed))
-  replicated = partitioner.replicated()
-  return TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params,
-                    opt_state=partitioner.on_mesh(jax.jit(optimizer.init)(params)),
-                    rng=jax.device_put(jax.random.key_data(jax.random.fold_in(root, 1)),
-                                       replicated))
-
-
-def jit_step(model: BaseModel, optimizer: optax.GradientTransformation, state: TrainState,
-                 method: str, step_config: StepConfig, partitioner: Partitioner) -> Callable:
-  """The jitted `(state, batch) -> (state, metrics)` step for states laid out as `state`
-  (which it donates)."""
-  mask = trainable_mask(state.params, method)
-  make_step = make_row_sparse_train_step if step_config.row_sparse else make_train_step
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  return jax.jit(make_step(model, optimizer, mask, step_config),
-                 in_shardings=(state_shardings, partitioner.batch_sharding()),
-                 out_shardings=(state_shardings, partitioner.replicated()), donate_argnums=0)
+  boxed = initial_params(program.model, jax.random.fold_in(root, 0), initial_checkpoint_path)
+  return initial_state(program, nn.unbox(boxed), random_seed)
 
 
 @dataclasses.dataclass
@@ -329,10 +319,10 @@ def build_run(*, model_dir: str, mixture_or_task_name: str,
   if batch_size % partitioner.data_size:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "
                      f"({partitioner.data_size})")
-  model, flix, n_types = build_model(model_config, registration, adapters, mixture_or_task_name,
-                                     use_cached_tasks)
-  optimizer = freeze_base(optimizer or make_optimizer(), model.abstract_params(),
-                          adapters.method)
+  data_space, n_types = data_features(registration, mixture_or_task_name, use_cached_tasks)
+  program = build_step_program(model_config, data_space, n_types, adapters, optimizer,
+                               step_config, partitioner)
+  model, flix = program.model, program.flix
   os.makedirs(model_dir, exist_ok=True)
   if checkpoints.is_primary():
     files.write_text(os.path.join(model_dir, "config.gin"),
@@ -348,8 +338,8 @@ def build_run(*, model_dir: str, mixture_or_task_name: str,
   if checkpoints.is_primary():
     print(f"PACK = {pack} ({pack_reason})", file=sys.stderr, flush=True)
 
-  state = initial_state(model, optimizer, partitioner, random_seed, initial_checkpoint_path)
-  step_fn = jit_step(model, optimizer, state, adapters.method, step_config, partitioner)
+  state = fresh_state(program, random_seed, initial_checkpoint_path)
+  step_fn = program.step_fn()
   base_ref = (initial_checkpoint_path if initial_checkpoint_path and adapter_only_checkpoints
               and adapters.method != "full" else None)
   checkpointer = Checkpointer(model_dir, model_config, flix, keep=keep_checkpoints,

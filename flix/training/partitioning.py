@@ -49,13 +49,16 @@ class Partitioner:
     mesh_shape: (data, model) sizes; -1 takes the remaining devices. A mesh smaller than the
       device count uses the first devices (single-host only).
     rules: logical axis rules (logical name, mesh axis or None).
+    devices: the devices to arrange (default `jax.devices()`); `flix.compile` passes a TPU
+      topology's device descriptions (`flix.training.topology`).
   """
 
   mesh_shape: Sequence[int] = (-1, 1)
   rules: Sequence[tuple[str, str | None]] = DEFAULT_RULES
+  devices: Sequence[Any] | None = None
 
   def __post_init__(self):
-    devices = jax.devices()
+    devices = list(jax.devices() if self.devices is None else self.devices)
     shape = list(self.mesh_shape)
     if len(shape) != 2 or shape.count(-1) > 1:
       raise ValueError(f"mesh_shape must be (data, model) with at most one -1, got {self.mesh_shape}")

@@ -1,0 +1,83 @@
+"""What a compiled executable says about itself: the collectives of its optimized HLO, its
+per-device memory and its cost, read into plain numbers (`flix.compile`'s report).
+
+Collectives are read from the optimized (SPMD-partitioned, per-device) HLO text, one entry per
+kind: how many such instructions the module holds and the bytes of their results on one
+device (the gathered array of an all-gather, the reduced arrays of an all-reduce, the
+scattered shard of a reduce-scatter). An instruction inside a loop body (a decode loop, a
+scanned stack) is counted once, not once per iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all",
+               "collective-permute", "collective-broadcast")
+# Async forms whose result tuple holds (operand, output[, context...]): the output is element 1.
+_OUTPUT_ELEMENT = {"all-gather-start": 1, "collective-permute-start": 1}
+
+_DTYPE_BYTES = {"pred": 1, "s2": 1, "u2": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2,
+                "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8,
+                "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_OP = "|".join(sorted((re.escape(k) + r"(?:-start)?" for k in COLLECTIVES), key=len,
+                      reverse=True))
+_INSTRUCTION = re.compile(
+    rf"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<type>.+?)\s+(?P<op>{_OP})\(", re.MULTILINE)
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def array_bytes(type_text: str) -> list[int]:
+  """Bytes of each array in an HLO type (`bf16[8,128]{1,0}` or a tuple of them), in order;
+  fp8 types and others not listed count 1 byte per element."""
+  out = []
+  for dtype, dims in _ARRAY.findall(type_text):
+    if dtype == "token":
+      continue
+    count = math.prod(int(d) for d in dims.split(",") if d) if dims else 1
+    out.append(count * _DTYPE_BYTES.get(dtype, 1))
+  return out
+
+
+def collectives(hlo_text: str) -> list[dict[str, Any]]:
+  """[{kind, count, bytes}] of every collective kind in `hlo_text` (see the module docstring),
+  kinds in COLLECTIVES order; kinds that do not occur are left out."""
+  totals: dict[str, list[int]] = {}
+  for m in _INSTRUCTION.finditer(hlo_text):
+    op = m.group("op")
+    sizes = array_bytes(m.group("type"))
+    if op in _OUTPUT_ELEMENT and len(sizes) > _OUTPUT_ELEMENT[op]:
+      sizes = [sizes[_OUTPUT_ELEMENT[op]]]
+    count_bytes = totals.setdefault(op.removesuffix("-start"), [0, 0])
+    count_bytes[0] += 1
+    count_bytes[1] += sum(sizes)
+  return [{"kind": k, "count": totals[k][0], "bytes": totals[k][1]}
+          for k in COLLECTIVES if k in totals]
+
+
+def memory(compiled) -> dict[str, int]:
+  """Per-device bytes of a compiled executable (`memory_analysis()`): arguments, outputs,
+  aliased (donated) outputs, temporaries, generated code, and their total: arguments + outputs
+  - aliased + temporaries + code."""
+  stats = compiled.memory_analysis()
+  out = {"argument": int(stats.argument_size_in_bytes),
+         "output": int(stats.output_size_in_bytes),
+         "alias": int(stats.alias_size_in_bytes),
+         "temp": int(stats.temp_size_in_bytes),
+         "code": int(stats.generated_code_size_in_bytes)}
+  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["code"]
+  return out
+
+
+def cost(compiled) -> dict[str, float | None]:
+  """{flops, bytes_accessed, optimal_seconds} of one device's program (`cost_analysis()`);
+  None where XLA gives none."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  analysis = analysis or {}
+  get = lambda key: float(analysis[key]) if key in analysis else None
+  return {"flops": get("flops"), "bytes_accessed": get("bytes accessed"),
+          "optimal_seconds": get("optimal_seconds")}
