@@ -116,10 +116,15 @@ def target_devices(name: str) -> tuple[list[Any], Chip]:
 
 def _quiet_libtpu(kind: str, count: int) -> None:
   """On a host without TPU chips, libtpu looks for the TPU VM's accelerator type and worker
-  hostnames and warns when they are missing; a local, single-worker value silences it. TPU
+  hostnames and warns when they are missing; a local, single-worker value silences it (and
+  the lockfile is not taken: no chip is used). TPU
   VMs (whose runtime sets them) and values the user set are left alone."""
   if platforms.has_tpu_chip():
     return
   prefix, cores = _ACCELERATOR_TYPES[kind]
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{prefix}-{count * cores}")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  # libtpu takes /tmp/libtpu_lockfile so that one process owns a host's chips; a deviceless
+  # compile owns none, and two of them (or a process that loaded libtpu without flix) would
+  # otherwise fail with "Internal error when accessing libtpu multi-process lockfile".
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
