@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -57,15 +56,15 @@ def base_key(grid: Grid) -> dict[str, Any]:
   """What decides the base model: the grid's data and the pretraining settings."""
   key = grid.key()
   budget = key.pop("budget")
-  for name in ("unseen_pairs", "unseen_langs"):
-    key.pop(name)
+  for name in ("unseen_pairs", "unseen_langs", "design"):
+    key.pop(name, None)  # The hold-out is drawn per seed; the base sees every cell's text.
   key["pretrain"] = {k: budget[k] for k in ("pretrain_steps", "pretrain_learning_rate",
                                             "batch_size")}
   return key
 
 
 def run_key(grid: Grid, method: MethodSpec, seed: int) -> dict[str, Any]:
-  return {"grid": grid.key(), "method": dataclasses.asdict(method), "seed": seed}
+  return {"grid": grid.key(), "method": method.key(), "seed": seed}
 
 
 def log(message: str) -> None:
@@ -237,7 +236,8 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   start = time.time()
   files.write_json(os.path.join(directory, "key.json"), key)
-  reg = grid.register(seed, method.derived)
+  reg = grid.register(seed, method.derived, method.features, method.inputs)
+  split_holdout = grid.split_holdout(seed)
   budget = grid.budget
   steps = budget.finetune_steps
   schedule = optimizers.learning_rate_schedule(budget.finetune_learning_rate, budget.schedule,
@@ -257,22 +257,42 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   model_config, flix, params = checkpoints.load_model(checkpoint)
   model = make_model(model_config, flix)
   results = {"method": method.name, "seed": seed, "key": key,
-             "holdout": reg.holdout.to_dict(),
+             "holdout": (split_holdout.to_dict() if split_holdout is not None
+                         else reg.holdout.to_dict()),
              "trained_params": int(sum(v.size for v in jax.tree.leaves(
                  checkpoints.adapter_leaves(params))))}
+  if method.rank_exempt:
+    results["rank_exempt"] = True
   evaluators = {} if evaluators is None else evaluators
   for split in EVAL_SPLITS:
     out_dir = os.path.join(directory, f"eval_{split}")
-    if (reg.eval_mixture, split) not in evaluators:
-      evaluators[reg.eval_mixture, split] = evaluation.PairEvaluator(
-          reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
-          batch_size=budget.eval_batch_size, holdout=reg.holdout, split=split,
-          num_examples=budget.eval_examples, feature_converter_cls=converter_class(model))
-    report = evaluators[reg.eval_mixture, split].evaluate(model, params, out_dir=out_dir)
-    results[split] = _cells(report, out_dir)
+    cells = []
+    for part, (names, num_examples) in _eval_parts(grid, reg, split_holdout, split).items():
+      if (reg.eval_mixture, split, part) not in evaluators:
+        evaluators[reg.eval_mixture, split, part] = evaluation.PairEvaluator(
+            names, feature_lengths=reg.task_feature_lengths,
+            batch_size=budget.eval_batch_size, holdout=reg.holdout, split=split,
+            num_examples=num_examples, feature_converter_cls=converter_class(model))
+      report = evaluators[reg.eval_mixture, split, part].evaluate(model, params,
+                                                                  out_dir=out_dir)
+      cells += _cells(report, out_dir)
+    results[split] = sorted(cells, key=lambda c: (c["task"], c["lang"]))
   results["wall_seconds"] = time.time() - start
   files.write_json(os.path.join(directory, RESULTS), results)
   return results
+
+
+def _eval_parts(grid: Grid, reg, split_holdout, split: str) -> dict[str, tuple]:
+  """`{part: (seqio names, examples per cell)}` evaluated on `split`: the whole eval mixture
+  at the budget's `eval_examples` (the first grids), or, with a split design, the seen cells at
+  `eval_examples` and the split's own held-out cells at the design's `heldout_examples`."""
+  if split_holdout is None:
+    return {"all": (reg.eval_mixture, grid.budget.eval_examples)}
+  seen = [t.name for t in reg.tasks if t.kind == "seen_pair"]
+  mine = [t.name for t in reg.tasks
+          if t.kind != "seen_pair" and split_holdout.evaluated(split, t.pair)]
+  return {"seen": (seen, grid.budget.eval_examples),
+          "heldout": (mine, grid.design.heldout_examples)}
 
 
 def _steps(key: dict[str, Any]) -> int:
