@@ -455,7 +455,10 @@ def test_bootstrap_intervals_cover_the_truth_and_pairing_tightens_them():
   # Identical runs: the paired difference is exactly zero, however noisy the runs are.
   same = stats.summarize({"lora": stats.kind_scores(lora), "copy": stats.kind_scores(lora)},
                          ["seen"], n_boot=200)[1]
-  assert same["copy-lora"]["seen"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n_seeds": 3}
+  assert same["copy-lora"]["seen"] == {
+      "mean": 0.0, "ci95": [0.0, 0.0], "n_seeds": 3, "n_cells": 12, "p_sign_flip": 1.0,
+      "per_seed": {"0": 0.0, "1": 0.0, "2": 0.0},
+      "floor": {"at_floor": 0, "cells": 12, "share": 0.0}}
 
 
 def test_an_ablation_is_also_paired_against_its_own_reference():
