@@ -3,8 +3,8 @@
 A run lives in `CACHE/runs/{grid}/{method}_s{seed}_{key}/`, key = hash of everything that
 decides its numbers (grid data and budget, base model, method, seed). `results.json` is
 written last and atomically: a run with it is done and is never retrained; a run without it
-resumes training from its latest checkpoint (checkpoints every quarter of the steps) and then
-evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
+resumes training from its latest checkpoint (checkpoints every quarter of the steps,
+`checkpoint_period`) and then evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
 
 More steps cost only the new ones: under a constant learning rate (nothing depends on the
 number of steps) a run of N steps is a shorter cached run of the same configuration continued,
@@ -96,6 +96,12 @@ def claimed(directory: str, what: str, wait: bool = True):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def checkpoint_period(steps: int) -> int:
+  """Every quarter of the steps, but not more often than every 100 steps: a run of fewer than
+  100 steps (the quick grids) saves only its last step (a save costs seconds there)."""
+  return max(steps // 4, min(steps, 100))
+
+
 def pretrain_base(grid: Grid, cache_dir: str, wait: bool = True) -> str:
   """The grid's base checkpoint: pretrained now (resumable) or found in the cache.
 
@@ -123,7 +129,7 @@ def _pretrain(grid: Grid, model_dir: str) -> None:
              train_steps=steps, batch_size=grid.budget.batch_size, model_config=grid.model,
              registration=reg, adapters=loop.AdapterSettings(method="full"),
              optimizer=optimizers.make_optimizer("adamw", schedule),
-             checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
+             checkpoint_period=checkpoint_period(steps), keep_checkpoints=1,
              log_period=max(steps // 10, 1), gin_config=f"# experiments.study base: {base_key(grid)}\n")
 
 
@@ -249,7 +255,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
              batch_size=budget.batch_size, model_config=grid.model, registration=reg,
              adapters=method.adapters(), initial_checkpoint_path=base,
              optimizer=optimizers.make_optimizer("adamw", schedule),
-             checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
+             checkpoint_period=checkpoint_period(steps), keep_checkpoints=1,
              log_period=max(steps // 10, 1), random_seed=seed,
              pack=False,  # Equal examples per step: packing 'auto' would pack LoRA only.
              gin_config=f"# experiments.study run: {key}\n")
