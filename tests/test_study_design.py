@@ -195,3 +195,14 @@ def test_morph2_holds_out_inflection_only():
     assert len(split.holdout.unseen_pairs) == 4 and len(split.holdout.unseen_langs) == 2
     assert len({p.lang for p in split.holdout.unseen_pairs}) == 4
   assert grids.MORPH2_DESIGN.heldout_examples == 200
+
+
+def test_the_baseline_is_added_unless_none_and_levers_reach_every_grid():
+  from experiments.study import cli
+  args = cli.parse_args(["--out", "x", "--methods", "flix_derived_p0.0", "--baseline", "none",
+                         "--grids", "offline2", "--finetune_learning_rate", "3e-3"])
+  assert [s.name for s in args.specs] == ["flix_derived_p0.0"]
+  assert [g.budget.finetune_learning_rate for g in cli.grids(args)] == [3e-3]
+  args = cli.parse_args(["--out", "x", "--methods", "flix", "--baseline", "lora_r59"])
+  assert [s.name for s in args.specs] == ["lora_r59", "flix"]
+  assert cli.parse_args(["--out", "x", "--quick"]).grids == ["offline2"]

@@ -71,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--methods", type=name_list, default=None,
                       help=f"from {sorted(methods.METHODS)} and lora_r{{N}} (default "
                            f"{','.join(DEFAULT_METHODS)}; --quick: lora,flix)")
+  parser.add_argument("--baseline", default="lora",
+                      help="the method every difference is against, added to the methods if "
+                           "missing (default lora); 'none': only the given methods, no "
+                           "differences (e.g. one side of the comparison at its own rate)")
   parser.add_argument("--ablation", choices=sorted(methods.ABLATIONS), default=None,
                       help="run a lever's methods (plus lora) instead of --methods")
   parser.add_argument("--morph_dir", default=os.path.normpath(DEFAULT_MORPH_DIR),
@@ -105,8 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   if unknown:
     parser.error(f"unknown grids {unknown}; expected some of {list(grid_lib.GRIDS)}")
   chosen = list(methods.ABLATIONS[args.ablation]) if args.ablation else list(args.methods)
-  if "lora" not in chosen:
-    chosen.insert(0, "lora")  # Every difference is against LoRA.
+  if args.baseline != "none" and args.baseline not in chosen:
+    chosen.insert(0, args.baseline)  # Every difference is against the baseline.
   try:
     args.specs = [methods.method(m) for m in chosen]
     methods.check_budget(args.specs)
@@ -223,7 +227,7 @@ def main(argv=None) -> int:
     deferred = busy
   for grid in chosen:
     study = report.build(grid, [s.name for s in args.specs], args.seeds, results[grid.name],
-                         time.time() - start, args.n_boot,
+                         time.time() - start, args.n_boot, baseline=args.baseline,
                          reference=methods.ABLATION_REFERENCES.get(args.ablation))
     report.write(study, os.path.join(args.out, grid.name))
     print(f"{grid.name}:\n" + report.tables(study["summary"], study["differences"],

@@ -15,8 +15,9 @@ study.json:
   over seeds, cells and examples; paired for differences); "floor": the unseen (or seen) cells
   at 0 exact match for both methods.
 Split kinds: "seen" (trained pairs), "unseen_pair", "unseen_lang"; values are exact match in
-[0, 1]. Plots: differences.png (each method minus LoRA, 95% intervals, per split kind) and
-heatmap.png (per cell, each method minus LoRA on test, averaged over the seeds).
+[0, 1]. Plots: differences.png (each method minus the baseline, LoRA unless `--baseline` says
+otherwise, 95% intervals, per split kind) and heatmap.png (per cell, each method minus the
+baseline on test, averaged over the seeds).
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ KIND_TITLES = {"seen": "seen pairs", "unseen_pair": "unseen pairs",
 
 
 def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str, list[dict]],
-          wall_seconds: float, n_boot: int = 2000, reference: str | None = None
-          ) -> dict[str, Any]:
+          wall_seconds: float, n_boot: int = 2000, reference: str | None = None,
+          baseline: str = "lora") -> dict[str, Any]:
   """The study.json dict from `results[method] = [run results, one per seed]`.
 
+  baseline: every difference is a method minus it ("none": no differences).
   reference: an ablation's own baseline (e.g. FLix without feature dropout): the study also
   holds every other FLix method minus it, paired, under "reference" (test and validation).
   """
   study: dict[str, Any] = {"grid": grid.name, "seeds": list(seeds), "methods": list(methods),
-                           "eval_split": "test"}
+                           "baseline": baseline, "eval_split": "test"}
   results = {m: sorted(results[m], key=lambda r: r["seed"]) for m in methods}
   study["runs"] = [{"method": m, "seed": r["seed"],
                     "cells": [{k: c[k] for k in ("task", "lang", "split", "metric", "value", "n")}
@@ -52,7 +54,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
                    for m in methods for r in results[m]]
   for split, key in (("test", None), ("validation", "validation")):
     scores = {m: stats.kind_scores(results[m], split) for m in methods}
-    summary, differences = stats.summarize(scores, KINDS, n_boot=n_boot)
+    summary, differences = stats.summarize(scores, KINDS, baseline=baseline, n_boot=n_boot)
     if key is None:
       study["summary"], study["differences"] = summary, differences
     else:
@@ -60,7 +62,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
   if reference is not None:
     if reference not in methods:
       raise ValueError(f"reference {reference!r} is not among the methods {list(methods)}")
-    compared = [m for m in methods if m != "lora"]
+    compared = [m for m in methods if m != baseline]
     study["reference"] = {"method": reference}
     for split in ("test", "validation"):
       scores = {m: stats.kind_scores(results[m], split) for m in compared}
@@ -190,8 +192,9 @@ def plot_differences(study: dict, path: str) -> None:
                   fmt="o", capsize=3, color=f"C{i}", label=name if j == 0 else None)
   ax.axhline(0, color="gray", linewidth=0.8)
   ax.set_xticks(range(len(KINDS)), [KIND_TITLES[k] for k in KINDS])
-  ax.set_ylabel("exact match minus LoRA")
-  ax.set_title(f"{study['grid']}: difference to LoRA (test, 95% CI)", fontsize=9)
+  baseline = study.get("baseline", "lora")
+  ax.set_ylabel(f"exact match minus {baseline}")
+  ax.set_title(f"{study['grid']}: difference to {baseline} (test, 95% CI)", fontsize=9)
   if names:
     ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
@@ -252,4 +255,4 @@ def write(study: dict, out_dir: str) -> None:
   files.write_json(os.path.join(out_dir, "study.json"), study)
   files.write_text(os.path.join(out_dir, "study.md"), markdown(study))
   plot_differences(study, os.path.join(out_dir, "differences.png"))
-  plot_heatmap(study, os.path.join(out_dir, "heatmap.png"))
+  plot_heatmap(study, os.path.join(out_dir, "heatmap.png"), study.get("baseline", "lora"))
