@@ -6,6 +6,8 @@ import dataclasses
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -106,6 +108,23 @@ def test_offline2_draws_distinct_validation_and_test_cells_whose_words_are_train
         assert len(data.examples[pair]["test"]) == 200
   assert offline.generate(grid.config(3)).holdout.unseen_pairs == grid.split_holdout(
       3).holdout.unseen_pairs
+
+
+def test_the_draw_is_the_same_in_every_process_and_part_of_the_run_key():
+  # Python salts str hashes per process: a draw that iterated a set of task names drew other
+  # cells in another process, while its runs' keys stayed the same.
+  code = ("from experiments.study import grids; import json; "
+          "print(json.dumps([grids.offline2_grid().split_holdout(s).to_dict() for s in (0, 3)]))")
+  root = os.path.join(os.path.dirname(__file__), os.pardir)
+  outputs = {subprocess.run([sys.executable, "-c", code], cwd=root, check=True, text=True,
+                            capture_output=True, env={**os.environ, "PYTHONHASHSEED": h}
+                            ).stdout.strip().splitlines()[-1] for h in ("1", "2", "3")}
+  assert len(outputs) == 1
+  grid = grids.offline2_grid()
+  assert json.loads(outputs.pop()) == [grid.split_holdout(s).to_dict() for s in (0, 3)]
+  key = runs.run_key(grid, methods.method("lora"), 3)
+  assert key["holdout"] == grid.split_holdout(3).to_dict()
+  assert "holdout" not in runs.run_key(grids.offline_grid(), methods.method("lora"), 3)
 
 
 def test_coverage_counts_the_cells_letters_found_in_the_languages_other_trained_cells():

@@ -144,7 +144,7 @@ def _match(slots: Sequence[tuple[str, str]], candidates: Mapping[str, Sequence[s
   """One distinct language per slot (task, split) from `candidates[task]`, by a randomised
   depth-first search; None if there is none."""
   order = {task: [langs[i] for i in rng.permutation(len(langs))]
-           for task, langs in candidates.items()}
+           for task, langs in sorted(candidates.items())}  # Sorted: the same in every process.
   chosen: list[str] = []
 
   def fill(i: int) -> bool:
@@ -180,7 +180,7 @@ def draw(design: SplitDesign, langs: Sequence[str], present: Collection[Pair], s
     seen = [l for l in langs if l not in unseen]
     candidates = {task: [l for l in seen if Pair(task, l) in present and (
         coverages is None or coverages.get(Pair(task, l), 0.0) >= design.min_coverage)]
-                  for task in set(design.pair_tasks)}
+                  for task in sorted(set(design.pair_tasks))}
     slots = [(task, split) for task in design.pair_tasks for split in SPLITS]
     slots = [slots[i] for i in rng.permutation(len(slots))]
     matched = _match(slots, candidates, rng)

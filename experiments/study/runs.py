@@ -64,7 +64,13 @@ def base_key(grid: Grid) -> dict[str, Any]:
 
 
 def run_key(grid: Grid, method: MethodSpec, seed: int) -> dict[str, Any]:
-  return {"grid": grid.key(), "method": method.key(), "seed": seed}
+  """The grid, the method and the seed; with a split design also the seed's drawn held-out
+  cells, so a run is never read back for another draw."""
+  key = {"grid": grid.key(), "method": method.key(), "seed": seed}
+  split = grid.split_holdout(seed)
+  if split is not None:
+    key["holdout"] = split.to_dict()
+  return key
 
 
 def log(message: str) -> None:
