@@ -550,6 +550,10 @@ for _id, _argv in {
     "study-unknown-method": ["--out", "x", "--methods", "flix,adapters"],
     "study-few-bootstraps": ["--out", "x", "--n_boot", "10"],
     "study-finetune-steps-zero": ["--out", "x", "--finetune_steps", "0"],
+    "study-learning-rate-range": ["--out", "x", "--finetune_learning_rate", "2"],
+    "study-method-needs-offline-grid": ["--out", "x", "--grids", "morph", "--methods",
+                                        "flix_task"],
+    "study-lora-rank-zero": ["--out", "x", "--methods", "lora_r0"],
 }.items():
   check(_id)(lambda env, a=_argv: study(*a))
 
@@ -588,6 +592,14 @@ def _(env):
   with open(out) as f:
     assert json.load(f)["fits"] is False, message
   return message
+
+
+@check("study-confirm-missing-run")
+def _(env):
+  from experiments.study import confirm  # pylint: disable=import-outside-toplevel
+  return cli(confirm.main, ["--archive", env.fresh("archive"), "--flix", "flix_derived_p0.0",
+                            "--lora", "lora", "--seeds", "3-12", "--out",
+                            env.fresh("confirmatory.json")])
 
 
 # -- the matrix ----------------------------------------------------------------------------------

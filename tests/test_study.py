@@ -16,18 +16,26 @@ from experiments.study import cli, compare, grids, methods, report, runs, stats
 @pytest.mark.slow
 def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, capsys):
   out = tmp_path / "study"
-  argv = ["--quick", "--grids", "offline", "--seeds", "0", "--methods", "lora,flix",
-          "--out", str(out), "--cache_dir", str(tmp_path / "cache"), "--n_boot", "200"]
+  # --quick alone: offline2's quick grid, seed 0, lora and flix.
+  argv = ["--quick", "--out", str(out), "--cache_dir", str(tmp_path / "cache"), "--n_boot",
+          "200"]
   assert cli.main(argv) == 0
-  study = json.loads((out / "offline" / "study.json").read_text())
-  assert study["grid"] == "offline" and study["seeds"] == [0]
+  study = json.loads((out / "offline2" / "study.json").read_text())
+  assert study["grid"] == "offline2" and study["seeds"] == [0]
   assert study["methods"] == ["lora", "flix"]
   assert {(r["method"], r["seed"]) for r in study["runs"]} == {("lora", 0), ("flix", 0)}
+  holdout = study["holdouts"]["0"]
+  held = {split: {tuple(p) for p in cells["unseen_pairs"]} | {
+      (t, l) for t in ("month_year", "cardinal") for l in cells["unseen_langs"]}
+          for split, cells in holdout["splits"].items()}
+  assert not held["validation"] & held["test"]  # Distinct held-out cells per split.
   for run in study["runs"]:
     assert {c["split"] for c in run["cells"]} == set(report.KINDS)
     for cell in run["cells"]:
       assert set(cell) == {"task", "lang", "split", "metric", "value", "n"}
-      assert cell["metric"] == "exact_match" and 0 <= cell["value"] <= 1 and cell["n"] > 0
+      assert cell["metric"] == "exact_match" and 0 <= cell["value"] <= 1
+      assert cell["n"] == (4 if cell["split"] == "seen" else 8)
+      assert cell["split"] == "seen" or (cell["task"], cell["lang"]) in held["test"]
   for method in ("lora", "flix"):
     for kind in report.KINDS:
       entry = study["summary"][method][kind]
@@ -35,17 +43,18 @@ def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, cap
       assert lo <= entry["mean"] <= hi and entry["n_seeds"] == 1
   assert set(study["differences"]) == {"flix-lora"}
   assert set(study["differences"]["flix-lora"]) == set(report.KINDS)
-  holdout = study["holdouts"]["0"]
-  assert len(holdout["unseen_pairs"]) == 2 and len(holdout["unseen_langs"]) == 1
+  assert "floor" in study["differences"]["flix-lora"]["unseen_pair"]
+  assert len(holdout["unseen_pairs"]) == 2 and len(holdout["unseen_langs"]) == 2
   for name in ("study.md", "differences.png", "heatmap.png"):
-    assert (out / "offline" / name).stat().st_size > 1000, name
+    assert (out / "offline2" / name).stat().st_size > 1000, name
+  assert "at the floor for both" in (out / "offline2" / "study.md").read_text()
   assert "2 runs trained, 0 from the cache" in capsys.readouterr().out
 
   # A rerun trains nothing; a run whose results were lost is evaluated again from its
   # checkpoint (an interrupted study resumes), with the same numbers.
   assert cli.main(argv) == 0
   assert "0 runs trained, 2 from the cache" in capsys.readouterr().out
-  grid = grids.offline_grid(quick=True)
+  grid = grids.offline2_grid(quick=True)
   results = os.path.join(runs.run_dir(grid, methods.method("flix"), 0, str(tmp_path / "cache")),
                          runs.RESULTS)
   before = json.loads(open(results).read())
@@ -66,7 +75,7 @@ def test_quick_study_writes_the_pinned_schema_and_reuses_its_cache(tmp_path, cap
   assert cli.main([*other, "--archive", archive]) == 0
   assert "0 runs trained, 2 from the cache" in capsys.readouterr().out
   assert not (tmp_path / "empty_cache").exists()
-  elsewhere = json.loads((tmp_path / "study_elsewhere" / "offline" / "study.json").read_text())
+  elsewhere = json.loads((tmp_path / "study_elsewhere" / "offline2" / "study.json").read_text())
   assert elsewhere["runs"] == study["runs"] and elsewhere["summary"] == study["summary"]
 
 
@@ -329,7 +338,7 @@ def _final_params(grid, spec, seed, cache):
 @pytest.mark.slow
 def test_a_longer_run_continues_a_shorter_one_and_ends_bit_for_bit_where_step_0_would(
     tmp_path, capsys):
-  longer, spec = grids.offline_grid(quick=True), methods.method("flix")
+  longer, spec = grids.offline2_grid(quick=True), methods.method("flix")
   steps = longer.budget.finetune_steps
   shorter = _with_budget(longer, finetune_steps=steps // 2)
   cache, elsewhere = str(tmp_path / "cache"), str(tmp_path / "elsewhere")
@@ -455,7 +464,10 @@ def test_bootstrap_intervals_cover_the_truth_and_pairing_tightens_them():
   # Identical runs: the paired difference is exactly zero, however noisy the runs are.
   same = stats.summarize({"lora": stats.kind_scores(lora), "copy": stats.kind_scores(lora)},
                          ["seen"], n_boot=200)[1]
-  assert same["copy-lora"]["seen"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n_seeds": 3}
+  assert same["copy-lora"]["seen"] == {
+      "mean": 0.0, "ci95": [0.0, 0.0], "n_seeds": 3, "n_cells": 12, "p_sign_flip": 1.0,
+      "per_seed": {"0": 0.0, "1": 0.0, "2": 0.0},
+      "floor": {"at_floor": 0, "cells": 12, "share": 0.0}}
 
 
 def test_an_ablation_is_also_paired_against_its_own_reference():

@@ -55,7 +55,7 @@ def pair_groups(method_runs: Sequence[dict], vary: str, values: Sequence[str]
       raise ValueError(f"--vary {vary!r} is not a budget field; expected one of {sorted(budget)}")
     if budget[vary] not in wanted:
       continue
-    rest = runs.digest_without({**r["key"], "seed": None}, vary)
+    rest = runs.digest_without({**r["key"], "seed": None, "holdout": None}, vary)
     groups.setdefault(rest, {}).setdefault(r["seed"], {})[wanted[budget[vary]]] = r
   complete = [paired for paired in (
       {seed: by_value for seed, by_value in g.items() if len(by_value) == 2}

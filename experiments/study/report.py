@@ -3,15 +3,21 @@
 study.json:
   {"grid": str, "seeds": [int], "methods": [str],
    "runs": [{"method", "seed", "cells": [{"task", "lang", "split", "metric", "value", "n"}]}],
-   "summary": {method: {split: {"mean", "ci95": [lo, hi], "n_seeds"}}},
-   "differences": {"<method>-lora": {split: {"mean", "ci95": [lo, hi]}}},
+   "summary": {method: {split: {"mean", "ci95": [lo, hi], "n_seeds", "n_cells", "per_seed"}}},
+   "differences": {"<method>-lora": {split: {"mean", "ci95": [lo, hi], "n_seeds", "n_cells",
+                                             "per_seed", "p_sign_flip",
+                                             "floor": {"at_floor", "cells", "share"}}}},
    ...}  plus "eval_split", "validation" (the same summary / differences on validation cells,
-  what settings are chosen on), "holdouts" (per seed), "budget", "model", "wall_seconds"
-  (this command's), "run_seconds" (the runs' own training and evaluation, summed, wherever and
-  whenever they ran).
+  what settings are chosen on), "holdouts" (per seed; with a split design each split's own
+  held-out cells), "trained_params" and "rank_exempt" (per method), "budget", "model",
+  "wall_seconds" (this command's), "run_seconds" (the runs' own training and evaluation,
+  summed, wherever and whenever they ran). Intervals: `stats.estimate` (hierarchical bootstrap
+  over seeds, cells and examples; paired for differences); "floor": the unseen (or seen) cells
+  at 0 exact match for both methods.
 Split kinds: "seen" (trained pairs), "unseen_pair", "unseen_lang"; values are exact match in
-[0, 1]. Plots: differences.png (each method minus LoRA, 95% intervals, per split kind) and
-heatmap.png (per cell, each method minus LoRA on test, averaged over the seeds).
+[0, 1]. Plots: differences.png (each method minus the baseline, LoRA unless `--baseline` says
+otherwise, 95% intervals, per split kind) and heatmap.png (per cell, each method minus the
+baseline on test, averaged over the seeds).
 """
 
 from __future__ import annotations
@@ -31,15 +37,16 @@ KIND_TITLES = {"seen": "seen pairs", "unseen_pair": "unseen pairs",
 
 
 def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str, list[dict]],
-          wall_seconds: float, n_boot: int = 2000, reference: str | None = None
-          ) -> dict[str, Any]:
+          wall_seconds: float, n_boot: int = 2000, reference: str | None = None,
+          baseline: str = "lora") -> dict[str, Any]:
   """The study.json dict from `results[method] = [run results, one per seed]`.
 
+  baseline: every difference is a method minus it ("none": no differences).
   reference: an ablation's own baseline (e.g. FLix without feature dropout): the study also
   holds every other FLix method minus it, paired, under "reference" (test and validation).
   """
   study: dict[str, Any] = {"grid": grid.name, "seeds": list(seeds), "methods": list(methods),
-                           "eval_split": "test"}
+                           "baseline": baseline, "eval_split": "test"}
   results = {m: sorted(results[m], key=lambda r: r["seed"]) for m in methods}
   study["runs"] = [{"method": m, "seed": r["seed"],
                     "cells": [{k: c[k] for k in ("task", "lang", "split", "metric", "value", "n")}
@@ -47,7 +54,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
                    for m in methods for r in results[m]]
   for split, key in (("test", None), ("validation", "validation")):
     scores = {m: stats.kind_scores(results[m], split) for m in methods}
-    summary, differences = stats.summarize(scores, KINDS, n_boot=n_boot)
+    summary, differences = stats.summarize(scores, KINDS, baseline=baseline, n_boot=n_boot)
     if key is None:
       study["summary"], study["differences"] = summary, differences
     else:
@@ -55,7 +62,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
   if reference is not None:
     if reference not in methods:
       raise ValueError(f"reference {reference!r} is not among the methods {list(methods)}")
-    compared = [m for m in methods if m != "lora"]
+    compared = [m for m in methods if m != baseline]
     study["reference"] = {"method": reference}
     for split in ("test", "validation"):
       scores = {m: stats.kind_scores(results[m], split) for m in compared}
@@ -63,6 +70,7 @@ def build(grid, methods: Sequence[str], seeds: Sequence[int], results: dict[str,
                                                   n_boot=n_boot)[1]
   study["holdouts"] = {str(r["seed"]): r["holdout"] for r in results[methods[0]]}
   study["trained_params"] = {m: results[m][0]["trained_params"] for m in methods}
+  study["rank_exempt"] = sorted(m for m in methods if results[m][0].get("rank_exempt"))
   study["budget"] = dataclasses.asdict(grid.budget)
   study["model"] = dataclasses.asdict(grid.model)
   study["wall_seconds"] = wall_seconds
@@ -78,14 +86,26 @@ def _fmt(entry: dict | None, signed: bool = False) -> str:
   return f"{entry['mean']:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
 
-def tables(summary: dict, differences: dict, methods: Sequence[str], params: dict) -> str:
+def _fmt_difference(entry: dict | None) -> str:
+  text = _fmt(entry, True)
+  if entry is not None and "p_sign_flip" in entry:
+    text += f" p={entry['p_sign_flip']:.3g}"
+  return text
+
+
+def tables(summary: dict, differences: dict, methods: Sequence[str], params: dict,
+           rank_exempt: Sequence[str] = ()) -> str:
   lines = ["| method | trained params | " + " | ".join(KIND_TITLES[k] for k in KINDS) + " |",
            "| --- | ---: |" + " ---: |" * len(KINDS)]
   for m in methods:
     cells = [_fmt(summary.get(m, {}).get(k)) for k in KINDS]
-    lines.append(f"| {m} | {params.get(m, 0):,} | " + " | ".join(cells) + " |")
+    label = f"{m} (rank-exempt)" if m in rank_exempt else m
+    lines.append(f"| {label} | {params.get(m, 0):,} | " + " | ".join(cells) + " |")
+  if rank_exempt:
+    lines += ["", "rank-exempt: a LoRA rank lever, not held to the per-example rank of 16 "
+              "(e.g. the parameter-matched LoRA); its cost per example differs."]
   if differences:
-    lines += ["", difference_table(differences)]
+    lines += ["", difference_table(differences), "", floor_table(differences)]
   return "\n".join(lines)
 
 
@@ -93,7 +113,23 @@ def difference_table(differences: dict) -> str:
   lines = ["| difference (paired) | " + " | ".join(KIND_TITLES[k] for k in KINDS) + " |",
            "| --- |" + " ---: |" * len(KINDS)]
   for name, entry in differences.items():
-    lines.append(f"| {name} | " + " | ".join(_fmt(entry.get(k), True) for k in KINDS) + " |")
+    lines.append(f"| {name} | " + " | ".join(_fmt_difference(entry.get(k)) for k in KINDS)
+                 + " |")
+  return "\n".join(lines)
+
+
+def floor_table(differences: dict) -> str:
+  """Per difference: the cells at 0 exact match for both methods, of all cells (seeds x
+  cells), per split kind."""
+  lines = ["| at the floor for both (cells at 0 / cells) | "
+           + " | ".join(KIND_TITLES[k] for k in KINDS) + " |", "| --- |" + " ---: |" * len(KINDS)]
+  for name, entry in differences.items():
+    cells = []
+    for k in KINDS:
+      floor = (entry.get(k) or {}).get("floor")
+      cells.append("-" if floor is None else
+                   f"{floor['at_floor']}/{floor['cells']} ({floor['share']:.0%})")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -109,26 +145,29 @@ def markdown(study: dict) -> str:
   seeds = ", ".join(str(s) for s in study["seeds"])
   holdouts = []
   for seed, h in study["holdouts"].items():
-    pairs = ", ".join(f"{t}-{l}" for t, l in h["unseen_pairs"])
-    holdouts.append(f"- seed {seed}: unseen pairs {pairs}; unseen languages "
-                    f"{', '.join(h['unseen_langs']) or 'none'}")
+    for split, cells in (h.get("splits") or {"both splits": h}).items():
+      pairs = ", ".join(f"{t}-{l}" for t, l in cells["unseen_pairs"])
+      holdouts.append(f"- seed {seed} ({split}): unseen pairs {pairs}; unseen languages "
+                      f"{', '.join(cells['unseen_langs']) or 'none'}")
   budget = study["budget"]
   return "\n".join([
       f"# Study: {study['grid']} grid", "",
       f"Seeds {seeds}; exact match per cell, averaged over the cells of each kind (macro), then "
-      "over seeds; 95% intervals from a hierarchical bootstrap over seeds and examples "
-      "(paired for differences). Budget: "
+      "over seeds; 95% intervals from a hierarchical bootstrap over seeds, cells and examples "
+      "(paired for differences); p: exact sign-flip permutation test over seeds (two-sided). "
+      "Budget: "
       f"{budget['finetune_steps']} fine-tuning steps, batch {budget['batch_size']}, AdamW "
       f"{budget['finetune_learning_rate']} ({budget['schedule']}); base pretrained "
       f"{budget['pretrain_steps']} steps. Runs: {study['run_seconds'] / 3600:.1f} h of "
       f"training and evaluation in all (summed); this report's command took "
       f"{study['wall_seconds'] / 60:.1f} min.", "",
       "## Test (reported once)", "",
-      tables(study["summary"], study["differences"], study["methods"], study["trained_params"]),
+      tables(study["summary"], study["differences"], study["methods"], study["trained_params"],
+             study.get("rank_exempt", ())),
       *_reference_table(study, "test"),
       "", "## Validation (settings are chosen here)", "",
       tables(study["validation"]["summary"], study["validation"]["differences"],
-             study["methods"], study["trained_params"]),
+             study["methods"], study["trained_params"], study.get("rank_exempt", ())),
       *_reference_table(study, "validation"),
       "", "## Hold-outs", "", *holdouts, "",
       "Plots: differences.png (each method minus LoRA with 95% intervals), heatmap.png "
@@ -153,8 +192,9 @@ def plot_differences(study: dict, path: str) -> None:
                   fmt="o", capsize=3, color=f"C{i}", label=name if j == 0 else None)
   ax.axhline(0, color="gray", linewidth=0.8)
   ax.set_xticks(range(len(KINDS)), [KIND_TITLES[k] for k in KINDS])
-  ax.set_ylabel("exact match minus LoRA")
-  ax.set_title(f"{study['grid']}: difference to LoRA (test, 95% CI)", fontsize=9)
+  baseline = study.get("baseline", "lora")
+  ax.set_ylabel(f"exact match minus {baseline}")
+  ax.set_title(f"{study['grid']}: difference to {baseline} (test, 95% CI)", fontsize=9)
   if names:
     ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
@@ -215,4 +255,4 @@ def write(study: dict, out_dir: str) -> None:
   files.write_json(os.path.join(out_dir, "study.json"), study)
   files.write_text(os.path.join(out_dir, "study.md"), markdown(study))
   plot_differences(study, os.path.join(out_dir, "differences.png"))
-  plot_heatmap(study, os.path.join(out_dir, "heatmap.png"))
+  plot_heatmap(study, os.path.join(out_dir, "heatmap.png"), study.get("baseline", "lora"))

@@ -3,8 +3,8 @@
 A run lives in `CACHE/runs/{grid}/{method}_s{seed}_{key}/`, key = hash of everything that
 decides its numbers (grid data and budget, base model, method, seed). `results.json` is
 written last and atomically: a run with it is done and is never retrained; a run without it
-resumes training from its latest checkpoint (checkpoints every quarter of the steps) and then
-evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
+resumes training from its latest checkpoint (checkpoints every quarter of the steps,
+`checkpoint_period`) and then evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
 
 More steps cost only the new ones: under a constant learning rate (nothing depends on the
 number of steps) a run of N steps is a shorter cached run of the same configuration continued,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -57,15 +56,21 @@ def base_key(grid: Grid) -> dict[str, Any]:
   """What decides the base model: the grid's data and the pretraining settings."""
   key = grid.key()
   budget = key.pop("budget")
-  for name in ("unseen_pairs", "unseen_langs"):
-    key.pop(name)
+  for name in ("unseen_pairs", "unseen_langs", "design"):
+    key.pop(name, None)  # The hold-out is drawn per seed; the base sees every cell's text.
   key["pretrain"] = {k: budget[k] for k in ("pretrain_steps", "pretrain_learning_rate",
                                             "batch_size")}
   return key
 
 
 def run_key(grid: Grid, method: MethodSpec, seed: int) -> dict[str, Any]:
-  return {"grid": grid.key(), "method": dataclasses.asdict(method), "seed": seed}
+  """The grid, the method and the seed; with a split design also the seed's drawn held-out
+  cells, so a run is never read back for another draw."""
+  key = {"grid": grid.key(), "method": method.key(), "seed": seed}
+  split = grid.split_holdout(seed)
+  if split is not None:
+    key["holdout"] = split.to_dict()
+  return key
 
 
 def log(message: str) -> None:
@@ -97,6 +102,12 @@ def claimed(directory: str, what: str, wait: bool = True):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def checkpoint_period(steps: int) -> int:
+  """Every quarter of the steps, but not more often than every 100 steps: a run of fewer than
+  100 steps (the quick grids) saves only its last step (a save costs seconds there)."""
+  return max(steps // 4, min(steps, 100))
+
+
 def pretrain_base(grid: Grid, cache_dir: str, wait: bool = True) -> str:
   """The grid's base checkpoint: pretrained now (resumable) or found in the cache.
 
@@ -124,7 +135,7 @@ def _pretrain(grid: Grid, model_dir: str) -> None:
              train_steps=steps, batch_size=grid.budget.batch_size, model_config=grid.model,
              registration=reg, adapters=loop.AdapterSettings(method="full"),
              optimizer=optimizers.make_optimizer("adamw", schedule),
-             checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
+             checkpoint_period=checkpoint_period(steps), keep_checkpoints=1,
              log_period=max(steps // 10, 1), gin_config=f"# experiments.study base: {base_key(grid)}\n")
 
 
@@ -237,7 +248,8 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   from flix.training import loop, optimizers  # pylint: disable=import-outside-toplevel
   start = time.time()
   files.write_json(os.path.join(directory, "key.json"), key)
-  reg = grid.register(seed, method.derived)
+  reg = grid.register(seed, method.derived, method.features, method.inputs)
+  split_holdout = grid.split_holdout(seed)
   budget = grid.budget
   steps = budget.finetune_steps
   schedule = optimizers.learning_rate_schedule(budget.finetune_learning_rate, budget.schedule,
@@ -249,7 +261,7 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
              batch_size=budget.batch_size, model_config=grid.model, registration=reg,
              adapters=method.adapters(), initial_checkpoint_path=base,
              optimizer=optimizers.make_optimizer("adamw", schedule),
-             checkpoint_period=max(steps // 4, 1), keep_checkpoints=1,
+             checkpoint_period=checkpoint_period(steps), keep_checkpoints=1,
              log_period=max(steps // 10, 1), random_seed=seed,
              pack=False,  # Equal examples per step: packing 'auto' would pack LoRA only.
              gin_config=f"# experiments.study run: {key}\n")
@@ -257,22 +269,42 @@ def _train_and_evaluate(grid: Grid, method: MethodSpec, seed: int, key: dict[str
   model_config, flix, params = checkpoints.load_model(checkpoint)
   model = make_model(model_config, flix)
   results = {"method": method.name, "seed": seed, "key": key,
-             "holdout": reg.holdout.to_dict(),
+             "holdout": (split_holdout.to_dict() if split_holdout is not None
+                         else reg.holdout.to_dict()),
              "trained_params": int(sum(v.size for v in jax.tree.leaves(
                  checkpoints.adapter_leaves(params))))}
+  if method.rank_exempt:
+    results["rank_exempt"] = True
   evaluators = {} if evaluators is None else evaluators
   for split in EVAL_SPLITS:
     out_dir = os.path.join(directory, f"eval_{split}")
-    if (reg.eval_mixture, split) not in evaluators:
-      evaluators[reg.eval_mixture, split] = evaluation.PairEvaluator(
-          reg.eval_mixture, feature_lengths=reg.task_feature_lengths,
-          batch_size=budget.eval_batch_size, holdout=reg.holdout, split=split,
-          num_examples=budget.eval_examples, feature_converter_cls=converter_class(model))
-    report = evaluators[reg.eval_mixture, split].evaluate(model, params, out_dir=out_dir)
-    results[split] = _cells(report, out_dir)
+    cells = []
+    for part, (names, num_examples) in _eval_parts(grid, reg, split_holdout, split).items():
+      if (reg.eval_mixture, split, part) not in evaluators:
+        evaluators[reg.eval_mixture, split, part] = evaluation.PairEvaluator(
+            names, feature_lengths=reg.task_feature_lengths,
+            batch_size=budget.eval_batch_size, holdout=reg.holdout, split=split,
+            num_examples=num_examples, feature_converter_cls=converter_class(model))
+      report = evaluators[reg.eval_mixture, split, part].evaluate(model, params,
+                                                                  out_dir=out_dir)
+      cells += _cells(report, out_dir)
+    results[split] = sorted(cells, key=lambda c: (c["task"], c["lang"]))
   results["wall_seconds"] = time.time() - start
   files.write_json(os.path.join(directory, RESULTS), results)
   return results
+
+
+def _eval_parts(grid: Grid, reg, split_holdout, split: str) -> dict[str, tuple]:
+  """`{part: (seqio names, examples per cell)}` evaluated on `split`: the whole eval mixture
+  at the budget's `eval_examples` (the first grids), or, with a split design, the seen cells at
+  `eval_examples` and the split's own held-out cells at the design's `heldout_examples`."""
+  if split_holdout is None:
+    return {"all": (reg.eval_mixture, grid.budget.eval_examples)}
+  seen = [t.name for t in reg.tasks if t.kind == "seen_pair"]
+  mine = [t.name for t in reg.tasks
+          if t.kind != "seen_pair" and split_holdout.evaluated(split, t.pair)]
+  return {"seen": (seen, grid.budget.eval_examples),
+          "heldout": (mine, grid.design.heldout_examples)}
 
 
 def _steps(key: dict[str, Any]) -> int:

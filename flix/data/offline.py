@@ -46,7 +46,7 @@ DEFAULT_TASKS = ("cardinal", "ordinal", "currency", "long_date", "month_year", "
                  "decimal")
 DEFAULT_LANGS = ("en", "fr", "de", "es", "it", "pt", "nl", "pl", "fi", "tr", "ro", "hu")
 HOLDOUT_SCHEMES = pairs.HOLDOUT_SCHEMES
-PREFIXES = ("none", "task", "task_lang")
+PREFIXES = ("none", "task", "task_lang", "task_lang_family_script")
 _EARLY_ABSENT = 20  # A cell whose first this-many values all fail is absent.
 _POOL_SLACK = 1.5   # Pools hold this many times the requested examples, for skipped values.
 
@@ -178,7 +178,10 @@ class OfflineConfig:
     unseen_pairs: the explicit scheme's (task, lang) pairs.
     unseen_langs: languages never fine-tuned on (evaluation only).
     prefix: "none" (input is the value), "task" ("ordinal: 3"), "task_lang" ("ordinal fr: 3")
-      for baselines without feature adapters.
+      for baselines without feature adapters, "task_lang_family_script" ("ordinal fr Romance
+      Latin: 3", the language table's family and script: what derived feature adapters know,
+      as text; "unknown" for a language the table lacks). A longer prefix may make values
+      exceed `input_length` (skipped): compare prefixes at an input length they all fit.
   """
 
   tasks: tuple[str, ...] = DEFAULT_TASKS
@@ -316,6 +319,10 @@ def _input_text(config: OfflineConfig, task: str, lang: str, source: str) -> str
     return f"{task}: {source}"
   if config.prefix == "task_lang":
     return f"{task} {lang}: {source}"
+  if config.prefix == "task_lang_family_script":
+    entry = languages.table().get(lang, {})
+    return (f"{task} {lang} {entry.get('family', 'unknown')} {entry.get('script', 'unknown')}: "
+            f"{source}")
   return source
 
 

@@ -31,6 +31,7 @@ SPLIT_KINDS: tuple[str, ...] = ("seen_pair", "unseen_pair", "unseen_language")
 RateKind = Literal["equal", "examples", "temperature"]
 RATE_KINDS = ("equal", "examples", "temperature")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")
+PAIR_FEATURE = "pair"  # The feature type whose values are cells, `{task}.{lang}` (encode_pair).
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -275,22 +276,29 @@ class HoldOutSpec:
 def encode_pair(space: FeatureSpace, pair: Pair, holdout: HoldOut | None = None) -> np.ndarray:
   """The pair's feature ids, int32 `[space.n_types]`.
 
-  Only the space's types are used (a task-only space ignores `lang`). A language in
-  `holdout.unseen_langs` that the space does not know becomes INACTIVE (unknown='drop'); any
-  other unknown value is an error. Derived types (e.g. the language's family) are derived by
-  `FeatureSpace.encode`, and may be INACTIVE (see `flix.features`).
+  Only the space's types are used (a task-only space ignores `lang`). Besides `task` and
+  `lang`, a pair has the feature `pair` (PAIR_FEATURE), its cell's `{task}.{lang}`: a space
+  with that type gives every trained cell its own adapter. A language in
+  `holdout.unseen_langs` that the space does not know becomes INACTIVE (unknown='drop'), and
+  so does the `pair` value of a cell `holdout` does not train (it has no adapter: the base, or
+  the shared adapter, serves it); any other unknown value is an error. Derived types (e.g. the
+  language's family) are derived by `FeatureSpace.encode`, and may be INACTIVE (see
+  `flix.features`).
   """
-  features = {k: v for k, v in pair.features.items() if k in space.names}
+  available = {**pair.features, PAIR_FEATURE: pair.cell.key}
+  features = {k: v for k, v in available.items() if k in space.names}
   ids = space.encode(features, unknown="drop")
   for col, t in enumerate(space.types):
     if ids[col] != INACTIVE or t.derived:
       continue
     if t.name == "lang" and holdout is not None and pair.lang in holdout.unseen_langs:
       continue
+    if t.name == PAIR_FEATURE and holdout is not None and not holdout.is_trained(pair):
+      continue
     if t.name not in features:
       raise UnknownFeatureError(
           f"feature type {t.name!r} of the space has no value in pair {pair} (pairs carry "
-          f"'task' and 'lang'); known types: {list(space.names)}")
+          f"'task', 'lang' and {PAIR_FEATURE!r}); known types: {list(space.names)}")
     space.encode(features, unknown="error")  # Raises with the space's own message.
   return ids
 
