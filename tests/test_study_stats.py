@@ -175,3 +175,45 @@ def test_seed_ranges_parse():
   with pytest.raises(Exception, match="expected distinct seeds"):
     confirm.seed_range("1,1")
   assert grids.offline2_grid().name == "offline2"
+
+
+def _write(archive, grid, spec, seed, validation, test):
+  """An archived run whose validation and test cells are correct at the given rates."""
+  cells = lambda rates: [
+      {"task": f"t{c}", "lang": kind[:4], "split": kind, "metric": "exact_match", "value": r,
+       "n": 10, "correct": [1] * int(10 * r) + [0] * (10 - int(10 * r))}
+      for kind, kind_rates in rates.items() for c, r in enumerate(kind_rates)]
+  path = runs.archive_path(grid, spec, seed, archive)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(json.loads(json.dumps(
+        {"method": spec.name, "seed": seed, "key": runs.run_key(grid, spec, seed),
+         "trained_params": 1, "validation": cells(validation), "test": cells(test)})), f)
+
+
+def test_the_sweep_table_chooses_each_side_on_validation_only(tmp_path, capsys):
+  from experiments.study import sweep
+  archive = str(tmp_path / "archive")
+  grid = lambda rate: confirm.grid_at("offline2", finetune_learning_rate=rate)
+  lora, r59, derived = (methods.method(m) for m in ("lora", "lora_r59", "flix_derived_p0.0"))
+  worse = {"unseen_pair": [0.1], "seen": [0.5], "unseen_lang": [0.0]}
+  for seed in (0, 1, 2):
+    _write(archive, grid(1e-3), lora, seed, worse, {"unseen_pair": [1.0], "seen": [1.0],
+                                                    "unseen_lang": [1.0]})  # Test: ignored.
+    _write(archive, grid(3e-3), lora, seed, {"unseen_pair": [0.3], "seen": [0.5],
+                                             "unseen_lang": [0.0]}, worse)
+    _write(archive, grid(1e-3), r59, seed, {"unseen_pair": [0.3], "seen": [0.7],
+                                            "unseen_lang": [0.0]}, worse)  # Tie: more seen.
+    _write(archive, grid(1e-3), derived, seed, {"unseen_pair": [0.2], "seen": [0.9],
+                                                "unseen_lang": [0.1]}, worse)
+  _write(archive, grid(1e-2), derived, 0, {"unseen_pair": [0.9], "seen": [0.9],
+                                           "unseen_lang": [0.1]}, worse)  # Seeds 1, 2 missing.
+  assert sweep.main(["--archive", archive, "--grid", "offline2", "--seeds", "0,1,2"]) == 0
+  out = capsys.readouterr().out
+  assert "| lora | lora | 0.003 | 1000 | constant | 3000 | 0.500 | 0.300 | 0.000 |" in out
+  assert "lora: 3 configurations ({'lora': 2, 'lora_r59': 1}); chosen: lora_r59 at rate 0.001" \
+      in out
+  assert "flix: 1 configurations ({'flix_derived_p0.0': 1}); chosen: flix_derived_p0.0 at rate " \
+      "0.001" in out
+  assert "0.01 |" not in out  # The incomplete configuration is not a row.
+  assert sweep.main(["--archive", archive, "--grid", "offline2", "--seeds", "5"]) == 1

@@ -183,7 +183,12 @@ def add_parser(sub) -> None:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   from experiments.study import methods  # pylint: disable=import-outside-toplevel
-  unknown = [m for m in args.methods if m not in methods.METHODS]
+  unknown = []
+  for m in args.methods:
+    try:
+      methods.method(m)  # One of METHODS, or lora_r{N}.
+    except ValueError:
+      unknown.append(m)
   if unknown:
     parser.error(f"unknown study methods {unknown}; known: {sorted(methods.METHODS)}")
   if REFERENCE not in args.methods:

@@ -12,6 +12,8 @@
   report.py    study.json (pinned schema), study.md, plots
   cli.py       the command line and the progress line across runs
   compare.py   one lever's paired effect from archived runs (python -m experiments.study.compare)
+  sweep.py     the sweep table (validation means per configuration) and each side's choice
+               from archived runs (python -m experiments.study.sweep)
   confirm.py   the pre-registered endpoints from archived runs (python -m
                experiments.study.confirm -> docs/study/confirmatory/study.json)
 """

@@ -75,7 +75,8 @@ def read_run(archive: str, grid: grids.Grid, spec: methods.MethodSpec, seed: int
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no archived run of {spec.name} seed {seed} at {grid.budget} "
                             f"(expected {path})")
-  return runs._read_archived(path, runs.run_key(grid, spec, seed))  # pylint: disable=protected-access
+  read_archived = runs._read_archived  # pylint: disable=protected-access
+  return read_archived(path, runs.run_key(grid, spec, seed))  # Refuses another configuration.
 
 
 def _cells(flix: stats.Scores, lora: stats.Scores, names: Sequence[str], kind: str) -> list:

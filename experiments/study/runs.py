@@ -1,10 +1,12 @@
 """One study run: fine-tune a method from the grid's cached base, evaluate every cell.
 
 A run lives in `CACHE/runs/{grid}/{method}_s{seed}_{key}/`, key = hash of everything that
-decides its numbers (grid data and budget, base model, method, seed). `results.json` is
+decides its numbers (grid data and budget, base model, method, seed; with a split design the
+seed's drawn held-out cells). `results.json` is
 written last and atomically: a run with it is done and is never retrained; a run without it
 resumes training from its latest checkpoint (checkpoints every quarter of the steps,
-`checkpoint_period`) and then evaluates. The base is pretrained once per grid in `CACHE/bases/{grid}_{key}/`.
+`checkpoint_period`) and then evaluates. The base is pretrained once per grid in
+`CACHE/bases/{grid}_{key}/`.
 
 More steps cost only the new ones: under a constant learning rate (nothing depends on the
 number of steps) a run of N steps is a shorter cached run of the same configuration continued,
