@@ -58,8 +58,9 @@ def pytest_unconfigure(config):
 # The files of more than ~30 CPU-seconds, heaviest first (measured on 2 cores). make test's
 # `-n 2 --dist loadfile` hands whole files to its workers in collection order: the heavy ones
 # first, the light ones fill the gaps, so neither worker waits for the other at the end.
-HEAVY_FILES = ("test_training.py", "test_sparse_step.py", "test_decoding.py", "test_t5.py",
-               "test_bf16.py", "test_decoder.py", "test_layers.py", "test_hf_convert.py")
+HEAVY_FILES = ("test_training.py", "test_decoding.py", "test_sparse_step.py", "test_t5.py",
+               "test_bf16.py", "test_decoder.py", "test_compile.py", "test_hf_convert.py",
+               "test_layers.py")
 
 
 def pytest_collection_modifyitems(items):
