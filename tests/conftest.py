@@ -1,7 +1,6 @@
 """Test set-up: 8 forced host devices (T5X style), before anything imports jax; freed host
 memory kept in the process (flix.host_memory), before JAX starts its backend; one persistent
-compilation cache per test run; make test's tiny programs compiled without LLVM optimisation;
-and the fixtures several test files share."""
+compilation cache per test run; and the fixtures several test files share."""
 import os
 import shutil
 import tempfile
@@ -37,16 +36,6 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 
 import entry  # noqa: E402
-
-
-def pytest_configure(config):
-  """make test's selection (no slow or bench tests) compiles at LLVM -O0: its programs are tiny
-  and run for milliseconds, and LLVM's optimisation is most of XLA:CPU's compile time (a third
-  of these tests' CPU time). make test-slow keeps XLA's default, the code users run."""
-  markexpr = config.getoption("markexpr") or ""
-  if ("not slow" in markexpr and "not bench" in markexpr
-      and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]):
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # Before jax's backend.
 
 
 def pytest_unconfigure(config):
