@@ -36,6 +36,7 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 
 import entry  # noqa: E402
+from tiers import TIER2  # noqa: E402
 
 
 def pytest_unconfigure(config):
@@ -52,7 +53,11 @@ HEAVY_FILES = ("test_training.py", "test_decoding.py", "test_sparse_step.py", "t
                "test_layers.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # Before -m selects: the tier2 marker must be on the items.
 def pytest_collection_modifyitems(items):
+  for item in items:
+    if f"{item.path.name}::{item.name}" in TIER2:
+      item.add_marker(pytest.mark.tier2)
   heavy = lambda item: (HEAVY_FILES.index(item.path.name) if item.path.name in HEAVY_FILES
                         else len(HEAVY_FILES))
   items.sort(key=heavy)  # Stable: the light files, and each file's tests, keep their order.

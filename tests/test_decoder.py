@@ -78,7 +78,7 @@ def test_checkpoint_records_the_family_and_old_t5_checkpoints_load(tmp_path):
 
 # -- the network ---------------------------------------------------------------------------------
 def test_parameter_tree_and_logical_axes():
-  model = DecoderLM(tiny.decoder_config(qkv_bias=True, logits_via_embedding=True),
+  model = DecoderLM(tiny.decoder_config(qkv_bias=True, logits_via_embedding=True, num_layers=2),
                     tiny.flix())
   boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
   specs = jax.tree.map(tuple, nn.get_partition_spec(boxed),
@@ -130,7 +130,7 @@ def test_merged_weights_equal_the_adapter_path_and_unmerge_restores():
     assert "bias" in merged["layers_0"]["attention"]["query"]  # Kept beside the merged kernel.
     np.testing.assert_allclose(logits(DecoderLM(CONFIG), merged, None, toks),
                                logits(model, params, ids, toks), rtol=1e-4, atol=1e-4)
-  layer = params["layers_1"]["mlp"]["wo"]
+  layer = params["layers_0"]["mlp"]["wo"]
   merged_kernel = merge.merge(layer, flix, [0, 3])
   assert np.abs(merged_kernel - layer["kernel"]).max() > 1e-2
   np.testing.assert_allclose(merge.unmerge(merged_kernel, layer, flix, [0, 3]), layer["kernel"],

@@ -20,8 +20,9 @@ TOL = dict(rtol=1e-5, atol=1e-4)
 
 @functools.lru_cache(maxsize=None)
 def _setup():
-  """Tiny random FLix T5 (adapters non-zero); EOS logits scaled up so some rows stop early."""
-  model = T5(tiny.t5_config(), tiny.flix())
+  """Tiny random FLix T5 of one layer per stack (adapters non-zero; several layers' caches:
+  test_t5's cached decoding); EOS logits scaled up so some rows stop early."""
+  model = T5(tiny.t5_config(num_encoder_layers=1, num_decoder_layers=1), tiny.flix())
   params = tiny.random_params(model, seed=0)
   kernel = params["decoder"]["logits_dense"]["kernel"]
   params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, decoding.EOS_ID].multiply(3.0)

@@ -72,7 +72,7 @@ def test_merged_combination_equals_adapter_path_and_unmerge_restores():
   assert "lora_a_task" not in merged["encoder"]["layers_0"]["attention"]["query"]
   np.testing.assert_allclose(logits(T5(model.config, None), merged, None, enc, dec),
                              logits(model, params, ids, enc, dec), rtol=1e-4, atol=1e-4)
-  layer = params["decoder"]["layers_1"]["mlp"]["wi_0"]
+  layer = params["decoder"]["layers_0"]["mlp"]["wi_0"]
   kernel = merge.merge(layer, flix, combo)
   delta = merge.combination_delta(layer, flix, combo)
   assert np.abs(kernel - layer["kernel"]).max() > 1e-2
@@ -164,7 +164,7 @@ def test_every_parameter_has_logical_axis_names():
 
 def test_t5x_parameter_tree_and_adapter_targets():
   flix = tiny.flix(targets=("*.query", "*.value", "decoder.mlp.wo"))
-  model, params = tiny.model_and_params(flix)
+  model, params = tiny.model_and_params(flix, num_encoder_layers=2, num_decoder_layers=2)
   p = nn.unbox(params)
   assert set(p) == {"token_embedder", "encoder", "decoder"}
   assert set(p["encoder"]) == {"relpos_bias", "layers_0", "layers_1", "encoder_norm"}
@@ -225,7 +225,8 @@ def _incremental_logits(model, params, enc, dec, ids):
 
 
 def test_cached_decoding_equals_teacher_forcing_with_beam_expanded_ids():
-  model, params = tiny.model_and_params(tiny.flix())
+  # Two decoder layers: each layer's cache is its own.
+  model, params = tiny.model_and_params(tiny.flix(), num_decoder_layers=2)
   params = tiny.randomize_adapters(params)
   enc, dec = tiny.batch(size=3)
   ids = jnp.asarray(tiny.MIXED_IDS[:3])

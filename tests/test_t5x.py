@@ -28,9 +28,10 @@ from flix.models.t5 import T5, T5Config, abstract_params
 from shared_files import shared_path
 import tiny
 
-GATED = tiny.t5_config(mlp_dim=48, num_decoder_layers=3)  # 2 + 3 layers, emb 32, 2 heads of 8.
+# 2 + 3 layers, emb 32, 2 heads of 8.
+GATED = tiny.t5_config(mlp_dim=48, num_encoder_layers=2, num_decoder_layers=3)
 RELU = tiny.t5_config(mlp_activations=("relu",), logits_via_embedding=True, num_heads=3,
-                      relpos_buckets=16)
+                      relpos_buckets=16, num_encoder_layers=2, num_decoder_layers=2)
 
 
 # -- writing T5X checkpoints --------------------------------------------------------------------
