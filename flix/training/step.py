@@ -33,10 +33,13 @@ class StepConfig:
     lazy_rows: on the dense path, rows absent from the batch keep their params and optimizer
       state (needs a row-separable optimizer too). False gives the plain dense update, where
       absent rows still move by momentum and weight decay. The row-sparse path is always lazy.
+    remat_policy: rematerialisation of the network's layer blocks (`flix.models.remat`: none,
+      full, dots_saveable, ...): less activation memory for more flops; same losses.
   """
 
   row_sparse: bool = False
   lazy_rows: bool = True
+  remat_policy: str = "none"
 
 
 def step_rng(state: TrainState) -> jax.Array:
