@@ -63,15 +63,19 @@ def batches(program, count: int):
 
 
 def train(program, steps: int = 3):
-  """(losses, final state) of `steps` steps from the seeded fresh state."""
+  """(losses, final state, the step's flops per device) of `steps` steps from the seeded
+  fresh state."""
   params = nn.unbox(program.model.init_params(jax.random.key(0)))
   state = initial_state(program, params, random_seed=0)
   step = program.step_fn()
   losses = []
   for batch in batches(program, steps):
-    state, metrics = step(state, program.partitioner.global_batch(batch))
+    batch = program.partitioner.global_batch(batch)
+    state, metrics = step(state, batch)
     losses.append(float(metrics["loss"]))
-  return losses, state
+  # The step compiled again: a hit in the tests' persistent compilation cache (conftest).
+  cost = step.lower(state, batch).compile().cost_analysis()
+  return losses, state, float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +87,8 @@ def one_device():
 def test_layout_trains_as_one_device(layout, one_device):
   mesh, options, remat_policy = LAYOUTS[layout]
   program = program_of(mesh, options, remat_policy)
-  losses, state = train(program)
-  ref_losses, ref_state = one_device
+  losses, state, flops = train(program)
+  ref_losses, ref_state, ref_flops = one_device
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   assert losses[-1] != losses[0]
   # Sharded reductions reorder float32 sums; Adafactor rescales updates (as test_training).
@@ -92,6 +96,8 @@ def test_layout_trains_as_one_device(layout, one_device):
                jax.device_get(state.params), jax.device_get(ref_state.params))
   for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(program.state)):
     assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
+  if remat_policy == "full":  # Each block's forward runs again in the backward pass.
+    assert flops > 1.1 * ref_flops, (flops, ref_flops)
 
 
 def test_two_d_partitioning_puts_embed_on_data():
@@ -173,7 +179,7 @@ def test_feature_tables_shard_their_feature_axis():
 def test_checkpoints_restore_across_layouts(tmp_path, one_device):
   """A (1, 1) checkpoint restores into the 2-D, feature-sharded layout with that layout's
   shardings and the same values, and back."""
-  _, state = one_device
+  _, state, _ = one_device
   sharded = program_of(*LAYOUTS["2d_and_feature_sharded"][:2])
   plain = program_of((1, 1))
   for source, target, name in ((state, sharded, "a"), (None, plain, "b")):

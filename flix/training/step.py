@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import optax
 
+from flix.models import remat
 from flix.models.model import BaseModel
 from flix.rows import active_row_mask, check_row_indexable, keep_inactive_rows
 from flix.training.state import TrainState
@@ -40,6 +41,9 @@ class StepConfig:
   row_sparse: bool = False
   lazy_rows: bool = True
   remat_policy: str = "none"
+
+  def __post_init__(self):
+    remat.check_policy(self.remat_policy)
 
 
 def step_rng(state: TrainState) -> jax.Array:
