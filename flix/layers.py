@@ -246,6 +246,7 @@ def example_scales(ids: jax.Array, col: int, scale: float, poison: jax.Array,
 def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array,
                  axes: Axes = (None, None)) -> jax.Array:
   """All tables as one wide LoRA with inactive columns zeroed. x3 `[B, T, d_in]` -> `[B, T, d_out]`."""
+  del axes  # Its activations `[B, T, sum F r]` are constrained by their own (rank) axis.
   batch, length, d_in = x3.shape
   a_cols, b_rows, coefs = [], [], []
   for col, (a, b, scale) in enumerate(tables):
@@ -300,6 +301,7 @@ def gather_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Arra
 def ragged_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array,
                  axes: Axes = (None, None)) -> jax.Array:
   """Tokens grouped by feature value, `jax.lax.ragged_dot` per type. `[B, T, d_in] -> [B, T, d_out]`."""
+  del axes  # Tokens sorted across the batch have no per-example layout to keep.
   batch, length, d_in = x3.shape
   x2 = x3.reshape(-1, d_in)
   out = None

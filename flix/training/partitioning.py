@@ -185,16 +185,6 @@ class Partitioner:
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())
 
-  def on_mesh(self, tree: Any) -> Any:
-    """Leaves already sharded over this mesh stay; others (e.g. optimizer step counters that
-    jit placed on one device) are replicated over it."""
-    def place(x):
-      sharding = getattr(x, "sharding", None)
-      if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
-        return x
-      return jax.device_put(x, self.replicated())
-    return jax.tree.map(place, tree)
-
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This host's rows -> global arrays sharded over 'data' (multi-host ready)."""
     sharding = self.batch_sharding()
