@@ -19,6 +19,7 @@ does not fit the chip is refused (after writing OUT when it compiled), exit stat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Sequence
@@ -30,6 +31,7 @@ FLAGS = ("--topology", "--mesh", "--feature_space", "--decode", "--json")
 TRAIN_ARGUMENTS = ("model_config", "adapters", "optimizer", "step_config", "batch_size",
                    "task_feature_lengths", "pack", "mixture_or_task_name",
                    "mixture_or_task_module", "use_cached_tasks")
+PARTITIONER_ARGUMENTS = ("rules", "parameter_partitioning_dims", "feature_shard_rows")
 
 
 def split_flags(argv: Sequence[str]) -> tuple[dict, list[str]]:
@@ -87,8 +89,8 @@ def compile_from_gin(options: dict) -> int:
   check_counts(BATCH_SIZE=batch_size, **{f"TASK_FEATURE_LENGTHS[{k!r}]": v
                                           for k, v in dict(lengths).items()})
   target = aot.Target.of(options["topology"])
-  rules = gin_utils.bound_arguments(partitioning.Partitioner, ["rules"])["rules"]
-  partitioner = target.partitioner(options["mesh"], rules)
+  layout = gin_utils.bound_arguments(partitioning.Partitioner, PARTITIONER_ARGUMENTS)
+  partitioner = target.partitioner(options["mesh"], **layout)
   if batch_size % partitioner.data_size:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the mesh's data axis "
                      f"({partitioner.data_size})")
@@ -101,14 +103,24 @@ def compile_from_gin(options: dict) -> int:
     space, n_types = loop.data_features(registration, args["mixture_or_task_name"],
                                         args["use_cached_tasks"])
   adapters = args["adapters"]
-  program = loop.build_step_program(args["model_config"], space, n_types, adapters,
-                                    args["optimizer"], args["step_config"], partitioner)
+
+  def build(strategy: str | None):
+    settings = adapters if strategy is None else dataclasses.replace(adapters, strategy=strategy)
+    return loop.build_step_program(args["model_config"], space, n_types, settings,
+                                   args["optimizer"], args["step_config"], partitioner)
+
   if options["decode"]:
-    result = aot.compile_decode(program, batch_size, lengths["inputs"], lengths["targets"],
-                                target)
+    shapes = (batch_size, lengths["inputs"], lengths["targets"])
+    compile_one = lambda program: aot.compile_decode(program, *shapes, target)
   else:
     pack, _ = loop.resolve_pack(args["pack"], adapters, None)
-    result = aot.compile_train_step(program, program.batch(lengths, batch_size, pack), target)
+    shapes = (tuple(sorted(dict(lengths).items())), batch_size, pack)
+    compile_one = lambda program: aot.compile_train_step(
+        program, program.batch(lengths, batch_size, pack), target)
+  key = repr((options["topology"], options["mesh"], layout, args["model_config"], adapters,
+              id(args["optimizer"]), args["step_config"], options["decode"], shapes,
+              None if space is None else [(t.name, t.size) for t in space.types]))
+  result = aot.compile_choosing(build, compile_one, target, key)
   files.write_json(options["json"], result.report)
   report = result.report
   print(f"{result.what}: {report['memory']['total_bytes'] / topology.GIB:.2f} GiB per chip "

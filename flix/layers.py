@@ -30,6 +30,12 @@ All strategies give the same outputs and gradients (to float32 rounding).
 Gradients with respect to a table are table-sized (F rows) in JAX; `flix.rows` makes a
 training step's adapter work independent of F by running the model on the batch's rows only.
 
+Layout: each example's gathered rows `[B, r, d]`, the adapter activations `[B, T, r]` and the
+delta `[B, T, d_out]` are constrained to logical axes (`nn.with_logical_constraint`: batch, the
+kernel's own axis for d) as T5X constrains activations, so that SPMD partitioning gathers rows
+locally instead of all-gathering whole tables; a no-op unless a step traces under the
+partitioner's rules (`flix.training.partitioning.Partitioner.activation_rules`).
+
 Feature ids enter as int `[batch, n_types]`; `INACTIVE` (-1) switches a type off for an
 example. Bad ids are never silently clamped: concrete ids are checked eagerly (ValueError);
 under `jit` an example with an out-of-range id gets NaN outputs.
@@ -50,6 +56,8 @@ from flix.features import INACTIVE
 # Logical axis names of the adapter axes (base axes reuse the kernel's T5X names).
 FEATURE_AXIS = "flix_feature"
 RANK_AXIS = "flix_rank"
+# Logical axes of activations (T5X's names).
+BATCH_AXIS, LENGTH_AXIS = "batch", "length"
 
 Initializer = Callable[..., jax.Array]
 
@@ -179,16 +187,30 @@ class FlixDense(nn.Module):
                        jnp.float32)
         tables.append((a.astype(self.dtype), b.astype(self.dtype), self.flix.scale(r)))
       ids = feature_ids.astype(jnp.int32)
-      x3 = x2.reshape(batch, -1, d_in)
+      x3 = constrain(x2.reshape(batch, -1, d_in), in_axis)
       compute = STRATEGY_FNS[self.flix.resolved_strategy()]
-      y = y + compute(x3, ids, tables, bad).reshape(-1, d_out)
+      delta = constrain(compute(x3, ids, tables, bad, (in_axis, out_axis)), out_axis)
+      y = y + delta.reshape(-1, d_out)
     return y.reshape(*lead, d_out)
 
 
 Tables = Sequence[tuple[jax.Array, jax.Array, float]]  # per type: (A [F,r,d_in], B [F,r,d_out], s)
+Axes = tuple[str, str]  # The kernel's logical (input, output) axis names.
 
-# Every strategy maps (x3 `[B, T, d_in]`, ids `[B, n_types]`, tables, poison `[B]` bool) to the
-# featurized delta `[B, T, d_out]`; examples marked `poison` (bad ids under jit) come out NaN.
+# Every strategy maps (x3 `[B, T, d_in]`, ids `[B, n_types]`, tables, poison `[B]` bool, the
+# kernel's logical axes) to the featurized delta `[B, T, d_out]`; examples marked `poison` (bad
+# ids under jit) come out NaN.
+
+
+def constrain(x: jax.Array, last_axis: str | None) -> jax.Array:
+  """`x` `[B, T, last]` laid out as (batch, length, `last_axis`) under the partitioner's rules
+  (a no-op outside them; see the module docstring)."""
+  return nn.with_logical_constraint(x, (BATCH_AXIS, LENGTH_AXIS, last_axis))
+
+
+def constrain_rows(rows: jax.Array, last_axis: str) -> jax.Array:
+  """Per-example rows `[B, r, d]` laid out as (batch, rank, `last_axis`)."""
+  return nn.with_logical_constraint(rows, (BATCH_AXIS, RANK_AXIS, last_axis))
 
 
 FAN_IN_NORMAL = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
@@ -221,8 +243,10 @@ def example_scales(ids: jax.Array, col: int, scale: float, poison: jax.Array,
   return jnp.where(poison, jnp.nan, scales).astype(dtype)
 
 
-def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array) -> jax.Array:
+def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array,
+                 axes: Axes = (None, None)) -> jax.Array:
   """All tables as one wide LoRA with inactive columns zeroed. x3 `[B, T, d_in]` -> `[B, T, d_out]`."""
+  del axes  # Its activations `[B, T, sum F r]` are constrained by their own (rank) axis.
   batch, length, d_in = x3.shape
   a_cols, b_rows, coefs = [], [], []
   for col, (a, b, scale) in enumerate(tables):
@@ -236,6 +260,7 @@ def masked_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Arra
   # Poisoned examples: added, not multiplied (XLA folds one_hot * NaN into a select giving 0).
   coef = jnp.concatenate(coefs, 1) + jnp.where(poison, jnp.nan, 0.0).astype(x3.dtype)[:, None]
   h = (x3.reshape(-1, d_in) @ a_all.T).reshape(batch, length, -1) * coef[:, None, :]
+  h = constrain(h, RANK_AXIS)
   return (h.reshape(batch * length, -1) @ b_all).reshape(batch, length, -1)
 
 
@@ -251,12 +276,13 @@ def example_rows(table: jax.Array, ids: jax.Array, tokens: int) -> jax.Array:
   n = table.shape[0]
   if n <= tokens:
     onehot = jax.nn.one_hot(ids, n, dtype=table.dtype)
-    flat = jnp.matmul(onehot, table.reshape(n, -1), precision=jax.lax.Precision.HIGHEST)
-    return flat.reshape(ids.shape + table.shape[1:])
+    # No reshape of the table to [n, r * d]: merging r with a sharded d would all-gather it.
+    return jnp.einsum("bn,n...->b...", onehot, table, precision=jax.lax.Precision.HIGHEST)
   return jnp.take(table, ids, axis=0, mode="clip")  # Clamps ids outside 0..n-1.
 
 
-def gather_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array) -> jax.Array:
+def gather_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array,
+                 axes: Axes = (None, None)) -> jax.Array:
   """Per-example gather of active rows + batched matmuls. x3 `[B, T, d_in]` -> `[B, T, d_out]`."""
   a_cols, b_rows, coefs = [], [], []
   tokens = x3.shape[1]
@@ -266,13 +292,16 @@ def gather_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Arra
     b_rows.append(example_rows(b, ids[:, col], tokens))  # [B, r, d_out]
     scales = example_scales(ids, col, scale, poison, x3.dtype)
     coefs.append(jnp.repeat(scales[:, None], a.shape[1], axis=1))
-  a_ex, b_ex = jnp.concatenate(a_cols, 1), jnp.concatenate(b_rows, 1)
+  a_ex = constrain_rows(jnp.concatenate(a_cols, 1), axes[0])
+  b_ex = constrain_rows(jnp.concatenate(b_rows, 1), axes[1])
   h = jnp.einsum("btd,brd->btr", x3, a_ex) * jnp.concatenate(coefs, 1)[:, None, :]
-  return jnp.einsum("btr,bro->bto", h, b_ex)
+  return jnp.einsum("btr,bro->bto", constrain(h, RANK_AXIS), b_ex)
 
 
-def ragged_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array) -> jax.Array:
+def ragged_delta(x3: jax.Array, ids: jax.Array, tables: Tables, poison: jax.Array,
+                 axes: Axes = (None, None)) -> jax.Array:
   """Tokens grouped by feature value, `jax.lax.ragged_dot` per type. `[B, T, d_in] -> [B, T, d_out]`."""
+  del axes  # Tokens sorted across the batch have no per-example layout to keep.
   batch, length, d_in = x3.shape
   x2 = x3.reshape(-1, d_in)
   out = None

@@ -3,6 +3,7 @@ for a CPU mesh, and the report it writes: the FLix tables keep their configured 
 arguments hold at least the parameters, collectives appear on a model axis, and what cannot fit
 is refused. TPU targets need libtpu (flix's test extra); those tests skip without it."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
@@ -48,7 +50,7 @@ T5 = tiny.t5_config(emb_dim=64, num_heads=2, head_dim=32, mlp_dim=128, num_encod
 DECODER = DecoderConfig(vocab_size=128, emb_dim=64, num_heads=4, num_kv_heads=2, head_dim=16,
                         mlp_dim=128, num_layers=1)
 REPORT_KEYS = {"topology", "chip", "mesh", "method", "strategy", "feature_values", "memory",
-               "fits", "cost", "collectives", "flix_tables", "compile_seconds"}
+               "fits", "cost", "collectives", "flix_tables", "compile_seconds", "auto"}
 MEMORY_KEYS = {"params_bytes", "opt_state_bytes", "batch_bytes", "temp_bytes", "output_bytes",
                "code_bytes", "total_bytes", "hbm_bytes"}
 COST_KEYS = {"flops", "bytes_accessed", "xla_seconds", "roofline_seconds", "mfu"}
@@ -56,12 +58,13 @@ COST_KEYS = {"flops", "bytes_accessed", "xla_seconds", "roofline_seconds", "mfu"
 MODEL_AXES = {"vocab", "mlp", "heads", "joined_kv"}
 
 
-def build(config, target_name, mesh, method="flix", space=SPACE):
+def build(config, target_name, mesh, method="flix", space=SPACE, strategy="auto",
+          step_config=StepConfig()):
   target = aot.Target.of(target_name)
   adapters = loop.AdapterSettings(method=method, feature_ranks={"task": 2, "lang": 2},
-                                  lora_rank=2, targets=TARGETS)
+                                  lora_rank=2, targets=TARGETS, strategy=strategy)
   program = loop.build_step_program(config, space, space.n_types, adapters, make_optimizer(),
-                                    StepConfig(), target.partitioner(mesh, DEFAULT_RULES))
+                                    step_config, target.partitioner(mesh, DEFAULT_RULES))
   return program, target
 
 
@@ -158,6 +161,50 @@ def test_arguments_hold_the_parameters_and_collectives_appear(family, request):
   assert all(c["count"] >= 1 and c["bytes"] > 0 for c in kinds.values())
   # The model axis splits matmuls: partial products are reduced or gathered over it.
   assert sum(c["count"] for c in kinds.values()) > 1
+  # FlixDense's layout constraints: no table is all-gathered to compute its examples' rows
+  # (before them, each was gathered about 5 times); what remains is at most one gather per
+  # table, of the tables replicated on the model axis whose update XLA splits over it, and a
+  # few outside the adapters (the loss's; LoRA's step has 2).
+  tables = len(compiled.report["flix_tables"])
+  assert kinds.get("all-gather", {"count": 0})["count"] <= tables + 4, kinds
+
+
+@needs_libtpu
+def test_auto_picks_the_cheapest_compiled_strategy_on_tpu(decoder_v5e):
+  """On v5e `auto` compiles masked, gather and ragged for the step's shapes and takes the
+  least roofline time among those that fit; the pick is cached per shape (a second call
+  compiles the pick alone)."""
+  fixture = decoder_v5e[1]  # Strategy 'auto' resolved by the CPU rule: gather, compiled.
+  assert fixture.report["strategy"] == "gather"
+  done = {"gather": dataclasses.replace(fixture, report=dict(fixture.report))}
+  compiles = []
+
+  def compile_one(program):  # Each strategy's step compiled once (gather's by the fixture).
+    strategy = program.flix.strategy
+    compiles.append(strategy)
+    if strategy not in done:
+      done[strategy] = aot.compile_train_step(program, program.batch(LENGTHS, BATCH, False),
+                                              target)
+    return done[strategy]
+
+  def build_with(strategy):
+    return build(DECODER, "v5e:2x2", (2, 2), strategy=strategy or "auto")[0]
+
+  _, target = build(DECODER, "v5e:2x2", (2, 2))
+  key = ("test_compile", "decoder", "v5e:2x2")
+  report = aot.compile_choosing(build_with, compile_one, target, key).report
+  auto = report["auto"]
+  assert [c["strategy"] for c in auto["candidates"]] == ["masked", "gather", "ragged"]
+  assert compiles == ["masked", "gather", "ragged"]
+  for c in auto["candidates"]:
+    assert c["fits"] and c["flops"] > 0 and c["temp_bytes"] >= 0
+    assert c["roofline_seconds"] == pytest.approx(max(c["flops"] / 197e12,
+                                                      c["bytes_accessed"] / 819e9))
+  best = min(auto["candidates"], key=lambda c: (c["roofline_seconds"], c["flops"]))
+  assert auto["pick"] == best["strategy"] == report["strategy"]
+  assert report["cost"]["flops"] == best["flops"]
+  again = aot.compile_choosing(build_with, compile_one, target, key).report
+  assert compiles[3:] == [auto["pick"]] and again["auto"] == auto
 
 
 @needs_libtpu
@@ -221,6 +268,33 @@ def test_cli_report_on_a_cpu_mesh(tmp_path):
   assert any(c["kind"] == "all-reduce" for c in report["collectives"])
   assert {tuple(t["spec"]) for t in report["flix_tables"]} == {(None, None, None),
                                                                (None, None, "model")}
+  # On CPU `auto` resolves by FlixConfig's rule (task 3 x 2 + lang 5 x 2 = 16 columns, at
+  # most 2x an example's 4: no; so gather), without compiling candidates.
+  assert report["auto"] is None and report["strategy"] == "gather"
+
+
+def test_cli_reports_sharded_feature_tables_and_2d_parameters(tmp_path):
+  """lang's 16-row tables shard their feature axis over all 8 devices; task's 3 rows stay
+  whole, and with 2-D partitioning the query's A `[F, r, d_in = embed]` is split over data."""
+  out = str(tmp_path / "sharded.json")
+  code, err = run_cli(f"--gin_search_paths={GIN_DIR}", f"--gin_file={GIN_DIR}/tiny_decoder.gin",
+                      "--topology=cpu:8", "--mesh=4,2", "--feature_space=task:3,lang:16",
+                      f"--gin.TARGETS={TARGETS!r}", "--gin.Partitioner.feature_shard_rows=8",
+                      "--gin.Partitioner.parameter_partitioning_dims=2", f"--json={out}")
+  assert code == 0, err
+  with open(out) as f:
+    report = json.load(f)
+  specs = {}
+  for table in report["flix_tables"]:
+    total = 4 * math.prod(table["shape"])
+    specs["/".join(table["name"].split("/")[-3:])] = table["spec"]
+    if table["name"].endswith("_lang"):
+      assert table["spec"][0] == ["data", "model"], table
+      assert table["bytes_per_device"] <= 2 * total / 8
+  assert specs["attention/query/lora_a_task"] == [None, None, "data"]
+  assert specs["mlp/wo/lora_b_task"] == [None, None, "data"]
+  assert specs["attention/query/lora_b_task"] == [None, None, "model"]
+  assert any(c["kind"] == "all-reduce" for c in report["collectives"])
 
 
 def test_cli_refuses_after_compiling_and_keeps_the_report(tmp_path):

@@ -571,6 +571,10 @@ for _id, _args in {
     "compile-topology-unknown": ["--topology=tpu:4"],
     "compile-mesh-not-the-topology": ["--mesh=2,2"],
     "compile-feature-space-bad": ["--feature_space=task"],
+    "partitioning-dims-unknown": ["--gin.Partitioner.parameter_partitioning_dims=3"],
+    "partitioning-feature-shard-rows-bad": ["--gin.Partitioner.feature_shard_rows=0"],
+    "remat-policy-unknown": ["--gin.train.step_config=@StepConfig()",
+                             "--gin.StepConfig.remat_policy='some'"],
 }.items():
   check(_id)(lambda env, a=_args: compile_cli(env, *a)[0])
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.layers import FAN_IN_NORMAL, projections
+from flix.models import remat
 from flix.models.segments import same_segment
 
 MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
@@ -282,8 +283,8 @@ class DecoderBlock(nn.Module):
   flix: FlixConfig | None = None
 
   @nn.compact
-  def __call__(self, x, feature_ids, positions, mask_fn, cache_index=None, *,
-               deterministic: bool):
+  def __call__(self, x, feature_ids, positions, mask_fn, cache_index=None,
+               deterministic: bool = True):
     cfg = self.config
     drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     norm = functools.partial(RMSNorm, cfg.norm_epsilon, cfg.norm_scale_plus_one)
@@ -299,6 +300,7 @@ class DecoderLM(nn.Module):
 
   config: DecoderConfig
   flix: FlixConfig | None = None
+  remat_policy: str = "none"  # Of the layer blocks in training (flix.models.remat).
 
   @staticmethod
   def projection_names(config: DecoderConfig) -> tuple[str, ...]:
@@ -344,9 +346,12 @@ class DecoderLM(nn.Module):
       x = x * jnp.asarray(cfg.emb_dim**0.5, dtype)
     deterministic = not enable_dropout
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    # The decode step (its cache is mutable state) is never rematerialised.
+    block = remat.block(DecoderBlock, "none" if decode else self.remat_policy,
+                        static_argnums=(4, 6))
     for i in range(cfg.num_layers):
-      x = DecoderBlock(cfg, self.flix, name=f"layers_{i}")(
-          x, feature_ids, positions, mask_fn, cache_index, deterministic=deterministic)
+      x = block(cfg, self.flix, name=f"layers_{i}")(
+          x, feature_ids, positions, mask_fn, cache_index, deterministic)
     x = RMSNorm(cfg.norm_epsilon, cfg.norm_scale_plus_one, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if cfg.logits_via_embedding:

@@ -41,7 +41,7 @@ import numpy as np
 from flix.decoding import EOS_ID, DecodeOptions, DecodeResult
 from flix.config import FlixConfig
 from flix.features import FEATURE_IDS, INACTIVE, check_dropout_rate, feature_dropout
-from flix.models import decode_fns, losses, segments
+from flix.models import decode_fns, losses, remat, segments
 from flix.models.decoder import DecoderConfig, DecoderLM
 from flix.models.t5 import T5, T5Config
 
@@ -327,15 +327,18 @@ class DecoderOnlyModel(BaseModel):
     return {"decoder_input_tokens": tokens, "decoder_causal_attention": causal}
 
 
-def make_model(model_config: Any, flix: FlixConfig | None = None, **kwargs) -> BaseModel:
+def make_model(model_config: Any, flix: FlixConfig | None = None, *,
+               remat_policy: str = "none", **kwargs) -> BaseModel:
   """The model object of `model_config`'s family with adapters `flix`: EncoderDecoderModel for
   a T5Config, DecoderOnlyModel for a DecoderConfig.
 
+  remat_policy: the layer blocks' rematerialisation in training (`flix.models.remat`).
   kwargs: BaseModel options (feature_dropout, z_loss, loss_normalizer).
   """
+  remat.check_policy(remat_policy)
   if isinstance(model_config, T5Config):
-    return EncoderDecoderModel(T5(model_config, flix), **kwargs)
+    return EncoderDecoderModel(T5(model_config, flix, remat_policy), **kwargs)
   if isinstance(model_config, DecoderConfig):
-    return DecoderOnlyModel(DecoderLM(model_config, flix), **kwargs)
+    return DecoderOnlyModel(DecoderLM(model_config, flix, remat_policy), **kwargs)
   raise ValueError(f"unknown model config {type(model_config).__name__}: expected a T5Config or "
                    "a DecoderConfig")

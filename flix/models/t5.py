@@ -27,6 +27,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.layers import FAN_IN_NORMAL, projections
+from flix.models import remat
 from flix.models.segments import same_segment
 
 
@@ -202,7 +203,7 @@ class EncoderLayer(nn.Module):
   flix: FlixConfig | None = None
 
   @nn.compact
-  def __call__(self, x, feature_ids, mask, bias, *, deterministic: bool):
+  def __call__(self, x, feature_ids, mask, bias, deterministic: bool):
     cfg = self.config
     drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_attention_layer_norm")(x)
@@ -218,7 +219,7 @@ class DecoderLayer(nn.Module):
   flix: FlixConfig | None = None
 
   @nn.compact
-  def __call__(self, y, encoded, feature_ids, self_mask, self_bias, cross_mask, *,
+  def __call__(self, y, encoded, feature_ids, self_mask, self_bias, cross_mask,
                deterministic: bool, decode: bool):
     cfg = self.config
     drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -238,6 +239,7 @@ class Encoder(nn.Module):
   config: T5Config
   embedder: nn.Module
   flix: FlixConfig | None = None
+  remat_policy: str = "none"  # flix.models.remat
 
   @nn.compact
   def __call__(self, tokens, feature_ids, segment_ids=None, *, deterministic: bool):
@@ -251,9 +253,9 @@ class Encoder(nn.Module):
         np.arange(length), np.arange(length))
     x = self.embedder(tokens).astype(jnp.dtype(cfg.dtype))
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    layer = remat.block(EncoderLayer, self.remat_policy, static_argnums=(5,))
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, self.flix, name=f"layers_{i}")(x, feature_ids, mask, bias,
-                                                          deterministic=deterministic)
+      x = layer(cfg, self.flix, name=f"layers_{i}")(x, feature_ids, mask, bias, deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -262,6 +264,7 @@ class Decoder(nn.Module):
   config: T5Config
   embedder: nn.Module
   flix: FlixConfig | None = None
+  remat_policy: str = "none"  # flix.models.remat
 
   @nn.compact
   def __call__(self, encoded, encoder_tokens, decoder_input_tokens, feature_ids,
@@ -297,10 +300,12 @@ class Decoder(nn.Module):
       cross_mask = cross_mask & same_segment(decoder_segment_ids, encoder_segment_ids)
     y = self.embedder(decoder_input_tokens).astype(jnp.dtype(cfg.dtype))
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    # The decode step (its cache is mutable state) is never rematerialised.
+    layer = remat.block(DecoderLayer, "none" if decode else self.remat_policy,
+                        static_argnums=(7, 8))
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, self.flix, name=f"layers_{i}")(
-          y, encoded, feature_ids, self_mask, self_bias, cross_mask,
-          deterministic=deterministic, decode=decode)
+      y = layer(cfg, self.flix, name=f"layers_{i}")(
+          y, encoded, feature_ids, self_mask, self_bias, cross_mask, deterministic, decode)
     y = RMSNorm(cfg.layer_norm_epsilon, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:  # Original T5: tied embeddings, output rescaled by d**-0.5.
@@ -315,6 +320,7 @@ class T5(nn.Module):
 
   config: T5Config
   flix: FlixConfig | None = None
+  remat_policy: str = "none"  # Of the layer blocks in training (flix.models.remat).
 
   def setup(self):
     cfg = self.config
@@ -322,8 +328,8 @@ class T5(nn.Module):
         cfg.vocab_size, cfg.emb_dim, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                     ("vocab", "embed")))
-    self.encoder = Encoder(cfg, self.token_embedder, self.flix)
-    self.decoder = Decoder(cfg, self.token_embedder, self.flix)
+    self.encoder = Encoder(cfg, self.token_embedder, self.flix, self.remat_policy)
+    self.decoder = Decoder(cfg, self.token_embedder, self.flix, self.remat_policy)
 
   @staticmethod
   def projection_names(config: T5Config) -> tuple[str, ...]:

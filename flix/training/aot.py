@@ -26,9 +26,10 @@ roofline and MFU are None.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -39,20 +40,23 @@ from flix.features import FeatureSpace
 from flix.layers import table_type
 from flix.models import decode_fns
 from flix.models.model import EncoderDecoderModel
-from flix.training import hlo_stats, topology
+from flix.training import auto_strategy, hlo_stats, topology
 from flix.training.partitioning import Partitioner
 from flix.training.program import TrainProgram, state_bytes_per_device
 
 GIB = topology.GIB
 # What would help, by what does not fit.
-STATE_LEVERS = ("shard the parameters over more chips (a larger MODEL in --mesh=DATA,MODEL), "
-                "train adapters only (METHOD 'flix' or 'lora': no optimizer state for the "
-                "base), fewer feature values or lower ranks; 2-D (FSDP-style) parameter "
-                "partitioning is not in flix yet")
+STATE_LEVERS = ("shard the parameters over more chips (a larger MODEL in --mesh=DATA,MODEL, "
+                "or 2-D partitioning: --gin.Partitioner.parameter_partitioning_dims=2), train "
+                "adapters only (METHOD 'flix' or 'lora': no optimizer state for the base), "
+                "shard large FLix tables' feature axis (--gin.Partitioner.feature_shard_rows=N), "
+                "fewer feature values or lower ranks")
 STEP_LEVERS = ("a larger MODEL in --mesh=DATA,MODEL, a smaller BATCH_SIZE or "
-               "TASK_FEATURE_LENGTHS, ACTIVATION_DTYPE 'bfloat16', the row-sparse step "
-               "(runs/row_sparse.gin) or strategy 'gather' for large FLix tables; "
-               "rematerialisation and 2-D parameter partitioning are not in flix yet")
+               "TASK_FEATURE_LENGTHS, ACTIVATION_DTYPE 'bfloat16', rematerialisation "
+               "(--gin.StepConfig.remat_policy='full' with train.step_config = @StepConfig()), "
+               "2-D parameter partitioning (--gin.Partitioner.parameter_partitioning_dims=2), "
+               "the row-sparse step (runs/row_sparse.gin) or strategy 'gather' for large FLix "
+               "tables")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +72,11 @@ class Target:
     devices, chip = topology.target_devices(name)
     return cls(name, devices, chip)
 
-  def partitioner(self, mesh_shape, rules) -> Partitioner:
-    """The (data, model) mesh over all of this target's devices (-1: the rest)."""
-    partitioner = Partitioner(mesh_shape=tuple(mesh_shape), rules=rules, devices=self.devices)
+  def partitioner(self, mesh_shape, rules, **options) -> Partitioner:
+    """The (data, model) mesh over all of this target's devices (-1: the rest); `options`: the
+    Partitioner's other fields (parameter_partitioning_dims, feature_shard_rows)."""
+    partitioner = Partitioner(mesh_shape=tuple(mesh_shape), rules=rules, devices=self.devices,
+                              **options)
     used = partitioner.mesh.devices.size
     if used != len(self.devices):
       raise ValueError(f"--mesh={','.join(map(str, mesh_shape))} uses {used} devices, but "
@@ -131,11 +137,28 @@ class Compiled:
             f"{STEP_LEVERS}")
 
 
+@contextlib.contextmanager
+def _without_persistent_cache(chip: topology.Chip) -> Iterator[None]:
+  """A deviceless TPU executable cannot be read back from JAX's persistent compilation cache
+  (reading fails: "PjRtCompiler must be constructed with a Client", and JAX warns), so TPU
+  targets compile without it; CPU targets keep it."""
+  if chip.name == "cpu":
+    yield
+    return
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+
+
 def _compile(lower: Callable[[], Any], what: str, chip: topology.Chip) -> tuple[Any, float]:
   """(compiled, seconds to lower and compile); XLA's own out-of-memory is a DoesNotFitError."""
   start = time.perf_counter()
   try:
-    compiled = lower().compile()
+    with _without_persistent_cache(chip):
+      compiled = lower().compile()
   except Exception as e:  # pylint: disable=broad-except
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
@@ -157,6 +180,24 @@ def compile_train_step(program: TrainProgram, batch: dict, target: Target) -> Co
   return _report(program, target, compiled, seconds, what=what,
                  params=program.state.params, opt_state=program.state.opt_state,
                  batch=batch)
+
+
+def compile_choosing(build: Callable[[str | None], TrainProgram],
+                     compile_one: Callable[[TrainProgram], Compiled], target: Target,
+                     key: Any) -> Compiled:
+  """`compile_one(build(None))` (the configured strategy; `build(s)`: the program with FLix
+  strategy `s`), except that on a TPU target with strategy 'auto' the strategy is
+  `flix.training.auto_strategy`'s pick, compiled per candidate (cached by `key`); the report's
+  `auto` holds the candidates' costs and the pick (None where `auto` is not chosen so)."""
+  program = build(None)
+  if not auto_strategy.applies(program.flix, target.chip):
+    return compile_one(program)
+  auto, compiled = auto_strategy.choose(program.flix, key,
+                                        lambda strategy: compile_one(build(strategy)),
+                                        what=f"{program.method} on {target.name}")
+  result = compiled.get(auto["pick"]) or compile_one(build(auto["pick"]))
+  result.report["auto"] = auto
+  return result
 
 
 def decode_inputs(program: TrainProgram, batch_size: int, input_length: int) -> dict:
@@ -246,5 +287,6 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float, *, 
       "collectives": hlo_stats.collectives(compiled.as_text()),
       "flix_tables": flix_tables(params),
       "compile_seconds": round(seconds, 3),
+      "auto": None,  # Set by compile_choosing where `auto` is chosen by compiling.
   }
   return Compiled(report, what, chip, memory["argument"], compiled)

@@ -34,6 +34,7 @@ from flix.errors import CheckpointError, DamagedCheckpointError, Interrupted, No
 from flix.features import FeatureSpace
 from flix.models.model import BaseModel
 from flix.trainable import METHODS
+from flix.training import aot, auto_strategy, topology
 from flix.training.batches import TrainBatches, check_data_shards, has_iterator_state
 from flix.training.checkpointer import (Checkpointer, latest_everywhere, read_train_state_json,
                                         step_dirs)
@@ -266,6 +267,28 @@ def build_step_program(model_config: Any, data_space: FeatureSpace | None, n_typ
                        partitioner=partitioner)
 
 
+def choose_strategy_on_tpu(program: TrainProgram, build: Callable[[str], TrainProgram],
+                           batch: dict) -> TrainProgram:
+  """`program`, or on a TPU backend with FLix strategy 'auto', the program with the strategy
+  whose train step compiles cheapest on these chips for `batch`'s shapes
+  (`flix.training.auto_strategy`; `build(s)`: the program with strategy `s`). Elsewhere
+  (CPU, GPU, a set strategy) `auto` resolves as `FlixConfig.resolved_strategy` says."""
+  if jax.default_backend() != "tpu":
+    return program
+  chip = topology.TPU_CHIPS.get(jax.devices()[0].device_kind)
+  if chip is None or not auto_strategy.applies(program.flix, chip):
+    return program
+  devices = list(program.partitioner.mesh.devices.flat)
+  target = aot.Target(f"{chip.name} x{len(devices)}", devices, chip)
+  key = repr((program.model.module.config, program.flix, program.method, program.step_config,
+              tuple(program.partitioner.mesh.shape.items()), program.partitioner.param_rules,
+              program.partitioner.feature_shard_rows, id(program.optimizer),
+              sorted((k, v.shape) for k, v in batch.items())))
+  result = aot.compile_choosing(lambda s: program if s is None else build(s),
+                                lambda p: aot.compile_train_step(p, batch, target), target, key)
+  return build(result.report["strategy"])
+
+
 def fresh_state(program: TrainProgram, random_seed: int,
                 initial_checkpoint_path: str | None) -> TrainState:
   """Step 0: fresh params (or the base of `initial_checkpoint_path` with fresh adapters) and
@@ -322,7 +345,7 @@ def build_run(*, model_dir: str, mixture_or_task_name: str,
   data_space, n_types = data_features(registration, mixture_or_task_name, use_cached_tasks)
   program = build_step_program(model_config, data_space, n_types, adapters, optimizer,
                                step_config, partitioner)
-  model, flix = program.model, program.flix
+  flix = program.flix  # As configured (strategy 'auto' stays 'auto' in checkpoints).
   os.makedirs(model_dir, exist_ok=True)
   if checkpoints.is_primary():
     files.write_text(os.path.join(model_dir, "config.gin"),
@@ -337,6 +360,12 @@ def build_run(*, model_dir: str, mixture_or_task_name: str,
   pack, pack_reason = resolve_pack(pack, adapters, resume_from)
   if checkpoints.is_primary():
     print(f"PACK = {pack} ({pack_reason})", file=sys.stderr, flush=True)
+  program = choose_strategy_on_tpu(
+      program, lambda strategy: build_step_program(
+          model_config, data_space, n_types, dataclasses.replace(adapters, strategy=strategy),
+          optimizer, step_config, partitioner),
+      program.batch(task_feature_lengths, batch_size, pack))
+  model = program.model
 
   state = fresh_state(program, random_seed, initial_checkpoint_path)
   step_fn = program.step_fn()

@@ -5,10 +5,12 @@ step, built from abstract shapes only.
 builds the same program and compiles it for a target without allocating anything the size of
 the model (`flix.training.aot`). So what is compiled for a pod is what trains on it.
 
-Layout: parameters are sharded by their logical axis names (`Partitioner.rules`); the optimizer
-state takes the shardings that jit's propagation gives `optimizer.init` of those parameters,
-and a leaf it leaves unplaced (a step count) is replicated over the mesh; the step counter and
-the rng are replicated. Batches are sharded over 'data'. The step donates the state.
+Layout: parameters are sharded by their logical axis names (`Partitioner.shardings`:
+`param_rules`, feature tables' feature axis where `feature_shard_rows` says); each optimizer
+state leaf is sharded like its parameter (`Partitioner.like_params`: Adam's moments, Adafactor's
+full or factored second moments, per-row counts), other leaves (step counts) are replicated, as
+are the step counter and the rng. Batches are sharded over 'data'. The step traces under the
+partitioner's activation rules (`Partitioner.activation_rules`) and donates the state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
 
 from flix.config import FlixConfig
 from flix.data.converter import feature_converter
@@ -70,8 +71,13 @@ class TrainProgram:
     make_step = (make_row_sparse_train_step if self.step_config.row_sparse
                  else make_train_step)
     shardings = self.shardings()
-    return jax.jit(make_step(self.model, self.optimizer, mask, self.step_config),
-                   in_shardings=(shardings, self.partitioner.batch_sharding()),
+    step = make_step(self.model, self.optimizer, mask, self.step_config)
+
+    def constrained(state, batch):
+      with self.partitioner.activation_rules():
+        return step(state, batch)
+
+    return jax.jit(constrained, in_shardings=(shardings, self.partitioner.batch_sharding()),
                    out_shardings=(shardings, self.partitioner.replicated()),
                    donate_argnums=0)
 
@@ -91,7 +97,8 @@ def build_program(model_config: Any, flix: FlixConfig | None, n_types: int, *, m
                   step_config: StepConfig, partitioner: Partitioner) -> TrainProgram:
   """The model of `model_config` with adapters `flix`, `optimizer` on its trained leaves, and
   the state's layout over `partitioner`'s mesh."""
-  model = make_model(model_config, flix, feature_dropout=feature_dropout)
+  model = make_model(model_config, flix, feature_dropout=feature_dropout,
+                     remat_policy=step_config.remat_policy)
   boxed = jax.eval_shape(lambda: model.init_params(jax.random.key(0)))
   shapes = nn.unbox(boxed)
   params = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -109,28 +116,21 @@ def build_program(model_config: Any, flix: FlixConfig | None, n_types: int, *, m
 
 def _abstract_opt_state(optimizer: optax.GradientTransformation, params: Any,
                         partitioner: Partitioner) -> Any:
-  """`optimizer.init(params)`'s shapes with the shardings jit gives them (compiled, not run);
-  leaves not laid out over this mesh are replicated over it (`Partitioner.on_mesh`)."""
+  """`optimizer.init(params)`'s shapes, each sharded like its parameter
+  (`Partitioner.like_params`; others replicated)."""
   shapes = jax.eval_shape(optimizer.init, params)
-  if not jax.tree.leaves(shapes):
-    return shapes
-  compiled = jax.jit(optimizer.init).lower(params).compile()
-  replicated = partitioner.replicated()
-
-  def place(shape, sharding):
-    on_mesh = isinstance(sharding, NamedSharding) and sharding.mesh == partitioner.mesh
-    return jax.ShapeDtypeStruct(shape.shape, shape.dtype,
-                                sharding=sharding if on_mesh else replicated)
-
-  return jax.tree.map(place, shapes, compiled.output_shardings)
+  shardings = partitioner.like_params(shapes, params)
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                               sharding=sharding),
+                      shapes, shardings)
 
 
 def initial_state(program: TrainProgram, params: Any, random_seed: int) -> TrainState:
   """Step 0 of `program` from plain `params`: laid out as `program.state`, their optimizer
-  state (the init `build_program` compiled, from jit's cache) and the run's rng."""
+  state and the run's rng."""
   shardings = program.shardings()
   params = jax.device_put(params, shardings.params)
-  opt_state = program.partitioner.on_mesh(jax.jit(program.optimizer.init)(params))
+  opt_state = jax.jit(program.optimizer.init, out_shardings=shardings.opt_state)(params)
   root = jax.random.key(random_seed)
   return TrainState(step=jax.device_put(jnp.int32(0), shardings.step), params=params,
                     opt_state=opt_state,

@@ -15,6 +15,7 @@ from typing import Callable
 import jax
 import optax
 
+from flix.models import remat
 from flix.models.model import BaseModel
 from flix.rows import active_row_mask, check_row_indexable, keep_inactive_rows
 from flix.training.state import TrainState
@@ -33,10 +34,16 @@ class StepConfig:
     lazy_rows: on the dense path, rows absent from the batch keep their params and optimizer
       state (needs a row-separable optimizer too). False gives the plain dense update, where
       absent rows still move by momentum and weight decay. The row-sparse path is always lazy.
+    remat_policy: rematerialisation of the network's layer blocks (`flix.models.remat`: none,
+      full, dots_saveable, ...): less activation memory for more flops; same losses.
   """
 
   row_sparse: bool = False
   lazy_rows: bool = True
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    remat.check_policy(self.remat_policy)
 
 
 def step_rng(state: TrainState) -> jax.Array:

@@ -1,0 +1,80 @@
+"""`auto` on a TPU: the FLix strategy whose compiled step is cheapest on the target chip.
+
+On CPU `auto` is `FlixConfig.resolved_strategy` (a rule tuned on CPU timings). On a target
+with published peaks (a TPU: `flix.training.topology.Chip`), `choose` compiles the step once
+per candidate strategy (masked, gather, ragged) for the step's actual shapes and picks the
+fitting candidate with the least roofline time, max(flops / peak bf16 FLOP/s, bytes accessed /
+HBM bandwidth) of XLA's `cost_analysis()` (`flix.training.aot`); ties go to fewer flops. A
+candidate that XLA refuses for memory, or whose total exceeds the chip's HBM, does not fit.
+Where none fits, `auto` falls back to the CPU rule (and that step's refusal follows). The
+choice is cached per process by the step's shapes and layout (`key`), printed, and written
+into `flix.compile`'s report as `auto`: {pick, candidates: [{strategy, flops, bytes_accessed,
+temp_bytes, fits, roofline_seconds}]}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Hashable
+
+from flix.config import FlixConfig
+from flix.errors import DoesNotFitError
+from flix.training import topology
+
+CANDIDATES = ("masked", "gather", "ragged")
+_CACHE: dict[Hashable, dict] = {}
+
+
+def applies(flix: FlixConfig | None, chip: topology.Chip) -> bool:
+  """Whether `auto` is chosen by compiling: FLix feature tables with strategy 'auto', on a chip
+  whose peaks are known (a TPU; not a CPU)."""
+  return (flix is not None and flix.strategy == "auto" and flix.space.n_types > 0
+          and chip.peak_flops is not None and chip.hbm_bandwidth is not None)
+
+
+def cached(key: Hashable) -> dict | None:
+  """The `auto` report (see the module docstring) chosen for `key` in this process, or None."""
+  return _CACHE.get(key)
+
+
+def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object],
+           what: str = "the train step") -> tuple[dict, dict[str, object]]:
+  """(the `auto` report, {strategy: compiled} of the candidates that compiled).
+
+  compile_with(strategy): the step compiled with that strategy, an `aot.Compiled` (its report's
+  `fits` and `cost`), or a DoesNotFitError. Cached under `key` (a later call compiles
+  nothing and returns the cached report with no compiled candidates).
+  """
+  if key in _CACHE:
+    return _CACHE[key], {}
+  candidates, compiled = [], {}
+  for strategy in CANDIDATES:
+    try:
+      result = compile_with(strategy)
+    except DoesNotFitError:
+      candidates.append({"strategy": strategy, "flops": None, "bytes_accessed": None,
+                         "temp_bytes": None, "fits": False, "roofline_seconds": None})
+      continue
+    compiled[strategy] = result
+    report = result.report
+    candidates.append({"strategy": strategy, "flops": report["cost"]["flops"],
+                       "bytes_accessed": report["cost"]["bytes_accessed"],
+                       "temp_bytes": report["memory"]["temp_bytes"], "fits": report["fits"],
+                       "roofline_seconds": report["cost"]["roofline_seconds"]})
+  fitting = [c for c in candidates if c["fits"] and c["roofline_seconds"] is not None]
+  if fitting:
+    pick = min(fitting, key=lambda c: (c["roofline_seconds"], c["flops"]))["strategy"]
+  else:
+    pick = flix.resolved_strategy()
+  auto = {"pick": pick, "candidates": candidates}
+  _CACHE[key] = auto
+  costs = ", ".join(f"{c['strategy']} {_seconds(c)}" for c in candidates)
+  print(f"FLix strategy 'auto' for {what}: {pick} (roofline per step: {costs})",
+        file=sys.stderr, flush=True)
+  return auto, compiled
+
+
+def _seconds(candidate: dict) -> str:
+  if not candidate["fits"]:
+    return "does not fit"
+  return f"{candidate['roofline_seconds'] * 1e3:.3g} ms"
