@@ -32,11 +32,6 @@ def applies(flix: FlixConfig | None, chip: topology.Chip) -> bool:
           and chip.peak_flops is not None and chip.hbm_bandwidth is not None)
 
 
-def cached(key: Hashable) -> dict | None:
-  """The `auto` report (see the module docstring) chosen for `key` in this process, or None."""
-  return _CACHE.get(key)
-
-
 def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object],
            what: str = "the train step") -> tuple[dict, dict[str, object]]:
   """(the `auto` report, {strategy: compiled} of the candidates that compiled).
