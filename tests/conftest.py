@@ -56,7 +56,7 @@ HEAVY_FILES = ("test_training.py", "test_decoding.py", "test_sparse_step.py", "t
 @pytest.hookimpl(tryfirst=True)  # Before -m selects: the tier2 marker must be on the items.
 def pytest_collection_modifyitems(items):
   for item in items:
-    if f"{item.path.name}::{item.name}" in TIER2:
+    if item.path.name in TIER2 or f"{item.path.name}::{item.name}" in TIER2:
       item.add_marker(pytest.mark.tier2)
   heavy = lambda item: (HEAVY_FILES.index(item.path.name) if item.path.name in HEAVY_FILES
                         else len(HEAVY_FILES))

@@ -385,51 +385,69 @@ REGISTRATION = register_offline(
 """
 
 
-def test_mixture_or_task_module_registers_the_users_task(tmp_path, monkeypatch, capsys):
-  """T5X's MIXTURE_OR_TASK_MODULE: train and eval name only a user's module and its task."""
+@pytest.fixture
+def user_tasks_module(tmp_path, monkeypatch):
+  """tmp_path/flix_user_tasks.py (USER_TASKS) on sys.path, not yet imported; its tasks are
+  unregistered afterwards."""
   import seqio
-  from flix import eval as eval_entry, infer as infer_entry
   from flix.data import offline_tasks
   (tmp_path / "flix_user_tasks.py").write_text(USER_TASKS)
   monkeypatch.syspath_prepend(str(tmp_path))
   offline_tasks._REGISTERED.pop("user_tasks", None)  # pylint: disable=protected-access
   assert "user_tasks.train" not in seqio.MixtureRegistry.names()  # Until the module is imported.
+  yield "flix_user_tasks"
+  module = sys.modules.pop("flix_user_tasks", None)
+  if module is not None:
+    module.REGISTRATION.unregister()
+    offline_tasks._REGISTERED.pop("user_tasks", None)  # pylint: disable=protected-access
+
+
+def test_mixture_or_task_module_import_registers_its_tasks(user_tasks_module):
+  """MIXTURE_OR_TASK_MODULE's library half (train, eval and infer call it first; the run end to
+  end is second tier): importing the named module registers its tasks and mixtures, and a value
+  that is not a module name is refused by name."""
+  import seqio
+  from flix.data import pairs
+  pairs.import_task_modules([user_tasks_module])
+  assert {"user_tasks.train", "user_tasks.eval"} <= set(seqio.MixtureRegistry.names())
+  pairs.check_registered("user_tasks.train")
+  with pytest.raises(ValueError, match=r"must be a module name or a list of them, got \[3\]"):
+    pairs.import_task_modules([3])
+
+
+def test_mixture_or_task_module_registers_the_users_task(user_tasks_module, tmp_path, capsys):
+  """T5X's MIXTURE_OR_TASK_MODULE: train and eval name only a user's module and its task."""
+  from flix import eval as eval_entry, infer as infer_entry
   tiny = ["--gin.T5Config.emb_dim=32", "--gin.T5Config.num_heads=2", "--gin.T5Config.head_dim=8",
           "--gin.T5Config.mlp_dim=64", "--gin.T5Config.num_encoder_layers=1",
           "--gin.T5Config.num_decoder_layers=1"]
   common = ["--gin.MIXTURE_OR_TASK_MODULE=['flix_user_tasks']",
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}", "--gin.BATCH_SIZE=8"]
   model_dir = tmp_path / "run"
-  try:
-    assert run_entry(train_entry, "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
-                     *tiny,
-                     *common, f"--gin.MODEL_DIR='{model_dir}'",
-                     "--gin.MIXTURE_OR_TASK_NAME='user_tasks.train'", "--gin.TRAIN_STEPS=2",
-                     "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.METHOD='lora'") == 0, (
-                         capsys.readouterr().err[-2000:])
-    assert [s for s, _ in step_dirs(str(model_dir))] == [2]
-    # runs/finetune.gin's PACK 'auto' packs a LoRA run (no feature dropout: exact).
-    assert "PACK = True ('auto': method 'lora' without feature dropout" in capsys.readouterr().err
-    meta = json.loads((model_dir / "checkpoint_2" / "train_state.json").read_text())
-    assert meta["pack"] is True
-    out = tmp_path / "eval"
-    assert run_entry(eval_entry, "--gin_file=runs/eval.gin", *common, "--gin.EVAL_EXAMPLES=1",
-                     f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
-                     f"--gin.EVAL_OUTPUT_DIR='{out}'",
-                     "--gin.MIXTURE_OR_TASK_NAME='user_tasks.eval'") == 0, (
-                         capsys.readouterr().err[-2000:])
-    assert sorted(os.listdir(out / "predictions")) == [
-        "user_tasks.cardinal.en.jsonl", "user_tasks.cardinal.fr.jsonl"]
-    capsys.readouterr()
-    assert run_entry(infer_entry, "--gin_file=runs/infer.gin",
-                     "--gin.MIXTURE_OR_TASK_MODULE='nope_mod'",
-                     "--gin.CHECKPOINT_PATH='unused'", "--gin.INPUT_FILE='unused'",
-                     "--gin.OUTPUT_FILE='unused'",
-                     "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}") == 1
-    assert "MIXTURE_OR_TASK_MODULE 'nope_mod' could not be imported" in (
-        capsys.readouterr().err.strip().splitlines()[-1])
-  finally:
-    module = sys.modules.pop("flix_user_tasks", None)
-    if module is not None:
-      module.REGISTRATION.unregister()
-      offline_tasks._REGISTERED.pop("user_tasks", None)  # pylint: disable=protected-access
+  assert run_entry(train_entry, "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+                   *tiny,
+                   *common, f"--gin.MODEL_DIR='{model_dir}'",
+                   "--gin.MIXTURE_OR_TASK_NAME='user_tasks.train'", "--gin.TRAIN_STEPS=2",
+                   "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.METHOD='lora'") == 0, (
+                       capsys.readouterr().err[-2000:])
+  assert [s for s, _ in step_dirs(str(model_dir))] == [2]
+  # runs/finetune.gin's PACK 'auto' packs a LoRA run (no feature dropout: exact).
+  assert "PACK = True ('auto': method 'lora' without feature dropout" in capsys.readouterr().err
+  meta = json.loads((model_dir / "checkpoint_2" / "train_state.json").read_text())
+  assert meta["pack"] is True
+  out = tmp_path / "eval"
+  assert run_entry(eval_entry, "--gin_file=runs/eval.gin", *common, "--gin.EVAL_EXAMPLES=1",
+                   f"--gin.CHECKPOINT_PATH='{model_dir / 'checkpoint_2'}'",
+                   f"--gin.EVAL_OUTPUT_DIR='{out}'",
+                   "--gin.MIXTURE_OR_TASK_NAME='user_tasks.eval'") == 0, (
+                       capsys.readouterr().err[-2000:])
+  assert sorted(os.listdir(out / "predictions")) == [
+      "user_tasks.cardinal.en.jsonl", "user_tasks.cardinal.fr.jsonl"]
+  capsys.readouterr()
+  assert run_entry(infer_entry, "--gin_file=runs/infer.gin",
+                   "--gin.MIXTURE_OR_TASK_MODULE='nope_mod'",
+                   "--gin.CHECKPOINT_PATH='unused'", "--gin.INPUT_FILE='unused'",
+                   "--gin.OUTPUT_FILE='unused'",
+                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 48}") == 1
+  assert "MIXTURE_OR_TASK_MODULE 'nope_mod' could not be imported" in (
+      capsys.readouterr().err.strip().splitlines()[-1])

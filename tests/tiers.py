@@ -4,8 +4,9 @@
 below repeats end to end, or for a second model family or optimizer, a property that a
 `make test` test already checks at the level of the library function; it runs in the second
 tier (`make test-tier2`, which CI runs right after `make test`, and `make test-slow`).
-Contended CPU seconds on 2 cores (2026-12-07) in brackets. `tests/test_tiers.py` checks that
-every entry names a test that exists.
+An entry is one test (`file::name[id]`) or a whole file (`file`). Contended CPU seconds on 2
+cores (2026-12-07) in brackets. `tests/test_tiers.py` checks that every entry names a test or a
+file that exists.
 """
 
 TIER2 = {
@@ -24,6 +25,10 @@ TIER2 = {
     "test_training.py::test_in_training_eval_writes_metrics_and_keeps_the_best_checkpoint":
         "a run with periodic evaluation [29 s]; make test: test_evaluation's PairEvaluator "
         "and test_eval_and_infer_of_the_trained_checkpoint",
+    "test_training.py::test_mixture_or_task_module_registers_the_users_task":
+        "train, eval and infer through a user's task module [20 s]; make test: "
+        "test_mixture_or_task_module_import_registers_its_tasks (the import that the entry "
+        "points call first) and the import refusal in test_user_errors_are_one_clear_line",
     "test_sparse_step.py::test_trainer_row_sparse_resume_is_exact":
         "two runs with the row-sparse optimizer [39 s]; make test: the row-sparse step "
         "equals the dense one (test_lazy_dense_step_equals_row_sparse_step) and dense "
@@ -36,16 +41,15 @@ TIER2 = {
         "loss, decoding and converter tests",
     # A second family, optimizer or decoding method of a property make test checks.
     "test_bf16.py::test_bfloat16_train_steps_track_float32_and_keep_float32_state[t5]":
-        "[35 s]; make test: the [decoder] case (the layers' dtype policy is shared)",
+        "[35 s]; bfloat16 is second tier for both families",
     "test_bf16.py::test_bfloat16_greedy_decoding_scores_its_own_tokens[t5]":
-        "[43 s]; make test: the [decoder] case",
+        "[43 s]; bfloat16 is second tier for both families",
     "test_sparse_step.py::test_lazy_dense_step_equals_row_sparse_step[all-adafactor]":
         "[19 s]; make test: [all-adamw] and [some-adamw]",
     "test_sparse_step.py::test_feature_dropout_on_lazy_dense_and_row_sparse_steps":
         "[19 s]; make test: test_t5's feature dropout and the sparse steps without it",
     "test_bf16.py::test_bfloat16_greedy_decoding_scores_its_own_tokens[decoder]":
-        "[23 s]; bfloat16 decoding is second tier for both families (make test keeps the "
-        "bfloat16 train step of the [decoder] case)",
+        "[23 s]; bfloat16 decoding is second tier for both families",
     "test_sparse_step.py::test_lazy_dense_step_equals_row_sparse_step[some-adafactor]":
         "[15 s]; make test: [all-adamw], [some-adamw] and "
         "test_absent_rows_are_bitwise_unchanged[adafactor]",
@@ -62,6 +66,22 @@ TIER2 = {
         "loop is shared)",
     "test_data_xtreme_up.py::test_autocomplete_decodes_three_beams_and_other_tasks_one":
         "[24 s]; make test: test_task_predictors_route_per_task",
+    # Opt-in layouts, dtype and a second family's interop: programs no make-test test compiles.
+    "test_layout.py::test_layout_trains_as_one_device[2d_and_feature_sharded]":
+        "3 steps on a (4, 2) mesh with 2-D partitioning and feature-sharded tables, against one "
+        "device [36 s]; make test: the layouts' shardings (test_layout's spec checks, "
+        "test_compile's table specs and collectives) without running a sharded step",
+    "test_layout.py::test_layout_trains_as_one_device[remat_full]":
+        "remat_policy='full' trains as without remat [13 s]; make test: the refusal of an "
+        "unknown policy",
+    "test_layout.py::test_checkpoints_restore_across_layouts":
+        "needs the one-device run above [5 s + 18 s setup]; make test: test_training's "
+        "checkpoint and resume tests in the default layout",
+    "test_bf16.py::test_bfloat16_train_steps_track_float32_and_keep_float32_state[decoder]":
+        "[18 s]; bfloat16 (ACTIVATION_DTYPE, opt-in) is second tier for both families",
+    "test_decoder_hf.py":
+        "Llama / Gemma / Mistral / Qwen2 from and to Hugging Face against transformers [35 s]; "
+        "make test: test_hf_convert's T5 family through the same hf_state / hf_files code",
     # Checks of a real release on disk (../shared), minutes of reading.
     "test_data_morphology.py::test_real_release_counts_and_leakage":
         "reads the whole SIGMORPHON + WikiPron release [58 s + 22 s setup]; make test: the "
