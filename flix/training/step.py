@@ -36,14 +36,22 @@ class StepConfig:
       absent rows still move by momentum and weight decay. The row-sparse path is always lazy.
     remat_policy: rematerialisation of the network's layer blocks (`flix.models.remat`: none,
       full, dots_saveable, ...): less activation memory for more flops; same losses.
+    scan_layers: run each layer stack as one `nn.scan` (`flix.models.scan`): the block is
+      compiled once instead of once per layer; the parameter tree (checkpoints, conversion,
+      merge) does not change, and the losses are the same to float rounding. Composes with
+      remat_policy (remat inside the scan).
   """
 
   row_sparse: bool = False
   lazy_rows: bool = True
   remat_policy: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     remat.check_policy(self.remat_policy)
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"StepConfig.scan_layers must be True or False, got "
+                       f"{self.scan_layers!r}")
 
 
 def step_rng(state: TrainState) -> jax.Array:
