@@ -50,7 +50,7 @@ def scanned(cls: type[nn.Module], length: int, policy: str, static_argnums: Sequ
   `remat.block` takes them."""
   if length < 1:
     raise ValueError(f"a scanned stack needs at least 1 layer, got {length}")
-  return nn.scan(remat.block(cls, policy, static_argnums),
+  return nn.scan(remat.block(cls, policy, static_argnums, prevent_cse=False),
                  variable_axes={c: 0 for c in COLLECTIONS},
                  split_rngs={"params": True, "dropout": True},
                  in_axes=(nn.broadcast,) * broadcast, length=length,
