@@ -59,6 +59,14 @@ def step_rng(state: TrainState) -> jax.Array:
   return jax.random.fold_in(state.rng, state.step)
 
 
+def stop_frozen(params, trainable: dict):
+  """`params` with the frozen leaves (`trainable` False) behind `jax.lax.stop_gradient`: the
+  backward pass computes no weight gradient for the frozen base (in a scanned stack XLA could
+  not drop those as dead code: they are the loop's outputs). Their gradients come out zero, as
+  the optimizer (`flix.trainable.freeze_base`) treats them anyway."""
+  return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+
+
 def trained_norm(grads, trainable: dict) -> jax.Array:
   """Global norm of the trained leaves of `grads` (`trainable`: bool tree like the params)."""
   return optax.tree.norm([g for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(trainable))
@@ -78,7 +86,7 @@ def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation, t
   def step(state: TrainState, batch: Batch):
     rng = step_rng(state)
     ids = model.training_feature_ids(batch, rng)
-    loss_fn = lambda p: model.loss_fn(p, batch, rng, feature_ids=ids)
+    loss_fn = lambda p: model.loss_fn(stop_frozen(p, trainable), batch, rng, feature_ids=ids)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
