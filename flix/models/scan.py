@@ -1,6 +1,7 @@
 """Scanned layer stacks (`nn.scan` over a network's layer block, as T5X's and MaxText's
-`scan_layers`): the block is traced and compiled once and run L times in a loop, so compile time
-no longer grows with depth.
+`scan_layers`): the block is traced and compiled once and run L times in a loop, so the
+network's share of a step's compile time no longer grows with depth (docs/tpu.md, "Compile time
+and scanned layers").
 
 Inside the network, a scanned stack is one module named `layers` (`STACK`) whose variables carry
 a leading layer axis `[L, ...]` with the logical axis name `layers` (`LAYER_AXIS`, mapped to no
@@ -12,9 +13,11 @@ checkpoints, T5X / Hugging Face conversion, merge, compact rows) and the decode 
 unscanned, `layers_0 ... layers_{L-1}`. The network's `init` is the unscanned network's (the
 same parameters, drawn the same way) and its `apply` stacks the layers it is given
 (`stack_layers`, and `unstack_layers` on the mutated cache coming out), so a scanned and an
-unscanned network read the same parameters and give the same outputs (to float rounding). The cost: inside a jitted step the stacked parameters are a copy of the layers'
-parameters (one concatenation per kind; their gradients are slices of the stacked gradient),
-and a cached decode step restacks the cache once per call.
+unscanned network read the same parameters and give the same outputs (to float rounding;
+dropout draws its masks per layer from a split rng, so with dropout on the masks differ).
+The cost: inside a jitted step the stacked parameters are a copy of the layers' parameters
+(one concatenation per kind; their gradients are slices of the stacked gradient), and a cached
+decode step restacks the cache once per call.
 """
 
 from __future__ import annotations
