@@ -151,11 +151,6 @@ class FlixDense(nn.Module):
     in_axis, out_axis = self.kernel_axes
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                         (d_in, d_out), jnp.float32)
-    # Laid out as the parameter is (a no-op outside the partitioner's rules). Inside a scanned
-    # stack the kernel is one layer's slice of the stacked parameters: the constraint keeps the
-    # stack sharded like the parameters (2-D partitioning: gathered one layer at a time inside
-    # the loop, as FSDP does), not gathered whole before the loop.
-    kernel = nn.with_logical_constraint(kernel, self.kernel_axes)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, d_in).astype(self.dtype)  # 2-D matmuls: ~2x faster gradients on CPU.
     y = x2 @ kernel.astype(self.dtype)
