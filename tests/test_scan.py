@@ -189,9 +189,12 @@ def test_compile_report_of_a_scanned_step_on_a_cpu_mesh(tmp_path):
     check_report(reports[scanned], "cpu:8", "cpu", (4, 2))
   assert reports[True]["flix_tables"] == reports[False]["flix_tables"]
   assert reports[True]["memory"]["params_bytes"] == reports[False]["memory"]["params_bytes"]
-  # The jaxpr's matmul count runs each scan body once per layer: the same for both steps,
-  # while XLA's cost analysis counts the scanned loop's body once.
+  # The jaxpr's matmul count runs each scan body once per layer, while XLA's cost analysis
+  # counts the scanned loop's body once. The scanned step does a little more: every layer of
+  # the loop computes its input's gradient, the first one too, which the unrolled step skips
+  # (the frozen embedding below it needs none): 7.8% more matmul flops at 2 layers.
   scanned, unscanned = reports[True]["cost"], reports[False]["cost"]
-  assert scanned["model_flops_per_device"] == pytest.approx(unscanned["model_flops_per_device"])
   assert unscanned["model_flops_per_device"] > 0
+  assert (unscanned["model_flops_per_device"] < scanned["model_flops_per_device"]
+          < 1.1 * unscanned["model_flops_per_device"])
   assert scanned["flops"] < 0.9 * unscanned["flops"]
