@@ -61,9 +61,10 @@ def step_rng(state: TrainState) -> jax.Array:
 
 def stop_frozen(params, trainable: dict):
   """`params` with the frozen leaves (`trainable` False) behind `jax.lax.stop_gradient`: the
-  backward pass computes no weight gradient for the frozen base (in a scanned stack XLA could
-  not drop those as dead code: they are the loop's outputs). Their gradients come out zero, as
-  the optimizer (`flix.trainable.freeze_base`) treats them anyway."""
+  traced backward pass holds no weight gradient for the frozen base, so the step's jaxpr (and
+  `flix.compile`'s model flops) count only the work that is done; XLA dropped those gradients
+  from the compiled step before as well (docs/tpu.md). Their gradients come out zero, as the
+  optimizer (`flix.trainable.freeze_base`) treats them anyway."""
   return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
 
 
