@@ -53,7 +53,8 @@ REPORT_KEYS = {"topology", "chip", "mesh", "method", "strategy", "feature_values
                "fits", "cost", "collectives", "flix_tables", "compile_seconds", "auto"}
 MEMORY_KEYS = {"params_bytes", "opt_state_bytes", "batch_bytes", "temp_bytes", "output_bytes",
                "code_bytes", "total_bytes", "hbm_bytes"}
-COST_KEYS = {"flops", "bytes_accessed", "xla_seconds", "roofline_seconds", "mfu"}
+COST_KEYS = {"flops", "bytes_accessed", "xla_seconds", "roofline_seconds", "mfu",
+             "model_flops_per_device"}
 # Logical axes DEFAULT_RULES puts on 'model' (docs/tpu.md's table); every other is replicated.
 MODEL_AXES = {"vocab", "mlp", "heads", "joined_kv"}
 

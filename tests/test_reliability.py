@@ -575,6 +575,8 @@ for _id, _args in {
     "partitioning-feature-shard-rows-bad": ["--gin.Partitioner.feature_shard_rows=0"],
     "remat-policy-unknown": ["--gin.train.step_config=@StepConfig()",
                              "--gin.StepConfig.remat_policy='some'"],
+    "scan-layers-not-bool": ["--gin.train.step_config=@StepConfig()",
+                             "--gin.StepConfig.scan_layers=1"],
 }.items():
   check(_id)(lambda env, a=_args: compile_cli(env, *a)[0])
 

@@ -88,11 +88,11 @@ def _encoder_decoder_jit(module: T5, params, enc: jax.Array, ids: jax.Array | No
   return decoding.search(step, cache, batch, options, rng)
 
 
-def lower_encoder_decoder(module: T5, params, encoder_input_tokens, feature_ids,
-                          options: DecodeOptions, rng=None):
-  """`encoder_decoder`'s compiled decode, lowered for (abstract, sharded) arguments without
-  running it: `jax.ShapeDtypeStruct`s are enough (`flix.compile --decode`)."""
-  return _encoder_decoder_jit.lower(module, nn.unbox(params), encoder_input_tokens, feature_ids,
+def trace_encoder_decoder(module: T5, params, encoder_input_tokens, feature_ids,
+                          options: DecodeOptions, rng=None) -> jax.stages.Traced:
+  """`encoder_decoder`'s decode, traced for (abstract, sharded) arguments without running it
+  (`.lower()` lowers it): `jax.ShapeDtypeStruct`s are enough (`flix.compile --decode`)."""
+  return _encoder_decoder_jit.trace(module, nn.unbox(params), encoder_input_tokens, feature_ids,
                                     rng, options=options)
 
 
@@ -138,11 +138,12 @@ def decoder_only(module: DecoderLM, params, prompt_tokens, prompt_lengths, featu
   return DecodeResult(tokens, scores)
 
 
-def lower_decoder_only(module: DecoderLM, params, prompt_tokens, prompt_lengths, feature_ids,
-                       options: DecodeOptions, rng=None, *, bidirectional: bool = False):
-  """`decoder_only`'s compiled decode, lowered for (abstract, sharded) arguments without
-  running it (`flix.compile --decode`)."""
-  return _decoder_only_jit.lower(module, nn.unbox(params), prompt_tokens, prompt_lengths,
+def trace_decoder_only(module: DecoderLM, params, prompt_tokens, prompt_lengths, feature_ids,
+                       options: DecodeOptions, rng=None, *,
+                       bidirectional: bool = False) -> jax.stages.Traced:
+  """`decoder_only`'s decode, traced for (abstract, sharded) arguments without running it
+  (`.lower()` lowers it; `flix.compile --decode`)."""
+  return _decoder_only_jit.trace(module, nn.unbox(params), prompt_tokens, prompt_lengths,
                                  feature_ids, rng, options=options, bidirectional=bidirectional)
 
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.layers import FAN_IN_NORMAL, projections
-from flix.models import remat
+from flix.models import remat, scan
 from flix.models.segments import same_segment
 
 MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
@@ -279,8 +279,11 @@ class MLP(nn.Module):
 
 
 class DecoderBlock(nn.Module):
+  """x `[b, n, emb]` -> `[b, n, emb]`; `(x, None)` when `scanned` (nn.scan's carry)."""
+
   config: DecoderConfig
   flix: FlixConfig | None = None
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x, feature_ids, positions, mask_fn, cache_index=None,
@@ -292,7 +295,8 @@ class DecoderBlock(nn.Module):
     x = x + drop(Attention(cfg, self.flix, name="attention")(
         h, feature_ids, positions, mask_fn, cache_index, deterministic=deterministic))
     h = norm(name="pre_mlp_layer_norm")(x)
-    return x + drop(MLP(cfg, self.flix, name="mlp")(h, feature_ids, deterministic=deterministic))
+    x = x + drop(MLP(cfg, self.flix, name="mlp")(h, feature_ids, deterministic=deterministic))
+    return (x, None) if self.scanned else x
 
 
 class DecoderLM(nn.Module):
@@ -301,6 +305,8 @@ class DecoderLM(nn.Module):
   config: DecoderConfig
   flix: FlixConfig | None = None
   remat_policy: str = "none"  # Of the layer blocks in training (flix.models.remat).
+  # nn.scan over the layers (flix.models.scan); the parameter tree stays unscanned.
+  scan_layers: bool = False
 
   @staticmethod
   def projection_names(config: DecoderConfig) -> tuple[str, ...]:
@@ -314,6 +320,23 @@ class DecoderLM(nn.Module):
   def n_types(self) -> int:
     """Feature types this model's adapters read (0: no feature ids needed)."""
     return self.flix.space.n_types if self.flix is not None else 0
+
+  def stacks(self) -> scan.Stacks:
+    """Where the scanned stack sits in the variable tree (the root), and its layer count."""
+    return (((), self.config.num_layers),)
+
+  def apply(self, variables, *args, **kwargs):
+    """flax's `apply`; with `scan_layers`, on the unscanned variables (`scan.apply_stacked`)."""
+    if not self.scan_layers:
+      return super().apply(variables, *args, **kwargs)
+    return scan.apply_stacked(super().apply, self.stacks(), variables, *args, **kwargs)
+
+  def init_with_output(self, *args, **kwargs):
+    """flax's `init_with_output` (and so `init`); with `scan_layers`, the unscanned network's
+    (the same variables, drawn the same way: a scanned run starts where an unscanned one does)."""
+    if not self.scan_layers:
+      return super().init_with_output(*args, **kwargs)
+    return self.clone(scan_layers=False).init_with_output(*args, **kwargs)
 
   @nn.compact
   def __call__(self, tokens, feature_ids=None, *, prefix=None, start=None, segment_ids=None,
@@ -347,11 +370,16 @@ class DecoderLM(nn.Module):
     deterministic = not enable_dropout
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     # The decode step (its cache is mutable state) is never rematerialised.
-    block = remat.block(DecoderBlock, "none" if decode else self.remat_policy,
-                        static_argnums=(4, 6))
-    for i in range(cfg.num_layers):
-      x = block(cfg, self.flix, name=f"layers_{i}")(
-          x, feature_ids, positions, mask_fn, cache_index, deterministic)
+    policy = "none" if decode else self.remat_policy
+    args = (feature_ids, positions, mask_fn, cache_index, deterministic)
+    if self.scan_layers:  # The cache, like the params, is stacked on the layer axis.
+      stack = scan.scanned(DecoderBlock, cfg.num_layers, policy, static_argnums=(4, 6),
+                           broadcast=len(args))
+      x, _ = stack(cfg, self.flix, scanned=True, name=scan.STACK)(x, *args)
+    else:
+      block = remat.block(DecoderBlock, policy, static_argnums=(4, 6))
+      for i in range(cfg.num_layers):
+        x = block(cfg, self.flix, name=scan.layer_name(i))(x, *args)
     x = RMSNorm(cfg.norm_epsilon, cfg.norm_scale_plus_one, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if cfg.logits_via_embedding:

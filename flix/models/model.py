@@ -328,17 +328,18 @@ class DecoderOnlyModel(BaseModel):
 
 
 def make_model(model_config: Any, flix: FlixConfig | None = None, *,
-               remat_policy: str = "none", **kwargs) -> BaseModel:
+               remat_policy: str = "none", scan_layers: bool = False, **kwargs) -> BaseModel:
   """The model object of `model_config`'s family with adapters `flix`: EncoderDecoderModel for
   a T5Config, DecoderOnlyModel for a DecoderConfig.
 
   remat_policy: the layer blocks' rematerialisation in training (`flix.models.remat`).
+  scan_layers: each layer stack as one `nn.scan` (`flix.models.scan`; same parameter tree).
   kwargs: BaseModel options (feature_dropout, z_loss, loss_normalizer).
   """
   remat.check_policy(remat_policy)
   if isinstance(model_config, T5Config):
-    return EncoderDecoderModel(T5(model_config, flix, remat_policy), **kwargs)
+    return EncoderDecoderModel(T5(model_config, flix, remat_policy, scan_layers), **kwargs)
   if isinstance(model_config, DecoderConfig):
-    return DecoderOnlyModel(DecoderLM(model_config, flix, remat_policy), **kwargs)
+    return DecoderOnlyModel(DecoderLM(model_config, flix, remat_policy, scan_layers), **kwargs)
   raise ValueError(f"unknown model config {type(model_config).__name__}: expected a T5Config or "
                    "a DecoderConfig")

@@ -38,10 +38,13 @@ def check_policy(policy: str) -> str:
   return policy
 
 
-def block(cls: type[nn.Module], policy: str, static_argnums: Sequence[int]) -> type[nn.Module]:
+def block(cls: type[nn.Module], policy: str, static_argnums: Sequence[int],
+          prevent_cse: bool = True) -> type[nn.Module]:
   """`cls` rematerialised under `policy` (itself for 'none'). static_argnums: positions of
-  `cls.__call__`'s non-array arguments (self is 0), passed positionally."""
+  `cls.__call__`'s non-array arguments (self is 0), passed positionally. prevent_cse: False
+  inside `nn.scan`, which already keeps XLA from merging the recomputation with the forward
+  pass (`jax.checkpoint`'s advice)."""
   if check_policy(policy) == "none":
     return cls
-  return nn.remat(cls, policy=POLICIES[policy], prevent_cse=True,
+  return nn.remat(cls, policy=POLICIES[policy], prevent_cse=prevent_cse,
                   static_argnums=tuple(static_argnums))

@@ -27,7 +27,7 @@ import numpy as np
 
 from flix.config import FlixConfig
 from flix.layers import FAN_IN_NORMAL, projections
-from flix.models import remat
+from flix.models import remat, scan
 from flix.models.segments import same_segment
 
 
@@ -199,8 +199,11 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
+  """x `[b, in_len, emb]` -> `[b, in_len, emb]`; `(x, None)` when `scanned` (nn.scan's carry)."""
+
   config: T5Config
   flix: FlixConfig | None = None
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x, feature_ids, mask, bias, deterministic: bool):
@@ -210,13 +213,17 @@ class EncoderLayer(nn.Module):
     x = x + drop(Attention(cfg, "encoder.attention", self.flix, name="attention")(
         h, h, feature_ids, mask, bias, deterministic=deterministic))
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm")(x)
-    return x + drop(MLP(cfg, "encoder.mlp", self.flix, name="mlp")(
+    x = x + drop(MLP(cfg, "encoder.mlp", self.flix, name="mlp")(
         h, feature_ids, deterministic=deterministic))
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(nn.Module):
+  """y `[b, out_len, emb]` -> `[b, out_len, emb]`; `(y, None)` when `scanned`."""
+
   config: T5Config
   flix: FlixConfig | None = None
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, y, encoded, feature_ids, self_mask, self_bias, cross_mask,
@@ -231,8 +238,9 @@ class DecoderLayer(nn.Module):
                            name="encoder_decoder_attention")(
         h, encoded, feature_ids, cross_mask, None, deterministic=deterministic))
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm")(y)
-    return y + drop(MLP(cfg, "decoder.mlp", self.flix, name="mlp")(
+    y = y + drop(MLP(cfg, "decoder.mlp", self.flix, name="mlp")(
         h, feature_ids, deterministic=deterministic))
+    return (y, None) if self.scanned else y
 
 
 class Encoder(nn.Module):
@@ -240,6 +248,7 @@ class Encoder(nn.Module):
   embedder: nn.Module
   flix: FlixConfig | None = None
   remat_policy: str = "none"  # flix.models.remat
+  scan_layers: bool = False  # flix.models.scan
 
   @nn.compact
   def __call__(self, tokens, feature_ids, segment_ids=None, *, deterministic: bool):
@@ -253,9 +262,16 @@ class Encoder(nn.Module):
         np.arange(length), np.arange(length))
     x = self.embedder(tokens).astype(jnp.dtype(cfg.dtype))
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    layer = remat.block(EncoderLayer, self.remat_policy, static_argnums=(5,))
-    for i in range(cfg.num_encoder_layers):
-      x = layer(cfg, self.flix, name=f"layers_{i}")(x, feature_ids, mask, bias, deterministic)
+    if self.scan_layers:
+      stack = scan.scanned(EncoderLayer, cfg.num_encoder_layers, self.remat_policy,
+                           static_argnums=(5,), broadcast=4)
+      x, _ = stack(cfg, self.flix, scanned=True, name=scan.STACK)(x, feature_ids, mask, bias,
+                                                                  deterministic)
+    else:
+      layer = remat.block(EncoderLayer, self.remat_policy, static_argnums=(5,))
+      for i in range(cfg.num_encoder_layers):
+        x = layer(cfg, self.flix, name=scan.layer_name(i))(x, feature_ids, mask, bias,
+                                                           deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -265,6 +281,7 @@ class Decoder(nn.Module):
   embedder: nn.Module
   flix: FlixConfig | None = None
   remat_policy: str = "none"  # flix.models.remat
+  scan_layers: bool = False  # flix.models.scan
 
   @nn.compact
   def __call__(self, encoded, encoder_tokens, decoder_input_tokens, feature_ids,
@@ -301,11 +318,16 @@ class Decoder(nn.Module):
     y = self.embedder(decoder_input_tokens).astype(jnp.dtype(cfg.dtype))
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     # The decode step (its cache is mutable state) is never rematerialised.
-    layer = remat.block(DecoderLayer, "none" if decode else self.remat_policy,
-                        static_argnums=(7, 8))
-    for i in range(cfg.num_decoder_layers):
-      y = layer(cfg, self.flix, name=f"layers_{i}")(
-          y, encoded, feature_ids, self_mask, self_bias, cross_mask, deterministic, decode)
+    policy = "none" if decode else self.remat_policy
+    args = (encoded, feature_ids, self_mask, self_bias, cross_mask, deterministic, decode)
+    if self.scan_layers:  # The cache, like the params, is stacked on the layer axis.
+      stack = scan.scanned(DecoderLayer, cfg.num_decoder_layers, policy, static_argnums=(7, 8),
+                           broadcast=len(args))
+      y, _ = stack(cfg, self.flix, scanned=True, name=scan.STACK)(y, *args)
+    else:
+      layer = remat.block(DecoderLayer, policy, static_argnums=(7, 8))
+      for i in range(cfg.num_decoder_layers):
+        y = layer(cfg, self.flix, name=scan.layer_name(i))(y, *args)
     y = RMSNorm(cfg.layer_norm_epsilon, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:  # Original T5: tied embeddings, output rescaled by d**-0.5.
@@ -321,6 +343,8 @@ class T5(nn.Module):
   config: T5Config
   flix: FlixConfig | None = None
   remat_policy: str = "none"  # Of the layer blocks in training (flix.models.remat).
+  # nn.scan over each stack's layers (flix.models.scan); the parameter tree stays unscanned.
+  scan_layers: bool = False
 
   def setup(self):
     cfg = self.config
@@ -328,8 +352,28 @@ class T5(nn.Module):
         cfg.vocab_size, cfg.emb_dim, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                     ("vocab", "embed")))
-    self.encoder = Encoder(cfg, self.token_embedder, self.flix, self.remat_policy)
-    self.decoder = Decoder(cfg, self.token_embedder, self.flix, self.remat_policy)
+    self.encoder = Encoder(cfg, self.token_embedder, self.flix, self.remat_policy,
+                           self.scan_layers)
+    self.decoder = Decoder(cfg, self.token_embedder, self.flix, self.remat_policy,
+                           self.scan_layers)
+
+  def stacks(self) -> scan.Stacks:
+    """Where the scanned stacks sit in the variable tree, and their layer counts."""
+    cfg = self.config
+    return ((("encoder",), cfg.num_encoder_layers), (("decoder",), cfg.num_decoder_layers))
+
+  def apply(self, variables, *args, **kwargs):
+    """flax's `apply`; with `scan_layers`, on the unscanned variables (`scan.apply_stacked`)."""
+    if not self.scan_layers:
+      return super().apply(variables, *args, **kwargs)
+    return scan.apply_stacked(super().apply, self.stacks(), variables, *args, **kwargs)
+
+  def init_with_output(self, *args, **kwargs):
+    """flax's `init_with_output` (and so `init`); with `scan_layers`, the unscanned network's
+    (the same variables, drawn the same way: a scanned run starts where an unscanned one does)."""
+    if not self.scan_layers:
+      return super().init_with_output(*args, **kwargs)
+    return self.clone(scan_layers=False).init_with_output(*args, **kwargs)
 
   @staticmethod
   def projection_names(config: T5Config) -> tuple[str, ...]:

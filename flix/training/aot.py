@@ -40,7 +40,7 @@ from flix.features import FeatureSpace
 from flix.layers import table_type
 from flix.models import decode_fns
 from flix.models.model import EncoderDecoderModel
-from flix.training import auto_strategy, hlo_stats, topology
+from flix.training import auto_strategy, hlo_stats, jaxpr_flops, topology
 from flix.training.partitioning import Partitioner
 from flix.training.program import TrainProgram, state_bytes_per_device
 
@@ -153,12 +153,15 @@ def _without_persistent_cache(chip: topology.Chip) -> Iterator[None]:
     jax.config.update("jax_enable_compilation_cache", enabled)
 
 
-def _compile(lower: Callable[[], Any], what: str, chip: topology.Chip) -> tuple[Any, float]:
-  """(compiled, seconds to lower and compile); XLA's own out-of-memory is a DoesNotFitError."""
+def _compile(trace: Callable[[], jax.stages.Traced], what: str,
+             chip: topology.Chip) -> tuple[Any, float, float]:
+  """(compiled, seconds to trace, lower and compile, the traced step's matmul flops
+  (`jaxpr_flops`)); XLA's own out-of-memory is a DoesNotFitError."""
   start = time.perf_counter()
   try:
     with _without_persistent_cache(chip):
-      compiled = lower().compile()
+      traced = trace()
+      compiled = traced.lower().compile()
   except Exception as e:  # pylint: disable=broad-except
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
@@ -167,7 +170,7 @@ def _compile(lower: Callable[[], Any], what: str, chip: topology.Chip) -> tuple[
     raise DoesNotFitError(f"{what} does not fit the {chip.name} chip's "
                           f"{gib(chip.hbm_bytes)} of {chip.memory}: XLA: {first}; levers: "
                           f"{STEP_LEVERS}") from None
-  return compiled, time.perf_counter() - start
+  return compiled, time.perf_counter() - start, jaxpr_flops.matmul_flops(traced.jaxpr)
 
 
 def compile_train_step(program: TrainProgram, batch: dict, target: Target) -> Compiled:
@@ -175,9 +178,9 @@ def compile_train_step(program: TrainProgram, batch: dict, target: Target) -> Co
   `TrainProgram.batch`). Refuses before compiling when the state alone cannot fit."""
   what = f"the {program.method} train step on {target.name}"
   check_fits_before_compiling(program.state.params, program.state.opt_state, target.chip, what)
-  compiled, seconds = _compile(lambda: program.step_fn().lower(program.state, batch), what,
-                               target.chip)
-  return _report(program, target, compiled, seconds, what=what,
+  compiled, seconds, model_flops = _compile(
+      lambda: program.step_fn().trace(program.state, batch), what, target.chip)
+  return _report(program, target, compiled, seconds, model_flops, what=what,
                  params=program.state.params, opt_state=program.state.opt_state,
                  batch=batch)
 
@@ -228,14 +231,15 @@ def compile_decode(program: TrainProgram, batch_size: int, input_length: int, ma
   options = DecodeOptions(max_length=max_length)
   ids = inputs.get("feature_ids")
   if isinstance(model, EncoderDecoderModel):
-    lower = lambda: decode_fns.lower_encoder_decoder(
+    trace = lambda: decode_fns.trace_encoder_decoder(
         model.module, params, inputs["encoder_input_tokens"], ids, options)
   else:
-    lower = lambda: decode_fns.lower_decoder_only(
+    trace = lambda: decode_fns.trace_decoder_only(
         model.module, params, inputs["prompt_tokens"], inputs["prompt_lengths"], ids, options,
         bidirectional=model.inputs_bidirectional_attention)
-  compiled, seconds = _compile(lower, what, target.chip)
-  return _report(program, target, compiled, seconds, what=what, params=params, opt_state={},
+  compiled, seconds, model_flops = _compile(trace, what, target.chip)
+  return _report(program, target, compiled, seconds, model_flops, what=what, params=params,
+                 opt_state={},
                  batch=inputs)
 
 
@@ -253,8 +257,8 @@ def flix_tables(params: Any) -> list[dict]:
   return out
 
 
-def _report(program: TrainProgram, target: Target, compiled, seconds: float, *, what: str,
-            params, opt_state, batch) -> Compiled:
+def _report(program: TrainProgram, target: Target, compiled, seconds: float,
+            model_flops: float, *, what: str, params, opt_state, batch) -> Compiled:
   chip = target.chip
   memory = hlo_stats.memory(compiled)
   cost = hlo_stats.cost(compiled)
@@ -283,7 +287,8 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float, *, 
       "fits": memory["total"] <= chip.hbm_bytes,
       "cost": {"flops": flops, "bytes_accessed": moved,
                "xla_seconds": optimal if optimal is not None and optimal > 0 else None,
-               "roofline_seconds": roofline, "mfu": mfu},
+               "roofline_seconds": roofline, "mfu": mfu,
+               "model_flops_per_device": model_flops / mesh.devices.size},
       "collectives": hlo_stats.collectives(compiled.as_text()),
       "flix_tables": flix_tables(params),
       "compile_seconds": round(seconds, 3),

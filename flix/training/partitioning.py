@@ -40,6 +40,7 @@ DEFAULT_RULES = (
     ("length", None),
     (FEATURE_AXIS, None),
     (RANK_AXIS, None),
+    ("layers", None),  # The stacked axis of scanned layers (flix.models.scan.LAYER_AXIS).
 )
 
 

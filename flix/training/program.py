@@ -98,7 +98,8 @@ def build_program(model_config: Any, flix: FlixConfig | None, n_types: int, *, m
   """The model of `model_config` with adapters `flix`, `optimizer` on its trained leaves, and
   the state's layout over `partitioner`'s mesh."""
   model = make_model(model_config, flix, feature_dropout=feature_dropout,
-                     remat_policy=step_config.remat_policy)
+                     remat_policy=step_config.remat_policy,
+                     scan_layers=step_config.scan_layers)
   boxed = jax.eval_shape(lambda: model.init_params(jax.random.key(0)))
   shapes = nn.unbox(boxed)
   params = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,

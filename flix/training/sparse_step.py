@@ -31,7 +31,7 @@ from flix.models.model import BaseModel
 from flix.rows import (active_rows, check_row_indexable, compact_ids, put_rows, put_state_rows,
                        take_rows, take_state_rows)
 from flix.training.state import TrainState
-from flix.training.step import Batch, StepConfig, step_rng, trained_norm
+from flix.training.step import Batch, StepConfig, step_rng, stop_frozen, trained_norm
 
 
 def make_row_sparse_train_step(model: BaseModel, optimizer: optax.GradientTransformation,
@@ -52,8 +52,8 @@ def make_row_sparse_train_step(model: BaseModel, optimizer: optax.GradientTransf
     rows = active_rows(ids, flix)
     params = take_rows(state.params, flix, rows)
     opt_state = take_state_rows(state.opt_state, flix, rows)
-    loss_fn = lambda p: compact_model.loss_fn(p, batch, rng, feature_ids=compact_ids(ids, rows,
-                                                                                    flix))
+    loss_fn = lambda p: compact_model.loss_fn(stop_frozen(p, trainable), batch, rng,
+                                              feature_ids=compact_ids(ids, rows, flix))
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)

@@ -36,19 +36,36 @@ class StepConfig:
       absent rows still move by momentum and weight decay. The row-sparse path is always lazy.
     remat_policy: rematerialisation of the network's layer blocks (`flix.models.remat`: none,
       full, dots_saveable, ...): less activation memory for more flops; same losses.
+    scan_layers: run each layer stack as one `nn.scan` (`flix.models.scan`): the block is
+      compiled once instead of once per layer; the parameter tree (checkpoints, conversion,
+      merge) does not change, and the losses are the same to float rounding. Composes with
+      remat_policy (remat inside the scan).
   """
 
   row_sparse: bool = False
   lazy_rows: bool = True
   remat_policy: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     remat.check_policy(self.remat_policy)
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"StepConfig.scan_layers must be True or False, got "
+                       f"{self.scan_layers!r}")
 
 
 def step_rng(state: TrainState) -> jax.Array:
   """The rng of the step `state.step` (network and feature dropout both derive from it)."""
   return jax.random.fold_in(state.rng, state.step)
+
+
+def stop_frozen(params, trainable: dict):
+  """`params` with the frozen leaves (`trainable` False) behind `jax.lax.stop_gradient`: the
+  traced backward pass holds no weight gradient for the frozen base, so the step's jaxpr (and
+  `flix.compile`'s model flops) count only the work that is done; XLA dropped those gradients
+  from the compiled step before as well (docs/tpu.md). Their gradients come out zero, as the
+  optimizer (`flix.trainable.freeze_base`) treats them anyway."""
+  return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
 
 
 def trained_norm(grads, trainable: dict) -> jax.Array:
@@ -70,7 +87,7 @@ def make_train_step(model: BaseModel, optimizer: optax.GradientTransformation, t
   def step(state: TrainState, batch: Batch):
     rng = step_rng(state)
     ids = model.training_feature_ids(batch, rng)
-    loss_fn = lambda p: model.loss_fn(p, batch, rng, feature_ids=ids)
+    loss_fn = lambda p: model.loss_fn(stop_frozen(p, trainable), batch, rng, feature_ids=ids)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
