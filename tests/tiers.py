@@ -74,11 +74,26 @@ TIER2 = {
     "test_layout.py::test_layout_trains_as_one_device[remat_full]":
         "remat_policy='full' trains as without remat [13 s]; make test: the refusal of an "
         "unknown policy",
+    "test_layout.py::test_layout_trains_as_one_device[scanned_2d_remat]":
+        "3 scanned, rematerialised steps on a (4, 2) mesh with 2-D partitioning, against one "
+        "device [41 s]; make test: test_scan's scanned-vs-unscanned outputs and gradients",
     "test_layout.py::test_checkpoints_restore_across_layouts":
         "needs the one-device run above [5 s + 18 s setup]; make test: test_training's "
         "checkpoint and resume tests in the default layout",
     "test_bf16.py::test_bfloat16_train_steps_track_float32_and_keep_float32_state[decoder]":
         "[18 s]; bfloat16 (ACTIVATION_DTYPE, opt-in) is second tier for both families",
+    "test_scan.py::test_scanned_t5_equals_unscanned_on_its_parameters[none]":
+        "scanned vs unrolled 2 + 2-layer T5, outputs and gradients [58 s, the file's "
+        "compiles]; scanned layers are an opt-in TPU switch (StepConfig.scan_layers); make "
+        "test: test_scan's parameter tree, stacking and table-sharding checks",
+    "test_scan.py::test_scanned_t5_equals_unscanned_on_its_parameters[full]":
+        "the same with remat inside the scan [20 s]",
+    "test_scan.py::test_scanned_t5_decodes_as_unscanned":
+        "greedy and beam decoding with a stacked KV cache [32 s]",
+    "test_scan.py::test_scanned_decoder_equals_unscanned_and_decodes_the_same":
+        "the decoder-only family's scanned stack [39 s]",
+    "test_scan.py::test_compile_report_of_a_scanned_step_on_a_cpu_mesh":
+        "flix.compile of a scanned step on cpu:8 [21 s]; make test: test_compile's reports",
     "test_decoder_hf.py":
         "Llama / Gemma / Mistral / Qwen2 from and to Hugging Face against transformers [35 s]; "
         "make test: test_hf_convert's T5 family through the same hf_state / hf_files code",
