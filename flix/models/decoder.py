@@ -299,7 +299,7 @@ class DecoderBlock(nn.Module):
     return (x, None) if self.scanned else x
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(scan.UnscannedTree, nn.Module):
   """Decoder-only LM with optional FLix adapters on the projections `flix.targets` names."""
 
   config: DecoderConfig
@@ -324,19 +324,6 @@ class DecoderLM(nn.Module):
   def stacks(self) -> scan.Stacks:
     """Where the scanned stack sits in the variable tree (the root), and its layer count."""
     return (((), self.config.num_layers),)
-
-  def apply(self, variables, *args, **kwargs):
-    """flax's `apply`; with `scan_layers`, on the unscanned variables (`scan.apply_stacked`)."""
-    if not self.scan_layers:
-      return super().apply(variables, *args, **kwargs)
-    return scan.apply_stacked(super().apply, self.stacks(), variables, *args, **kwargs)
-
-  def init_with_output(self, *args, **kwargs):
-    """flax's `init_with_output` (and so `init`); with `scan_layers`, the unscanned network's
-    (the same variables, drawn the same way: a scanned run starts where an unscanned one does)."""
-    if not self.scan_layers:
-      return super().init_with_output(*args, **kwargs)
-    return self.clone(scan_layers=False).init_with_output(*args, **kwargs)
 
   @nn.compact
   def __call__(self, tokens, feature_ids=None, *, prefix=None, start=None, segment_ids=None,

@@ -183,3 +183,22 @@ def apply_stacked(apply: Callable, stacks: Stacks, variables, *args, **kwargs):
     result, mutated = out
     return result, _map_collections(mutated, lambda t: unstack_layers(t, stacks))
   return out
+
+
+class UnscannedTree:
+  """Mixin for a flax network with a `scan_layers` field and a `stacks()` method: its `init`
+  and `apply` use the unscanned variable tree whether or not the layers are scanned.
+
+  `init_with_output` (and so `init`) is the unscanned network's (the same variables, drawn the
+  same way: a scanned run starts where an unscanned one does); `apply` stacks the given layers
+  going in (`apply_stacked`)."""
+
+  def apply(self, variables, *args, **kwargs):
+    if not self.scan_layers:
+      return super().apply(variables, *args, **kwargs)
+    return apply_stacked(super().apply, self.stacks(), variables, *args, **kwargs)
+
+  def init_with_output(self, *args, **kwargs):
+    if not self.scan_layers:
+      return super().init_with_output(*args, **kwargs)
+    return self.clone(scan_layers=False).init_with_output(*args, **kwargs)

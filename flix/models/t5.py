@@ -262,16 +262,15 @@ class Encoder(nn.Module):
         np.arange(length), np.arange(length))
     x = self.embedder(tokens).astype(jnp.dtype(cfg.dtype))
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    args = (feature_ids, mask, bias, deterministic)
     if self.scan_layers:
       stack = scan.scanned(EncoderLayer, cfg.num_encoder_layers, self.remat_policy,
-                           static_argnums=(5,), broadcast=4)
-      x, _ = stack(cfg, self.flix, scanned=True, name=scan.STACK)(x, feature_ids, mask, bias,
-                                                                  deterministic)
+                           static_argnums=(5,), broadcast=len(args))
+      x, _ = stack(cfg, self.flix, scanned=True, name=scan.STACK)(x, *args)
     else:
       layer = remat.block(EncoderLayer, self.remat_policy, static_argnums=(5,))
       for i in range(cfg.num_encoder_layers):
-        x = layer(cfg, self.flix, name=scan.layer_name(i))(x, feature_ids, mask, bias,
-                                                           deterministic)
+        x = layer(cfg, self.flix, name=scan.layer_name(i))(x, *args)
     x = RMSNorm(cfg.layer_norm_epsilon, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -337,7 +336,7 @@ class Decoder(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class T5(nn.Module):
+class T5(scan.UnscannedTree, nn.Module):
   """Encoder-decoder T5 with optional FLix adapters on the projections `flix.targets` names."""
 
   config: T5Config
@@ -361,19 +360,6 @@ class T5(nn.Module):
     """Where the scanned stacks sit in the variable tree, and their layer counts."""
     cfg = self.config
     return ((("encoder",), cfg.num_encoder_layers), (("decoder",), cfg.num_decoder_layers))
-
-  def apply(self, variables, *args, **kwargs):
-    """flax's `apply`; with `scan_layers`, on the unscanned variables (`scan.apply_stacked`)."""
-    if not self.scan_layers:
-      return super().apply(variables, *args, **kwargs)
-    return scan.apply_stacked(super().apply, self.stacks(), variables, *args, **kwargs)
-
-  def init_with_output(self, *args, **kwargs):
-    """flax's `init_with_output` (and so `init`); with `scan_layers`, the unscanned network's
-    (the same variables, drawn the same way: a scanned run starts where an unscanned one does)."""
-    if not self.scan_layers:
-      return super().init_with_output(*args, **kwargs)
-    return self.clone(scan_layers=False).init_with_output(*args, **kwargs)
 
   @staticmethod
   def projection_names(config: T5Config) -> tuple[str, ...]:

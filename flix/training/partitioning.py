@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flix.layers import FEATURE_AXIS, RANK_AXIS
+from flix.models.scan import LAYER_AXIS
 
 MESH_AXES = ("data", "model")
 
@@ -40,7 +41,7 @@ DEFAULT_RULES = (
     ("length", None),
     (FEATURE_AXIS, None),
     (RANK_AXIS, None),
-    ("layers", None),  # The stacked axis of scanned layers (flix.models.scan.LAYER_AXIS).
+    (LAYER_AXIS, None),  # The stacked axis of scanned layers (flix.models.scan).
 )
 
 
