@@ -6,6 +6,7 @@ is refused. TPU targets need libtpu (flix's test extra); those tests skip withou
 import dataclasses
 import importlib.util
 import json
+import re
 import math
 import os
 import subprocess
@@ -25,7 +26,7 @@ from flix.data.offline_tasks import register_offline
 from flix.errors import DoesNotFitError
 from flix.features import FeatureSpace
 from flix.models.decoder import DecoderConfig
-from flix.training import aot, hlo_stats, loop, topology
+from flix.training import aot, hlo_stats, hlo_text, loop, topology
 from flix.training.batches import TrainBatches
 from flix.training.optimizers import make_optimizer
 from flix.training.partitioning import DEFAULT_RULES
@@ -53,7 +54,7 @@ REPORT_KEYS = {"topology", "chip", "mesh", "method", "strategy", "feature_values
                "fits", "cost", "collectives", "flix_tables", "compile_seconds", "auto"}
 MEMORY_KEYS = {"params_bytes", "opt_state_bytes", "batch_bytes", "temp_bytes", "output_bytes",
                "code_bytes", "total_bytes", "hbm_bytes"}
-COST_KEYS = {"flops", "bytes_accessed", "xla_seconds", "roofline_seconds", "mfu",
+COST_KEYS = {"flops", "bytes_accessed", "xla_seconds", "roofline_seconds", "mfu", "bound",
              "model_flops_per_device"}
 # Logical axes DEFAULT_RULES puts on 'model' (docs/tpu.md's table); every other is replicated.
 MODEL_AXES = {"vocab", "mlp", "heads", "joined_kv"}
@@ -117,8 +118,12 @@ def test_tpu_report_and_table_shardings(family, request):
   check_report(report, "v5e:2x2", "v5e", (2, 2))
   assert report["memory"]["hbm_bytes"] == 16 * 2 ** 30
   cost = report["cost"]
-  assert cost["roofline_seconds"] == pytest.approx(
-      max(cost["flops"] / 197e12, cost["bytes_accessed"] / 819e9))
+  compute = max(cost["flops"], cost["model_flops_per_device"]) / 197e12
+  memory = cost["bytes_accessed"] / 819e9
+  assert cost["roofline_seconds"] == pytest.approx(max(compute, memory))
+  assert cost["bound"] == ("compute" if compute >= memory else "memory")
+  assert cost["mfu"] == pytest.approx(
+      cost["model_flops_per_device"] / (cost["roofline_seconds"] * 197e12))
   assert 0 < cost["mfu"] <= 1
   assert cost["xla_seconds"] is None or cost["xla_seconds"] > 0
   tables = report["flix_tables"]
@@ -199,8 +204,8 @@ def test_auto_picks_the_cheapest_compiled_strategy_on_tpu(decoder_v5e):
   assert compiles == ["masked", "gather", "ragged"]
   for c in auto["candidates"]:
     assert c["fits"] and c["flops"] > 0 and c["temp_bytes"] >= 0
-    assert c["roofline_seconds"] == pytest.approx(max(c["flops"] / 197e12,
-                                                      c["bytes_accessed"] / 819e9))
+    assert c["roofline_seconds"] == pytest.approx(max(
+        max(c["flops"], c["model_flops_per_device"]) / 197e12, c["bytes_accessed"] / 819e9))
   best = min(auto["candidates"], key=lambda c: (c["roofline_seconds"], c["flops"]))
   assert auto["pick"] == best["strategy"] == report["strategy"]
   assert report["cost"]["flops"] == best["flops"]
@@ -266,6 +271,7 @@ def test_cli_report_on_a_cpu_mesh(tmp_path):
     report = json.load(f)
   check_report(report, "cpu:8", "cpu", (4, 2))
   assert report["cost"]["roofline_seconds"] is None and report["cost"]["mfu"] is None
+  assert report["cost"]["bound"] is None
   assert any(c["kind"] == "all-reduce" for c in report["collectives"])
   assert {tuple(t["spec"]) for t in report["flix_tables"]} == {(None, None, None),
                                                                (None, None, "model")}
@@ -353,9 +359,67 @@ def test_collectives_of_hlo_text():
   %fusion.7 = f32[4]{0} fusion(%all-reduce.1), kind=kLoop
   """
   assert hlo_stats.collectives(hlo) == [
-      {"kind": "all-reduce", "count": 1, "bytes": 128 * 128 * 4 + 4 * 32 * 2},
-      {"kind": "all-gather", "count": 2, "bytes": 10 * 4 * 128 * 4 + 16 * 64 * 2},
-      {"kind": "collective-permute", "count": 1, "bytes": 8}]
+      {"kind": "all-reduce", "count": 1, "executions": 1, "bytes": 128 * 128 * 4 + 4 * 32 * 2},
+      {"kind": "all-gather", "count": 2, "executions": 2,
+       "bytes": 10 * 4 * 128 * 4 + 16 * 64 * 2},
+      {"kind": "collective-permute", "count": 1, "executions": 1, "bytes": 8}]
+
+
+# A scanned stack as XLA:TPU prints it: the loop's condition compares the counter with the
+# layer count (no known_trip_count annotation); a second loop carries XLA's annotation; a
+# third (a decode loop) stops on a flag, so its trip count is unknown.
+LOOPS_HLO = """
+%body (p: (s32[], bf16[8,16])) -> (s32[], bf16[8,16]) {
+  %p = (s32[], bf16[8,16]{1,0}) parameter(0)
+  %x = bf16[8,16]{1,0} get-tuple-element(%p), index=1
+  %ag = bf16[32,16]{1,0} all-gather(%x), dimensions={0}
+  %inner = bf16[8,16]{1,0} fusion(%ag), kind=kLoop, calls=%fused
+  ROOT %t = (s32[], bf16[8,16]{1,0}) tuple(%i, %inner)
+}
+
+%fused (a: bf16[32,16]) -> bf16[8,16] {
+  %a = bf16[32,16]{1,0} parameter(0)
+  ROOT %ar = bf16[8,16]{1,0} all-reduce(%a), to_apply=%add
+}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+
+%cond (p: (s32[], bf16[8,16])) -> pred[] {
+  %limit = s32[]{:T(128)} constant(24)
+  %p = (s32[], bf16[8,16]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %limit), direction=LT, metadata={op_name="cond"}
+}
+
+%flag_cond (p: (s32[], bf16[8,16])) -> pred[] {
+  %p = (s32[], bf16[8,16]{1,0}) parameter(0)
+  ROOT %done = pred[] custom-call(%p), custom_call_target="not_done"
+}
+
+ENTRY %main (w: bf16[8,16]) -> bf16[8,16] {
+  %w = bf16[8,16]{1,0} parameter(0)
+  %scanned = (s32[], bf16[8,16]{1,0}) while(%init), condition=%cond, body=%body
+  %annotated = (s32[], bf16[8,16]{1,0}) while(%init), condition=%flag_cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %decode = (s32[], bf16[8,16]{1,0}) while(%init), condition=%flag_cond, body=%body
+  ROOT %ag0 = bf16[32,16]{1,0} all-gather(%w), dimensions={0}
+}
+"""
+
+
+def test_collectives_run_once_per_loop_trip():
+  from flix.training import hlo_text
+  module = hlo_text.parse(LOOPS_HLO)
+  assert module.entry == "main"
+  assert module.executions["body"] == 24 + 3 + 1 and module.executions["fused"] == 28
+  assert module.unknown_loops == ["decode"]
+  gathered, reduced = 32 * 16 * 2, 8 * 16 * 2
+  assert hlo_stats.collectives(LOOPS_HLO) == [
+      {"kind": "all-reduce", "count": 1, "executions": 28, "bytes": 28 * reduced},
+      {"kind": "all-gather", "count": 2, "executions": 29, "bytes": 29 * gathered}]
 
 
 @pytest.mark.skipif(platforms.has_tpu_chip() or platforms.has_gpu(),
@@ -388,3 +452,25 @@ def test_model_gins_have_the_published_sizes(name):
   config = copy.deepcopy(gin.query_parameter("%MODEL_CONFIG"))
   count = sum(math.prod(x.shape) for x in jax.tree.leaves(make_model(config).abstract_params()))
   assert count == pytest.approx(PUBLISHED[name], rel=0.02)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("config", [T5, DECODER], ids=["t5", "decoder"])
+def test_2d_partitioning_never_gathers_the_whole_batch(config):
+  """With `embed` over `data` (2-D partitioning) the networks constrain their activations as
+  T5X does (embedded inputs, layer outputs, logits on (batch, length, ...)), so XLA gathers the
+  weights where they are used. Without the constraints it all-gathered the whole batch's
+  logits on every chip (mT5-XXL on v5e:16x16 at (256, 1): 33.7 GB of temporaries)."""
+  target = aot.Target.of("v5e:2x2")
+  adapters = loop.AdapterSettings(method="lora", lora_rank=2, targets=TARGETS)
+  program = loop.build_step_program(
+      config, SPACE, SPACE.n_types, adapters, make_optimizer(), StepConfig(),
+      target.partitioner((4, 1), DEFAULT_RULES, parameter_partitioning_dims=2))
+  compiled = aot.compile_train_step(program, program.batch(LENGTHS, BATCH, False), target)
+  module = hlo_text.parse(compiled.executable.as_text())
+  shapes = [tuple(int(d) for d in dims.split(",") if d)
+            for c in module.computations.values() for i in c if i.op.startswith("all-gather")
+            for dims in re.findall(r"\[([0-9,]*)\]", i.type)]
+  assert shapes  # 2-D partitioning gathers weights where they are used.
+  whole_batch = [s for s in shapes if len(s) == 3 and s[0] == BATCH and s[-1] == config.vocab_size]
+  assert not whole_batch, whole_batch

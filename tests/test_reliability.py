@@ -188,6 +188,7 @@ for _id, _bindings in {
     "feature-ranks-unknown-type": ["--gin.FEATURE_RANKS={'task': 2, 'langue': 2}"],
     "feature-ranks-missing-type": ["--gin.FEATURE_RANKS={'task': 2}"],
     "feature-dropout-one": ["--gin.FEATURE_DROPOUT=1.0"],
+    "optimizer-table-factor-bad": ["--gin.make_optimizer.table_min_dim_size_to_factor=0"],
     "offline-unseen-lang-unknown": ["--gin.OfflineConfig.unseen_langs=('es',)"],
 }.items():
   check(_id)(lambda env, b=_bindings: train(env, *b))

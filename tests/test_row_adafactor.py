@@ -69,3 +69,20 @@ def test_state_holds_only_the_statistics_a_row_uses():
   vmapped_state = vmapped_optax(128).init(jnp.zeros((512, 8, 256)))
   placeholders = [x.shape for x in jax.tree.leaves(vmapped_state)]
   assert (512, 1) in placeholders
+
+
+def test_make_optimizer_factors_table_rows_when_asked():
+  from flix.training.optimizers import make_optimizer
+  params = {"lora_a_lang": jnp.zeros((6, 8, 256)), "dense": jnp.zeros((256, 256))}
+  factored = jax.tree.leaves(make_optimizer(table_min_dim_size_to_factor=1).init(params),
+                             is_leaf=lambda x: isinstance(x, (TableRms, FactoredTableRms)))
+  default = jax.tree.leaves(make_optimizer().init(params),
+                            is_leaf=lambda x: isinstance(x, (TableRms, FactoredTableRms)))
+  [rows] = [x for x in factored if isinstance(x, FactoredTableRms)]
+  assert [x.shape for x in rows] == [(6,), (6, 8), (6, 256)]
+  [full] = [x for x in default if isinstance(x, TableRms)]
+  assert full.v.shape == (6, 8, 256)
+  nbytes = lambda leaves: sum(x.nbytes for x in jax.tree.leaves(leaves))
+  assert nbytes(rows.v_row) + nbytes(rows.v_col) == 6 * (8 + 256) * 4
+  with pytest.raises(ValueError, match="per-row Adafactor only .*'adamw'"):
+    make_optimizer("adamw", table_min_dim_size_to_factor=1)

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix.config import FlixConfig
-from flix.layers import FAN_IN_NORMAL, projections
+from flix.layers import FAN_IN_NORMAL, constrain, projections
 from flix.models import remat, scan
 from flix.models.segments import same_segment
 
@@ -296,6 +296,7 @@ class DecoderBlock(nn.Module):
         h, feature_ids, positions, mask_fn, cache_index, deterministic=deterministic))
     h = norm(name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(cfg, self.flix, name="mlp")(h, feature_ids, deterministic=deterministic))
+    x = constrain(x, "embed")
     return (x, None) if self.scanned else x
 
 
@@ -351,7 +352,7 @@ class DecoderLM(scan.UnscannedTree, nn.Module):
                                                                         prefix, decode)
     else:
       positions, mask_fn, cache_index = self._positions_and_mask(b, n, prefix, start, decode)
-    x = embedder(tokens).astype(dtype)
+    x = constrain(embedder(tokens).astype(dtype), "embed")
     if cfg.scale_embeddings:
       x = x * jnp.asarray(cfg.emb_dim**0.5, dtype)
     deterministic = not enable_dropout
@@ -370,9 +371,10 @@ class DecoderLM(scan.UnscannedTree, nn.Module):
     x = RMSNorm(cfg.norm_epsilon, cfg.norm_scale_plus_one, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
-      return embedder.attend(x).astype(jnp.float32)
-    logits = projections(None, "", dtype)(cfg.vocab_size, ("embed", "vocab"), "logits_dense")(x)
-    return logits.astype(jnp.float32)
+      logits = embedder.attend(x)
+    else:
+      logits = projections(None, "", dtype)(cfg.vocab_size, ("embed", "vocab"), "logits_dense")(x)
+    return constrain(logits.astype(jnp.float32), "vocab")
 
   def _packed_positions_and_mask(self, segment_ids, positions, prefix, decode: bool):
     """(positions, mask_fn, None) of packed rows: causal (and prefix) within each segment."""

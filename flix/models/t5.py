@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flix.config import FlixConfig
-from flix.layers import FAN_IN_NORMAL, projections
+from flix.layers import FAN_IN_NORMAL, constrain, projections
 from flix.models import remat, scan
 from flix.models.segments import same_segment
 
@@ -215,6 +215,7 @@ class EncoderLayer(nn.Module):
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm")(x)
     x = x + drop(MLP(cfg, "encoder.mlp", self.flix, name="mlp")(
         h, feature_ids, deterministic=deterministic))
+    x = constrain(x, "embed")
     return (x, None) if self.scanned else x
 
 
@@ -240,6 +241,7 @@ class DecoderLayer(nn.Module):
     h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm")(y)
     y = y + drop(MLP(cfg, "decoder.mlp", self.flix, name="mlp")(
         h, feature_ids, deterministic=deterministic))
+    y = constrain(y, "embed")
     return (y, None) if self.scanned else y
 
 
@@ -260,7 +262,7 @@ class Encoder(nn.Module):
     bias = RelativePositionBiases(cfg.relpos_buckets, cfg.relpos_max_distance, cfg.num_heads,
                                   bidirectional=True, name="relpos_bias")(
         np.arange(length), np.arange(length))
-    x = self.embedder(tokens).astype(jnp.dtype(cfg.dtype))
+    x = constrain(self.embedder(tokens).astype(jnp.dtype(cfg.dtype)), "embed")
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     args = (feature_ids, mask, bias, deterministic)
     if self.scan_layers:
@@ -314,7 +316,7 @@ class Decoder(nn.Module):
     if packed:
       self_mask = self_mask & same_segment(decoder_segment_ids, decoder_segment_ids)
       cross_mask = cross_mask & same_segment(decoder_segment_ids, encoder_segment_ids)
-    y = self.embedder(decoder_input_tokens).astype(jnp.dtype(cfg.dtype))
+    y = constrain(self.embedder(decoder_input_tokens).astype(jnp.dtype(cfg.dtype)), "embed")
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     # The decode step (its cache is mutable state) is never rematerialised.
     policy = "none" if decode else self.remat_policy
@@ -330,10 +332,11 @@ class Decoder(nn.Module):
     y = RMSNorm(cfg.layer_norm_epsilon, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:  # Original T5: tied embeddings, output rescaled by d**-0.5.
-      return self.embedder.attend(y * cfg.emb_dim**-0.5).astype(jnp.float32)
-    logits = projections(None, "", jnp.dtype(cfg.dtype))(
-        cfg.vocab_size, ("embed", "vocab"), "logits_dense")(y)
-    return logits.astype(jnp.float32)
+      logits = self.embedder.attend(y * cfg.emb_dim**-0.5)
+    else:
+      logits = projections(None, "", jnp.dtype(cfg.dtype))(
+          cfg.vocab_size, ("embed", "vocab"), "logits_dense")(y)
+    return constrain(logits.astype(jnp.float32), "vocab")
 
 
 class T5(scan.UnscannedTree, nn.Module):

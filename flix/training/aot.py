@@ -15,13 +15,17 @@ optimizer state alone exceed the chip's HBM is refused before compiling; one who
 after (`DoesNotFitError`, one line with the need, the HBM and the levers).
 
 Cost (per device): XLA's `cost_analysis()` flops and bytes accessed; its `optimal_seconds` only
-where positive (deviceless TPU compiles have given negative values). The roofline time is
-max(flops / peak bf16 FLOP/s, bytes accessed / HBM bandwidth) with the chip's published peaks
-(`flix.training.topology`); MFU = flops / (roofline seconds x peak). The roofline assumes every
-flop runs at the bf16 peak (float32 matmuls run slower), every byte moves at the HBM
-bandwidth, compute and memory traffic overlap perfectly, and collectives cost nothing: it is a
-lower bound on the step time, and its MFU an upper bound. CPU targets have no published peaks:
-roofline and MFU are None.
+where positive (deviceless TPU compiles have given negative values); the step's model flops
+(`flix.training.jaxpr_flops`: matmul flops of its jaxpr, every scan body times its length).
+XLA counts a loop body once, so for a scanned stack its flops and bytes cover about one layer.
+The roofline time is max(compute, memory): compute = max(XLA flops, model flops) / peak bf16
+FLOP/s, memory = bytes accessed / HBM bandwidth, with the chip's published peaks
+(`flix.training.topology`); `bound` names the larger term. MFU = model flops / (roofline
+seconds x peak). The roofline assumes every flop runs at the bf16 peak (float32 matmuls run
+slower), every byte moves at the HBM bandwidth, compute and memory traffic overlap perfectly,
+and collectives cost nothing (their bytes per step are in `collectives`): it is a lower bound
+on the step time, and its MFU an upper bound; for a scanned step the memory term is itself a
+lower bound. CPU targets have no published peaks: roofline, bound and MFU are None.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ STATE_LEVERS = ("shard the parameters over more chips (a larger MODEL in --mesh=
                 "or 2-D partitioning: --gin.Partitioner.parameter_partitioning_dims=2), train "
                 "adapters only (METHOD 'flix' or 'lora': no optimizer state for the base), "
                 "shard large FLix tables' feature axis (--gin.Partitioner.feature_shard_rows=N), "
+                "factor their Adafactor statistics "
+                "(--gin.make_optimizer.table_min_dim_size_to_factor=1), "
                 "fewer feature values or lower ranks")
 STEP_LEVERS = ("a larger MODEL in --mesh=DATA,MODEL, a smaller BATCH_SIZE or "
                "TASK_FEATURE_LENGTHS, ACTIVATION_DTYPE 'bfloat16', rematerialisation "
@@ -263,10 +269,13 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float,
   memory = hlo_stats.memory(compiled)
   cost = hlo_stats.cost(compiled)
   flops, moved = cost["flops"], cost["bytes_accessed"]
-  roofline = mfu = None
+  per_device = model_flops / program.partitioner.mesh.devices.size
+  roofline = mfu = bound = None
   if chip.peak_flops and chip.hbm_bandwidth and flops is not None and moved is not None:
-    roofline = max(flops / chip.peak_flops, moved / chip.hbm_bandwidth)
-    mfu = flops / (roofline * chip.peak_flops) if roofline > 0 else None
+    compute = max(flops, per_device) / chip.peak_flops
+    memory_time = moved / chip.hbm_bandwidth
+    roofline, bound = max(compute, memory_time), "compute" if compute >= memory_time else "memory"
+    mfu = per_device / (roofline * chip.peak_flops) if roofline > 0 else None
   optimal = cost["optimal_seconds"]
   flix = program.flix
   space = flix.space if flix is not None else FeatureSpace()
@@ -287,8 +296,8 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float,
       "fits": memory["total"] <= chip.hbm_bytes,
       "cost": {"flops": flops, "bytes_accessed": moved,
                "xla_seconds": optimal if optimal is not None and optimal > 0 else None,
-               "roofline_seconds": roofline, "mfu": mfu,
-               "model_flops_per_device": model_flops / mesh.devices.size},
+               "roofline_seconds": roofline, "mfu": mfu, "bound": bound,
+               "model_flops_per_device": per_device},
       "collectives": hlo_stats.collectives(compiled.as_text()),
       "flix_tables": flix_tables(params),
       "compile_seconds": round(seconds, 3),

@@ -3,13 +3,13 @@
 On CPU `auto` is `FlixConfig.resolved_strategy` (a rule tuned on CPU timings). On a target
 with published peaks (a TPU: `flix.training.topology.Chip`), `choose` compiles the step once
 per candidate strategy (masked, gather, ragged) for the step's actual shapes and picks the
-fitting candidate with the least roofline time, max(flops / peak bf16 FLOP/s, bytes accessed /
-HBM bandwidth) of XLA's `cost_analysis()` (`flix.training.aot`); ties go to fewer flops. A
+fitting candidate with the least roofline time (`flix.training.aot`: max(compute, memory) from
+XLA's `cost_analysis()` and the step's model flops); ties go to fewer flops. A
 candidate that XLA refuses for memory, or whose total exceeds the chip's HBM, does not fit.
 Where none fits, `auto` falls back to the CPU rule (and that step's refusal follows). The
 choice is cached per process by the step's shapes and layout (`key`), printed, and written
 into `flix.compile`'s report as `auto`: {pick, candidates: [{strategy, flops, bytes_accessed,
-temp_bytes, fits, roofline_seconds}]}.
+model_flops_per_device, temp_bytes, fits, roofline_seconds}]}.
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object
       result = compile_with(strategy)
     except DoesNotFitError:
       candidates.append({"strategy": strategy, "flops": None, "bytes_accessed": None,
-                         "temp_bytes": None, "fits": False, "roofline_seconds": None})
+                         "model_flops_per_device": None, "temp_bytes": None, "fits": False,
+                         "roofline_seconds": None})
       continue
     compiled[strategy] = result
     report = result.report
     candidates.append({"strategy": strategy, "flops": report["cost"]["flops"],
                        "bytes_accessed": report["cost"]["bytes_accessed"],
+                       "model_flops_per_device": report["cost"]["model_flops_per_device"],
                        "temp_bytes": report["memory"]["temp_bytes"], "fits": report["fits"],
                        "roofline_seconds": report["cost"]["roofline_seconds"]})
   fitting = [c for c in candidates if c["fits"] and c["roofline_seconds"] is not None]

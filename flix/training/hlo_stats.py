@@ -2,10 +2,12 @@
 per-device memory and its cost, read into plain numbers (`flix.compile`'s report).
 
 Collectives are read from the optimized (SPMD-partitioned, per-device) HLO text, one entry per
-kind: how many such instructions the module holds and the bytes of their results on one
-device (the gathered array of an all-gather, the reduced arrays of an all-reduce, the
-scattered shard of a reduce-scatter). An instruction inside a loop body (a decode loop, a
-scanned stack) is counted once, not once per iteration.
+kind: how many such instructions the module holds (`count`), how many times they run per step
+(`executions`: an instruction in a scanned stack's loop body runs once per layer;
+`flix.training.hlo_text`) and the bytes of their results on one device per step (the gathered
+array of an all-gather, the reduced arrays of an all-reduce, the scattered shard of a
+reduce-scatter), each instruction's bytes times its executions. A loop whose trip count is
+unknown (a decode loop) counts once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
+
+from flix.training import hlo_text
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "ragged-all-to-all",
                "collective-permute", "collective-broadcast")
@@ -41,19 +45,26 @@ def array_bytes(type_text: str) -> list[int]:
   return out
 
 
-def collectives(hlo_text: str) -> list[dict[str, Any]]:
-  """[{kind, count, bytes}] of every collective kind in `hlo_text` (see the module docstring),
-  kinds in COLLECTIVES order; kinds that do not occur are left out."""
+def collectives(text: str) -> list[dict[str, Any]]:
+  """[{kind, count, executions, bytes}] of every collective kind in the HLO module `text` (see
+  the module docstring), kinds in COLLECTIVES order; kinds that do not occur are left out."""
+  module = hlo_text.parse(text)
   totals: dict[str, list[int]] = {}
-  for m in _INSTRUCTION.finditer(hlo_text):
-    op = m.group("op")
-    sizes = array_bytes(m.group("type"))
-    if op in _OUTPUT_ELEMENT and len(sizes) > _OUTPUT_ELEMENT[op]:
-      sizes = [sizes[_OUTPUT_ELEMENT[op]]]
-    count_bytes = totals.setdefault(op.removesuffix("-start"), [0, 0])
-    count_bytes[0] += 1
-    count_bytes[1] += sum(sizes)
-  return [{"kind": k, "count": totals[k][0], "bytes": totals[k][1]}
+  for name, instructions in module.computations.items():
+    runs = module.executions.get(name, 0)
+    for inst in instructions:
+      m = _INSTRUCTION.match(inst.text)
+      if m is None:
+        continue
+      op = m.group("op")
+      sizes = array_bytes(m.group("type"))
+      if op in _OUTPUT_ELEMENT and len(sizes) > _OUTPUT_ELEMENT[op]:
+        sizes = [sizes[_OUTPUT_ELEMENT[op]]]
+      count = totals.setdefault(op.removesuffix("-start"), [0, 0, 0])
+      count[0] += 1
+      count[1] += runs
+      count[2] += runs * sum(sizes)
+  return [{"kind": k, "count": totals[k][0], "executions": totals[k][1], "bytes": totals[k][2]}
           for k in COLLECTIVES if k in totals]
 
 
