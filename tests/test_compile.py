@@ -474,3 +474,15 @@ def test_2d_partitioning_never_gathers_the_whole_batch(config):
   assert shapes  # 2-D partitioning gathers weights where they are used.
   whole_batch = [s for s in shapes if len(s) == 3 and s[0] == BATCH and s[-1] == config.vocab_size]
   assert not whole_batch, whole_batch
+
+
+@needs_libtpu
+def test_v4_devices_are_tensorcores_with_half_a_chip_each():
+  """libtpu describes v4:2x2x2 (8 chips of 2 TensorCores) as 16 devices, and XLA gives each
+  half of the chip's 32 GiB; a v5e chip is one device."""
+  devices, chip = topology.target_devices("v4:2x2x2")
+  assert len(devices) == 16
+  assert (chip.name, chip.hbm_bytes, chip.peak_flops) == ("v4", 16 * 2 ** 30, 137.5e12)
+  assert chip.hbm_bandwidth == 600e9 and "2 TensorCores" in chip.memory
+  devices, chip = topology.target_devices("v5e:2x2")
+  assert len(devices) == 4 and chip.hbm_bytes == 16 * 2 ** 30 and chip.peak_flops == 197e12

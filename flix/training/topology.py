@@ -8,7 +8,8 @@ this process (`--xla_force_host_platform_device_count`, set before JAX starts; `
 does it).
 
 Chip figures (per chip; Cloud TPU system architecture pages, cited in docs/tpu.md): peak bf16
-FLOP/s, HBM capacity, HBM bandwidth. HBM capacities are taken in GiB (2^30 bytes). A CPU
+FLOP/s, HBM capacity, HBM bandwidth. Where libtpu describes each TensorCore of a chip as a device
+(v4: `v4:4x4x4` is 128 devices of 64 chips), each device gets its share (`Chip.per_core`). HBM capacities are taken in GiB (2^30 bytes). A CPU
 "chip" has no published peak or bandwidth (None); its memory is the host's physical memory
 shared by the N devices, i.e. RAM / N each.
 """
@@ -39,6 +40,17 @@ class Chip:
   hbm_bytes: int
   hbm_bandwidth: float | None
   memory: str = "HBM"
+
+  def per_core(self, cores: int) -> "Chip":
+    """This chip's figures for one of its `cores` TensorCores, where each is a device of its
+    own (libtpu describes a v4 slice that way: v4:2x2x2 is 16 devices of 8 chips)."""
+    if cores == 1:
+      return self
+    return dataclasses.replace(
+        self, peak_flops=self.peak_flops / cores, hbm_bytes=self.hbm_bytes // cores,
+        hbm_bandwidth=self.hbm_bandwidth / cores,
+        memory=f"HBM (a {self.name} chip's {self.hbm_bytes // GIB} GiB over its {cores} "
+               "TensorCores, each a device)")
 
 
 # device_kind (what libtpu's device descriptions say) -> the chip.
@@ -111,7 +123,8 @@ def target_devices(name: str) -> tuple[list[Any], Chip]:
   if chip is None:
     raise ValueError(f"--topology={name} gave devices of kind {sorted(kinds)}, whose figures "
                      f"flix does not know (known: {sorted(TPU_CHIPS)})")
-  return devices, chip
+  cores = len(devices) // count if len(devices) % count == 0 else 1
+  return devices, chip.per_core(cores)
 
 
 def _quiet_libtpu(kind: str, count: int) -> None:
