@@ -269,7 +269,8 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float,
   memory = hlo_stats.memory(compiled)
   cost = hlo_stats.cost(compiled)
   flops, moved = cost["flops"], cost["bytes_accessed"]
-  per_device = model_flops / program.partitioner.mesh.devices.size
+  mesh = program.partitioner.mesh
+  per_device = model_flops / mesh.devices.size
   roofline = mfu = bound = None
   if chip.peak_flops and chip.hbm_bandwidth and flops is not None and moved is not None:
     compute = max(flops, per_device) / chip.peak_flops
@@ -279,7 +280,6 @@ def _report(program: TrainProgram, target: Target, compiled, seconds: float,
   optimal = cost["optimal_seconds"]
   flix = program.flix
   space = flix.space if flix is not None else FeatureSpace()
-  mesh = program.partitioner.mesh
   report = {
       "topology": target.name,
       "chip": chip.name,

@@ -26,10 +26,8 @@ _OUTPUT_ELEMENT = {"all-gather-start": 1, "collective-permute-start": 1}
 _DTYPE_BYTES = {"pred": 1, "s2": 1, "u2": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2,
                 "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8,
                 "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-_OP = "|".join(sorted((re.escape(k) + r"(?:-start)?" for k in COLLECTIVES), key=len,
-                      reverse=True))
-_INSTRUCTION = re.compile(
-    rf"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<type>.+?)\s+(?P<op>{_OP})\(", re.MULTILINE)
+# Opcode -> kind: a collective's synchronous and async-start forms (a -done moves nothing new).
+_KIND = {op: kind for kind in COLLECTIVES for op in (kind, kind + "-start")}
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
 
 
@@ -53,14 +51,12 @@ def collectives(text: str) -> list[dict[str, Any]]:
   for name, instructions in module.computations.items():
     runs = module.executions.get(name, 0)
     for inst in instructions:
-      m = _INSTRUCTION.match(inst.text)
-      if m is None:
+      if inst.op not in _KIND:
         continue
-      op = m.group("op")
-      sizes = array_bytes(m.group("type"))
-      if op in _OUTPUT_ELEMENT and len(sizes) > _OUTPUT_ELEMENT[op]:
-        sizes = [sizes[_OUTPUT_ELEMENT[op]]]
-      count = totals.setdefault(op.removesuffix("-start"), [0, 0, 0])
+      sizes = array_bytes(inst.type)
+      if inst.op in _OUTPUT_ELEMENT and len(sizes) > _OUTPUT_ELEMENT[inst.op]:
+        sizes = [sizes[_OUTPUT_ELEMENT[inst.op]]]
+      count = totals.setdefault(_KIND[inst.op], [0, 0, 0])
       count[0] += 1
       count[1] += runs
       count[2] += runs * sum(sizes)

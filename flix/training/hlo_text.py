@@ -100,7 +100,7 @@ def trip_count(instruction: Instruction, computations: dict[str, list[Instructio
   known = _TRIP.search(instruction.text)
   if known:
     return int(known.group(1))
-  condition = dict((a, c) for a, c in instruction.callees).get("condition")
+  condition = dict(instruction.callees).get("condition")
   body = computations.get(condition, [])
   if not body:
     return None
@@ -146,4 +146,3 @@ def _executions(computations, entry):
     for callee, times in edges.get(name, ()):
       executions[callee] += executions[name] * times
   return dict(executions), unknown
-
