@@ -5,11 +5,13 @@ with published peaks (a TPU: `flix.training.topology.Chip`), `choose` compiles t
 per candidate strategy (masked, gather, ragged) for the step's actual shapes and picks the
 fitting candidate with the least roofline time (`flix.training.aot`: max(compute, memory) from
 XLA's `cost_analysis()` and the step's model flops); ties go to fewer flops. A
-candidate that XLA refuses for memory, or whose total exceeds the chip's HBM, does not fit.
-Where none fits, `auto` falls back to the CPU rule (and that step's refusal follows). The
-choice is cached per process by the step's shapes and layout (`key`), printed, and written
-into `flix.compile`'s report as `auto`: {pick, candidates: [{strategy, flops, bytes_accessed,
-model_flops_per_device, temp_bytes, fits, roofline_seconds}]}.
+candidate that XLA refuses for memory, or whose total exceeds the chip's HBM, does not fit; one
+that XLA fails to compile (a compiler error, e.g. libtpu 0.0.42.1 on `ragged_dot` with 9,984
+groups) is not a candidate either, and its error is kept. Where none fits, `auto` falls back to
+the CPU rule (and that step's refusal or error follows). The choice is cached per process by the
+step's shapes and layout (`key`), printed, and written into `flix.compile`'s report as `auto`:
+{pick, candidates: [{strategy, flops, bytes_accessed, model_flops_per_device, temp_bytes, fits,
+roofline_seconds, error}]} (`error`: null, or why the candidate has no cost).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from __future__ import annotations
 import sys
 from typing import Callable, Hashable
 
+import jax
+
 from flix.config import FlixConfig
 from flix.errors import DoesNotFitError
 from flix.training import topology
 
 CANDIDATES = ("masked", "gather", "ragged")
+COMPILE_FAILED = "XLA failed to compile it"
 _CACHE: dict[Hashable, dict] = {}
 
 
@@ -37,7 +42,8 @@ def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object
   """(the `auto` report, {strategy: compiled} of the candidates that compiled).
 
   compile_with(strategy): the step compiled with that strategy, an `aot.Compiled` (its report's
-  `fits` and `cost`), or a DoesNotFitError. Cached under `key` (a later call compiles
+  `fits` and `cost`); it raises DoesNotFitError (XLA's out-of-memory) or JaxRuntimeError (any
+  other compiler error). Cached under `key` (a later call compiles
   nothing and returns the cached report with no compiled candidates).
   """
   if key in _CACHE:
@@ -46,10 +52,12 @@ def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object
   for strategy in CANDIDATES:
     try:
       result = compile_with(strategy)
-    except DoesNotFitError:
-      candidates.append({"strategy": strategy, "flops": None, "bytes_accessed": None,
-                         "model_flops_per_device": None, "temp_bytes": None, "fits": False,
-                         "roofline_seconds": None})
+    except DoesNotFitError as e:
+      candidates.append(_without_cost(strategy, str(e)))
+      continue
+    except jax.errors.JaxRuntimeError as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      candidates.append(_without_cost(strategy, f"{COMPILE_FAILED}: {first}"))
       continue
     compiled[strategy] = result
     report = result.report
@@ -57,7 +65,7 @@ def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object
                        "bytes_accessed": report["cost"]["bytes_accessed"],
                        "model_flops_per_device": report["cost"]["model_flops_per_device"],
                        "temp_bytes": report["memory"]["temp_bytes"], "fits": report["fits"],
-                       "roofline_seconds": report["cost"]["roofline_seconds"]})
+                       "roofline_seconds": report["cost"]["roofline_seconds"], "error": None})
   fitting = [c for c in candidates if c["fits"] and c["roofline_seconds"] is not None]
   if fitting:
     pick = min(fitting, key=lambda c: (c["roofline_seconds"], c["flops"]))["strategy"]
@@ -71,7 +79,15 @@ def choose(flix: FlixConfig, key: Hashable, compile_with: Callable[[str], object
   return auto, compiled
 
 
+def _without_cost(strategy: str, error: str) -> dict:
+  return {"strategy": strategy, "flops": None, "bytes_accessed": None,
+          "model_flops_per_device": None, "temp_bytes": None, "fits": False,
+          "roofline_seconds": None, "error": error}
+
+
 def _seconds(candidate: dict) -> str:
+  if (candidate["error"] or "").startswith(COMPILE_FAILED):
+    return "failed to compile"
   if not candidate["fits"]:
     return "does not fit"
   return f"{candidate['roofline_seconds'] * 1e3:.3g} ms"
